@@ -1,0 +1,50 @@
+//! Command-line front end: one module per subcommand.
+
+mod demo_cmd;
+mod probe_cmd;
+mod tlp_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for bad input (a malformed TLP, a bad argument, an unreachable server).
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tlpbridge",
+    version,
+    about = "Bridge a vfio-user PCIe device to a root port that speaks TLPs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decode and encode TLPs.
+    Tlp(tlp_cmd::TlpArgs),
+    /// Connect to a vfio-user server and describe the device behind it.
+    Probe(probe_cmd::ProbeArgs),
+    /// Run the built-in end-to-end demonstration.
+    Demo(demo_cmd::DemoArgs),
+}
+
+impl Cli {
+    pub fn run(self) -> ExitCode {
+        match self.command {
+            Command::Tlp(args) => tlp_cmd::run(args),
+            Command::Probe(args) => probe_cmd::run(args),
+            Command::Demo(args) => demo_cmd::run(args),
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

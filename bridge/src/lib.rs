@@ -1,0 +1,1 @@
+//! The tlpbridge engine: routing, BAR decode, tag table, timeouts, interrupts, resets, capture.

@@ -1,0 +1,2 @@
+//! Co-simulation: the TCP sim link (simulated time on the wire), the reference cycle-level root complex
+//! and the sample vfio-user device server. Filled in by the co-simulation work.

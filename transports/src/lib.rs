@@ -1,0 +1,1 @@
+//! How bytes move: the `TlpLink` abstraction the bridge talks to, and the async vfio-user client.
