@@ -1,1 +1,656 @@
-//! (in progress)
+//! Building completions as a completer, and reassembling split read completions as a requester
+//! (PCIe Base Spec r6.3 §2.2.9.1 "Completion Rules for Non-Flit Mode", §2.3.1.1 "Data Return
+//! for Read Requests", §2.2.5.1 byte enables).
+//!
+//! # Completer side
+//!
+//! - Every completion echoes the request's Requester ID, Tag, TC and Attr and carries the
+//!   completer's ID (§2.2.9.1).
+//! - A memory read may be answered by several CplDs (§2.3.1.1), in increasing address order, the
+//!   first starting at the requested address, each one except the last ending on a naturally
+//!   aligned multiple of the Read Completion Boundary (RCB: 64 or 128 bytes for a Root Complex,
+//!   128 for every other completer), each payload at most Max_Payload_Size. A read that crosses no
+//!   RCB boundary gets exactly one completion. [`read_completions`] returns the largest legal
+//!   pieces: each ends at the last RCB boundary its MPS allows.
+//! - Byte Count: the bytes still to be returned including this completion (Table 2-40 for the
+//!   first: from the first to the last enabled byte; 1 for a zero-length read); the model holds
+//!   1..=4096 and 4096 goes on the wire as 0. Lower Address: address bits [6:0] of the first
+//!   enabled byte returned in this completion (Table 2-41 for the first).
+//! - The payload starts at the DW that holds the completion's first byte; bytes the request did
+//!   not enable are 0 (§2.2.5 recommends zeros to avoid leaking data).
+//! - A zero-length read (Length 1, no byte enabled) gets one CplD of Length 1 and Byte Count 1
+//!   whose data is unspecified (here: 0) (§2.2.5.1).
+//! - I/O and configuration requests get exactly one completion with Byte Count 4 and Lower
+//!   Address 0 (§2.2.9.1), a CplD of 1 DW for reads, a Cpl for writes.
+//! - A completion with a status other than SC is a Cpl (CplLk) without data and ends the request;
+//!   for a memory read its Byte Count and Lower Address are what a successful completion at that
+//!   point would carry (§2.3.1.1). Configuration Request Retry Status is for configuration
+//!   requests only. AtomicOp completions carry the operand size as Byte Count and a reserved
+//!   (0) Lower Address.
+//!
+//! # Requester side
+//!
+//! [`ReadReassembly`] follows the completions of one outstanding read and checks each against
+//! the rules above: status, poisoning, Lower Address equal to the next expected byte's address
+//! [6:0], Byte Count equal to the bytes still missing, Length covering exactly the remaining
+//! bytes in the final completion (`Length × 4 == ((Lower Address & 3) + Byte Count + 3) & !3`),
+//! every non-final completion ending on an RCB boundary (64 bytes unless told otherwise: every
+//! legal RCB is a multiple of 64). A duplicate or overlapping completion shows up as a wrong
+//! Byte Count or Lower Address. The BCM bit of PCI-X completers is honoured: such a first
+//! completion's Byte Count counts only its own bytes.
+
+use crate::byte_enable::ByteEnables;
+use crate::model::{AtomicOp, Attr, Body, Completion, CplStatus, MemOp, RoutingId, Tlp};
+use crate::split::{LinkParams, PAGE_SIZE, RequestError, SplitChunk};
+
+/// What is wrong with a request a completion was asked for, or with a completion received for
+/// an outstanding read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompletionError {
+    /// The request itself is not one that can be completed as asked (bad byte enables, crossing
+    /// 4 KiB, a 10-bit tag overflow...).
+    #[error("request cannot be completed: {0}")]
+    Request(#[from] RequestError),
+
+    /// The TLP is not the kind of request this builder completes.
+    #[error("{kind} is not {expected}")]
+    WrongRequestKind { kind: &'static str, expected: &'static str },
+
+    /// Posted requests (MWr, Msg) and completions never get a completion.
+    #[error("{kind} gets no completion")]
+    NoCompletion { kind: &'static str },
+
+    /// The data handed to the builder does not match what the request asks for.
+    #[error("the read asks for {expected} bytes (first to last enabled byte) but {got} were given")]
+    DataLength { expected: u32, got: usize },
+
+    /// An unsuccessful completion was asked for with status SC.
+    #[error("status SC is not a failure; use the completion builders for successful completions")]
+    SuccessIsNotFailure,
+
+    /// Configuration Request Retry Status answers configuration requests only.
+    #[error("CRS status is only for configuration requests, not {kind}")]
+    CrsForNonConfig { kind: &'static str },
+
+    /// A received TLP that is not a completion was handed to the reassembly.
+    #[error("{kind} is not a completion")]
+    NotACompletion { kind: &'static str },
+
+    /// The completion's Requester ID and Tag are not the read's.
+    #[error(
+        "completion for requester {got_requester} tag {got_tag:#x}, expected requester {expected_requester} tag {expected_tag:#x}"
+    )]
+    TransactionId { expected_requester: RoutingId, expected_tag: u16, got_requester: RoutingId, got_tag: u16 },
+
+    /// The completer reported a failure (UR, CA, CRS or a reserved status); the read is over.
+    #[error("read completed with status {} ({status:?}) after {received} of {requested} bytes", status.name())]
+    Unsuccessful { status: CplStatus, received: u32, requested: u32 },
+
+    /// The completion is poisoned (EP set): its data must not be used.
+    #[error("completion is poisoned (EP set) at Lower Address {lower_address:#04x}")]
+    Poisoned { lower_address: u8 },
+
+    /// A successful read completion without data.
+    #[error("successful completion carries no data while {remaining} bytes remain")]
+    MissingData { remaining: u32 },
+
+    /// The payload is not Length × 4 bytes.
+    #[error("payload of {payload_len} bytes does not match Length {length_dw} DW")]
+    PayloadLength { length_dw: u16, payload_len: usize },
+
+    /// Lower Address is not bits [6:0] of the next byte expected.
+    #[error("Lower Address {got:#04x}, expected {expected:#04x} (next byte at {next_address:#x})")]
+    LowerAddress { expected: u8, got: u8, next_address: u64 },
+
+    /// Byte Count is not the number of bytes still missing (more: a duplicate or overlapping
+    /// completion; fewer: a lost one).
+    #[error("Byte Count {got}, expected {expected} (bytes of the read still missing)")]
+    ByteCount { expected: u16, got: u16 },
+
+    /// The final completion's Length does not cover exactly the remaining bytes.
+    #[error(
+        "final completion has Length {got_dw} DW; {remaining} bytes at Lower Address {lower_address:#04x} need {expected_dw} DW"
+    )]
+    Length { expected_dw: u16, got_dw: u16, remaining: u32, lower_address: u8 },
+
+    /// A non-final completion does not end on a naturally aligned RCB boundary.
+    #[error(
+        "completion ends at {end:#x}, not on a {rcb}-byte Read Completion Boundary, with {remaining} bytes still missing"
+    )]
+    RcbBoundary { end: u64, rcb: u16, remaining: u32 },
+
+    /// Everything was already received (or the read already failed).
+    #[error("read of {requested} bytes at {address:#x} is already finished")]
+    AlreadyFinished { address: u64, requested: u32 },
+}
+
+/// The fields a completion copies from its request (§2.2.9.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestEcho {
+    pub requester: RoutingId,
+    pub tag: u16,
+    pub tc: u8,
+    pub attr: Attr,
+}
+
+impl RequestEcho {
+    /// The echoed fields of a non-posted request (MRd, MRdLk, IORd/Wr, CfgRd/Wr, AtomicOps).
+    pub fn from_request(request: &Tlp) -> Result<Self, CompletionError> {
+        let (requester, tag) = match &request.body {
+            Body::Memory(m) if m.op != MemOp::Write => (m.requester, m.tag),
+            Body::Io(io) => (io.requester, io.tag),
+            Body::Config(c) => (c.requester, c.tag),
+            Body::Atomic(a) => (a.requester, a.tag),
+            Body::Memory(_) | Body::Message(_) | Body::Completion(_) => {
+                return Err(CompletionError::NoCompletion { kind: request.kind_name() });
+            }
+        };
+        Ok(RequestEcho { requester, tag, tc: request.tc, attr: request.attr })
+    }
+}
+
+/// A memory read (MRd or MRdLk) as a completer sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MemoryRead {
+    pub echo: RequestEcho,
+    /// MRdLk: completions are CplDLk / CplLk.
+    pub locked: bool,
+    /// The DW address from the header.
+    pub dw_address: u64,
+    /// Byte enables and Length (implied all-enabled when TH is set, §2.2.5.1).
+    pub enables: ByteEnables,
+}
+
+impl MemoryRead {
+    /// Reads an MRd/MRdLk and checks what a completer relies on: the byte-enable rules of
+    /// §2.2.5.1 and that the request does not cross 4 KiB (§2.2.7.1).
+    pub fn from_tlp(request: &Tlp) -> Result<Self, CompletionError> {
+        let read = Self::from_tlp_unchecked(request)?;
+        read.enables.check(read.dw_address, true)?;
+        let len = read.enables.length_dw as u64 * 4;
+        let offset = read.dw_address & (PAGE_SIZE - 1);
+        if offset + len > PAGE_SIZE {
+            return Err(RequestError::CrossesPage {
+                address: read.dw_address,
+                len,
+                boundary: (read.dw_address | (PAGE_SIZE - 1)) + 1,
+            }
+            .into());
+        }
+        Ok(read)
+    }
+
+    /// The fields of an MRd/MRdLk without the byte-enable and 4 KiB checks (to answer even a
+    /// doubtful request with a failure status).
+    fn from_tlp_unchecked(request: &Tlp) -> Result<Self, CompletionError> {
+        let Body::Memory(m) = &request.body else {
+            return Err(CompletionError::WrongRequestKind {
+                kind: request.kind_name(),
+                expected: "a memory read",
+            });
+        };
+        let locked = match m.op {
+            MemOp::Read => false,
+            MemOp::ReadLocked => true,
+            MemOp::Write => return Err(CompletionError::NoCompletion { kind: request.kind_name() }),
+        };
+        let length_dw = request.length_dw();
+        let enables = if request.th {
+            // The byte-enable fields carry ST[7:0]; all bytes are implied enabled (§2.2.5.1).
+            ByteEnables { first_be: 0xf, last_be: if length_dw == 1 { 0 } else { 0xf }, length_dw }
+        } else {
+            ByteEnables { first_be: m.first_be, last_be: m.last_be, length_dw }
+        };
+        Ok(MemoryRead {
+            echo: RequestEcho { requester: m.requester, tag: m.tag, tc: request.tc, attr: request.attr },
+            locked,
+            dw_address: m.address & !3,
+            enables,
+        })
+    }
+
+    /// Address of the first enabled byte.
+    pub const fn first_byte_address(&self) -> u64 {
+        self.enables.byte_range(self.dw_address).0
+    }
+
+    /// Bytes a successful read returns, first to last enabled byte (0 for a zero-length read).
+    pub const fn byte_count(&self) -> u32 {
+        self.enables.enabled_span().1
+    }
+
+    /// The enabled bytes as `(address, len)` runs: the accesses a completer makes so that
+    /// disabled bytes with read side effects are not read.
+    pub fn enabled_runs(&self) -> impl Iterator<Item = (u64, u32)> + use<> {
+        let base = self.dw_address;
+        self.enables.runs().map(move |(offset, len)| (base + offset as u64, len))
+    }
+}
+
+fn completion_tlp(echo: &RequestEcho, completion: Completion, payload: Vec<u8>) -> Tlp {
+    Tlp {
+        prefixes: Vec::new(),
+        tc: echo.tc,
+        attr: echo.attr,
+        ln: false,
+        th: false,
+        ep: false,
+        at: 0,
+        // Reserved (0) without data; 1024 DW is encoded as 0.
+        length: (payload.len() / 4) as u16 & 0x3ff,
+        body: Body::Completion(completion),
+        payload,
+        digest: None,
+    }
+}
+
+fn completion_header(
+    echo: &RequestEcho,
+    completer: RoutingId,
+    locked: bool,
+    status: CplStatus,
+    byte_count: u16,
+    lower_address: u8,
+) -> Completion {
+    Completion {
+        locked,
+        completer,
+        status,
+        bcm: false,
+        byte_count,
+        requester: echo.requester,
+        tag: echo.tag,
+        lower_address: lower_address & 0x7f,
+    }
+}
+
+/// The CplDs returning `data` for a memory read: `data` holds the bytes from the first to the
+/// last enabled byte ([`MemoryRead::byte_count`] of them; empty for a zero-length read). Each
+/// completion is at most `link`'s MPS and all but the last end on its RCB.
+pub fn read_completions<'a>(
+    read: &MemoryRead,
+    completer: RoutingId,
+    data: &'a [u8],
+    link: &LinkParams,
+) -> Result<ReadCompletions<'a>, CompletionError> {
+    let expected = read.byte_count();
+    if data.len() != expected as usize {
+        return Err(CompletionError::DataLength { expected, got: data.len() });
+    }
+    let start = read.first_byte_address();
+    Ok(ReadCompletions {
+        read: *read,
+        completer,
+        data,
+        start,
+        next: start,
+        end: start + expected as u64,
+        mps: link.max_payload_size() as u64,
+        rcb: link.read_completion_boundary() as u64,
+        zero_length_pending: read.enables.is_zero_length(),
+    })
+}
+
+/// Iterator returned by [`read_completions`].
+#[derive(Clone, Debug)]
+pub struct ReadCompletions<'a> {
+    read: MemoryRead,
+    completer: RoutingId,
+    data: &'a [u8],
+    /// Address of `data[0]`.
+    start: u64,
+    /// Address of the next byte to return.
+    next: u64,
+    end: u64,
+    mps: u64,
+    rcb: u64,
+    zero_length_pending: bool,
+}
+
+impl ReadCompletions<'_> {
+    /// The Cpl (CplLk) that ends the read with a failure `status` instead of the completions not
+    /// yet produced: Byte Count and Lower Address are those the next successful completion would
+    /// carry (§2.3.1.1). `None` once every byte was returned.
+    pub fn unsuccessful(&self, status: CplStatus) -> Result<Option<Tlp>, CompletionError> {
+        if status == CplStatus::Sc {
+            return Err(CompletionError::SuccessIsNotFailure);
+        }
+        let (byte_count, lower_address) = if self.zero_length_pending {
+            (1, self.read.enables.lower_address(self.read.dw_address))
+        } else if self.next < self.end {
+            ((self.end - self.next) as u16, self.next as u8)
+        } else {
+            return Ok(None);
+        };
+        let header = completion_header(
+            &self.read.echo,
+            self.completer,
+            self.read.locked,
+            status,
+            byte_count,
+            lower_address,
+        );
+        Ok(Some(completion_tlp(&self.read.echo, header, Vec::new())))
+    }
+
+    /// Bytes not yet returned.
+    pub fn remaining(&self) -> u32 {
+        (self.end - self.next) as u32
+    }
+}
+
+impl Iterator for ReadCompletions<'_> {
+    type Item = Tlp;
+
+    fn next(&mut self) -> Option<Tlp> {
+        let read = &self.read;
+        if self.zero_length_pending {
+            self.zero_length_pending = false;
+            let header = completion_header(
+                &read.echo,
+                self.completer,
+                read.locked,
+                CplStatus::Sc,
+                1,
+                read.enables.lower_address(read.dw_address),
+            );
+            return Some(completion_tlp(&read.echo, header, vec![0; 4]));
+        }
+        if self.next >= self.end {
+            return None;
+        }
+        let first = self.next;
+        let dw_start = first & !3;
+        // The farthest RCB boundary an MPS-sized payload from `dw_start` reaches; MPS is a
+        // multiple of RCB, so this is beyond `first`.
+        let limit = (dw_start + self.mps) & !(self.rcb - 1);
+        let last_end = limit.min(self.end);
+        let payload_end = (last_end + 3) & !3;
+        let mut payload = vec![0u8; (payload_end - dw_start) as usize];
+        let from = (first - self.start) as usize;
+        let to = (last_end - self.start) as usize;
+        let lane = (first - dw_start) as usize;
+        payload[lane..lane + (to - from)].copy_from_slice(&self.data[from..to]);
+        // Disabled bytes between enabled ones (non-contiguous enables of 1-2 DW reads) are 0.
+        for (i, byte) in payload.iter_mut().enumerate() {
+            let offset = (dw_start + i as u64 - read.dw_address) as u32;
+            if !read.enables.is_enabled(offset) {
+                *byte = 0;
+            }
+        }
+        let header = completion_header(
+            &read.echo,
+            self.completer,
+            read.locked,
+            CplStatus::Sc,
+            (self.end - first) as u16,
+            first as u8,
+        );
+        self.next = last_end;
+        Some(completion_tlp(&read.echo, header, payload))
+    }
+}
+
+/// The I/O or configuration request's byte enables, checked (Length 1, Last DW BE 0).
+fn io_config_enables(request: &Tlp, want_write: bool) -> Result<(RequestEcho, ByteEnables), CompletionError> {
+    let expected = if want_write { "an I/O or configuration write" } else { "an I/O or configuration read" };
+    let (write, first_be, last_be) = match &request.body {
+        Body::Io(io) => (io.write, io.first_be, io.last_be),
+        Body::Config(c) => (c.write, c.first_be, c.last_be),
+        _ => return Err(CompletionError::WrongRequestKind { kind: request.kind_name(), expected }),
+    };
+    if write != want_write {
+        return Err(CompletionError::WrongRequestKind { kind: request.kind_name(), expected });
+    }
+    let enables = ByteEnables { first_be, last_be, length_dw: request.length_dw() };
+    enables.check(0, false)?;
+    Ok((RequestEcho::from_request(request)?, enables))
+}
+
+/// The CplD for an I/O or configuration read: 1 DW of `data` (bytes in register order, byte 0
+/// at the DW address), disabled bytes 0, Byte Count 4, Lower Address 0.
+pub fn io_config_read_completion(
+    request: &Tlp,
+    completer: RoutingId,
+    data: [u8; 4],
+) -> Result<Tlp, CompletionError> {
+    let (echo, enables) = io_config_enables(request, false)?;
+    let mut payload = data.to_vec();
+    for (i, byte) in payload.iter_mut().enumerate() {
+        if !enables.is_enabled(i as u32) {
+            *byte = 0;
+        }
+    }
+    let header = completion_header(&echo, completer, false, CplStatus::Sc, 4, 0);
+    Ok(completion_tlp(&echo, header, payload))
+}
+
+/// The Cpl (status SC) for an I/O or configuration write: Byte Count 4, Lower Address 0.
+pub fn io_config_write_completion(request: &Tlp, completer: RoutingId) -> Result<Tlp, CompletionError> {
+    let (echo, _) = io_config_enables(request, true)?;
+    let header = completion_header(&echo, completer, false, CplStatus::Sc, 4, 0);
+    Ok(completion_tlp(&echo, header, Vec::new()))
+}
+
+/// The Cpl (CplLk for MRdLk) without data that fails any non-posted `request` with `status`
+/// (UR, CA, or CRS for configuration requests). Byte Count and Lower Address: for a memory
+/// read, those of its first successful completion; for an AtomicOp, the operand size and 0; for
+/// I/O and configuration requests, 4 and 0. The request's byte enables are not checked, so that
+/// even a doubtful request can be answered.
+pub fn unsuccessful_completion(
+    request: &Tlp,
+    completer: RoutingId,
+    status: CplStatus,
+) -> Result<Tlp, CompletionError> {
+    if status == CplStatus::Sc {
+        return Err(CompletionError::SuccessIsNotFailure);
+    }
+    let echo = RequestEcho::from_request(request)?;
+    if status == CplStatus::Crs && !matches!(request.body, Body::Config(_)) {
+        return Err(CompletionError::CrsForNonConfig { kind: request.kind_name() });
+    }
+    let (locked, byte_count, lower_address) = match &request.body {
+        Body::Memory(_) => {
+            let read = MemoryRead::from_tlp_unchecked(request)?;
+            (read.locked, read.enables.byte_count(), read.enables.lower_address(read.dw_address))
+        }
+        Body::Atomic(a) => {
+            // CAS carries two operands; the others one (§2.2.7.1, Table 2-15).
+            let data_len = request.length_dw() * 4;
+            let operand = if a.op == AtomicOp::Cas { data_len / 2 } else { data_len };
+            (false, operand, 0)
+        }
+        _ => (false, 4, 0),
+    };
+    let header = completion_header(&echo, completer, locked, status, byte_count, lower_address);
+    Ok(completion_tlp(&echo, header, Vec::new()))
+}
+
+/// What [`ReadReassembly::accept`] made of a completion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// More completions are due; `remaining` bytes are still missing.
+    More { remaining: u32 },
+    /// The read is complete: the bytes from the first to the last requested byte (empty for a
+    /// zero-length read).
+    Done(Vec<u8>),
+}
+
+/// The state of one outstanding memory read while its completions arrive.
+#[derive(Clone, Debug)]
+pub struct ReadReassembly {
+    /// Address of the first requested byte.
+    address: u64,
+    /// Bytes requested; 0 for a zero-length read.
+    requested: u32,
+    received: u32,
+    data: Vec<u8>,
+    rcb: u16,
+    /// Requester ID and Tag to check, when known.
+    transaction: Option<(RoutingId, u16)>,
+    finished: bool,
+}
+
+impl ReadReassembly {
+    /// For a read of `len` bytes at byte `address` (0 bytes: a zero-length read). Fails when no
+    /// single read can ask for that range (more than 4096 bytes, crossing 4 KiB).
+    pub fn new(address: u64, len: u32) -> Result<Self, CompletionError> {
+        let boundary = (address | (PAGE_SIZE - 1)).saturating_add(1);
+        let end = address
+            .checked_add(len as u64)
+            .ok_or(RequestError::AddressOverflow { address, len: len as u64 })?;
+        ByteEnables::for_range(address, len)?;
+        if end > boundary {
+            return Err(RequestError::CrossesPage { address, len: len as u64, boundary }.into());
+        }
+        Ok(ReadReassembly {
+            address,
+            requested: len,
+            received: 0,
+            data: vec![0; len as usize],
+            rcb: 64,
+            transaction: None,
+            finished: false,
+        })
+    }
+
+    /// For one chunk from [`memory_read_requests`](crate::split::memory_read_requests).
+    pub fn for_chunk(chunk: &SplitChunk) -> Result<Self, CompletionError> {
+        Self::new(chunk.address, chunk.len)
+    }
+
+    /// For a read request TLP (MRd/MRdLk) this side sent; completions are also checked for its
+    /// Requester ID and Tag. A read with non-contiguous enables returns the span from the first
+    /// to the last enabled byte.
+    pub fn for_request(request: &Tlp) -> Result<Self, CompletionError> {
+        let read = MemoryRead::from_tlp(request)?;
+        let mut reassembly = Self::new(read.first_byte_address(), read.byte_count())?;
+        reassembly.transaction = Some((read.echo.requester, read.echo.tag));
+        Ok(reassembly)
+    }
+
+    /// Checks non-final completions against this RCB (64 or 128) instead of 64, for a completer
+    /// known to use 128 (any completer but a Root Complex with RCB 64).
+    pub fn with_read_completion_boundary(mut self, rcb: u16) -> Result<Self, CompletionError> {
+        if rcb != 64 && rcb != 128 {
+            return Err(RequestError::InvalidRcb { value: rcb }.into());
+        }
+        self.rcb = rcb;
+        Ok(self)
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u32 {
+        self.received
+    }
+
+    /// Bytes still missing.
+    pub fn remaining(&self) -> u32 {
+        self.requested - self.received
+    }
+
+    /// True once the read completed or failed.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Takes one completion for this read. On a malformed completion the state is unchanged (the
+    /// caller decides whether to give up); an unsuccessful status finishes the read.
+    pub fn accept(&mut self, completion: &Tlp) -> Result<Progress, CompletionError> {
+        if self.finished {
+            return Err(CompletionError::AlreadyFinished {
+                address: self.address,
+                requested: self.requested,
+            });
+        }
+        let Body::Completion(cpl) = &completion.body else {
+            return Err(CompletionError::NotACompletion { kind: completion.kind_name() });
+        };
+        if let Some((requester, tag)) = self.transaction
+            && (cpl.requester != requester || cpl.tag != tag)
+        {
+            return Err(CompletionError::TransactionId {
+                expected_requester: requester,
+                expected_tag: tag,
+                got_requester: cpl.requester,
+                got_tag: cpl.tag,
+            });
+        }
+        if cpl.status != CplStatus::Sc {
+            self.finished = true;
+            return Err(CompletionError::Unsuccessful {
+                status: cpl.status,
+                received: self.received,
+                requested: self.requested,
+            });
+        }
+        let remaining = self.remaining();
+        if completion.ep {
+            return Err(CompletionError::Poisoned { lower_address: cpl.lower_address });
+        }
+        if completion.payload.is_empty() {
+            return Err(CompletionError::MissingData { remaining });
+        }
+        let length_dw = completion.length_dw();
+        if completion.payload.len() != length_dw as usize * 4 {
+            return Err(CompletionError::PayloadLength { length_dw, payload_len: completion.payload.len() });
+        }
+        let next_address = self.address + self.received as u64;
+        let expected_la = (next_address & 0x7f) as u8;
+        if cpl.lower_address != expected_la {
+            return Err(CompletionError::LowerAddress {
+                expected: expected_la,
+                got: cpl.lower_address,
+                next_address,
+            });
+        }
+        let lane = (next_address & 3) as u32;
+        let capacity = length_dw as u32 * 4 - lane;
+        let (take, is_final) = if self.requested == 0 {
+            // Zero-length read: one DW of unspecified data, Byte Count 1.
+            (0, true)
+        } else if capacity >= remaining {
+            (remaining, true)
+        } else {
+            (capacity, false)
+        };
+        let expected_bc = if self.requested == 0 {
+            1
+        } else if cpl.bcm && self.received == 0 {
+            // A PCI-X completer's first completion counts only its own bytes.
+            take as u16
+        } else {
+            remaining as u16
+        };
+        if cpl.byte_count != expected_bc {
+            return Err(CompletionError::ByteCount { expected: expected_bc, got: cpl.byte_count });
+        }
+        if is_final {
+            let expected_dw = (lane + take.max(1)).div_ceil(4) as u16;
+            if length_dw != expected_dw {
+                return Err(CompletionError::Length {
+                    expected_dw,
+                    got_dw: length_dw,
+                    remaining,
+                    lower_address: cpl.lower_address,
+                });
+            }
+        } else {
+            let end = next_address + take as u64;
+            if end % self.rcb as u64 != 0 {
+                return Err(CompletionError::RcbBoundary { end, rcb: self.rcb, remaining });
+            }
+        }
+        let from = self.received as usize;
+        let lane = lane as usize;
+        self.data[from..from + take as usize]
+            .copy_from_slice(&completion.payload[lane..lane + take as usize]);
+        self.received += take;
+        if is_final {
+            self.finished = true;
+            Ok(Progress::Done(std::mem::take(&mut self.data)))
+        } else {
+            Ok(Progress::More { remaining: self.remaining() })
+        }
+    }
+}

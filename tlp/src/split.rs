@@ -1,1 +1,377 @@
-//! (in progress)
+//! Splitting a requester's memory accesses into legal MWr and MRd TLPs (PCIe Base Spec r6.3
+//! §2.2.7.1 "Request Rules", §2.2.2 data payload rules, §2.2.4.1 address formats).
+//!
+//! Rules applied:
+//!
+//! - No request may cross a naturally aligned 4 KiB boundary (§2.2.7.1).
+//! - A write's payload (Length × 4 bytes, including disabled bytes of its first and last DW) must
+//!   not exceed Max_Payload_Size (§2.2.2); a read's Length × 4 must not exceed
+//!   Max_Read_Request_Size (§2.2.7.1).
+//! - Addresses below 4 GiB use the 3DW header, others the 4DW header (§2.2.4.1). No chunk
+//!   crosses 4 GiB, since 4 GiB is a 4 KiB boundary.
+//! - Byte enables per §2.2.5.1 (see [`crate::byte_enable`]).
+//!
+//! Chunks end on naturally aligned multiples of the limit (MPS or MRRS): a range starting at
+//! 0x1010 with MPS 128 becomes 0x1010..0x1080, 0x1080..0x1100, …. Every limit is a power of two
+//! that divides 4096, so this also keeps chunks inside 4 KiB pages, and it follows the spec's
+//! advice (§2.2.2, implementation note "Maintaining Alignment in Data Payloads") that writes
+//! respecting 64/128-byte boundaries perform better; it costs at most one extra TLP per range.
+//!
+//! Reads are split into [`SplitChunk`]s first so that the caller can give each its own tag from
+//! its tag table, then turned into TLPs with [`memory_read_tlp`]; the matching
+//! [`ReadReassembly`](crate::completion::ReadReassembly) collects the completions of one chunk.
+
+use crate::byte_enable::ByteEnables;
+use crate::model::{Attr, Body, MemOp, MemRequest, RoutingId, Tlp};
+
+/// Memory requests must not cross a naturally aligned boundary of this many bytes.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// The largest tag: tags are 10 bits.
+pub const MAX_TAG: u16 = 0x3ff;
+
+/// Why a request could not be formed (bad link parameters, a range no TLP can describe, byte
+/// enables breaking §2.2.5.1).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Max_Payload_Size or Max_Read_Request_Size is not 128, 256, 512, 1024, 2048 or 4096.
+    #[error("{parameter} must be a power of two from 128 to 4096 bytes, got {value}")]
+    InvalidSize { parameter: &'static str, value: u16 },
+
+    /// A Device Control size encoding (MPS bits 7:5, MRRS bits 14:12) outside 000b..=101b.
+    #[error("{parameter} encoding {code:#05b} is reserved (000b..=101b = 128..=4096 bytes)")]
+    ReservedSizeEncoding { parameter: &'static str, code: u8 },
+
+    /// The Read Completion Boundary is not 64 or 128 bytes.
+    #[error("Read Completion Boundary must be 64 or 128 bytes, got {value}")]
+    InvalidRcb { value: u16 },
+
+    /// `address + len` does not fit in 64 bits.
+    #[error("range of {len} bytes at {address:#x} extends past the 64-bit address space")]
+    AddressOverflow { address: u64, len: u64 },
+
+    /// The range needs more than the 1024 DW one TLP can carry.
+    #[error("{len} bytes at {address:#x} span {length_dw} DW; one TLP carries at most 1024")]
+    TooLong { address: u64, len: u64, length_dw: u64 },
+
+    /// A single request would cross a naturally aligned 4 KiB boundary.
+    #[error("{len} bytes at {address:#x} cross the 4 KiB boundary at {boundary:#x}")]
+    CrossesPage { address: u64, len: u64, boundary: u64 },
+
+    /// A single request is longer than the limit that applies to it.
+    #[error("{len} bytes at {address:#x} need {length_dw} DW, more than {parameter} = {limit} bytes")]
+    ExceedsLimit { address: u64, len: u64, length_dw: u64, parameter: &'static str, limit: u16 },
+
+    /// A tag above 10 bits.
+    #[error("tag {tag:#x} does not fit in 10 bits")]
+    TagOutOfRange { tag: u16 },
+
+    /// Byte enables that break a §2.2.5.1 rule.
+    #[error(
+        "byte enables First DW BE {first_be:#06b}, Last DW BE {last_be:#06b} with Length {length_dw} DW: {rule}"
+    )]
+    ByteEnables { first_be: u8, last_be: u8, length_dw: u16, rule: &'static str },
+}
+
+/// Checks that `value` is a power of two in 128..=4096.
+fn check_size(parameter: &'static str, value: u16) -> Result<u16, RequestError> {
+    if value.is_power_of_two() && (128..=4096).contains(&value) {
+        Ok(value)
+    } else {
+        Err(RequestError::InvalidSize { parameter, value })
+    }
+}
+
+/// The transfer limits of a link, as software programmed them: Max_Payload_Size and
+/// Max_Read_Request_Size (Device Control, §7.5.3.4) and the Read Completion Boundary (Link
+/// Control bit 3, §7.5.3.7; 128 bytes for every completer other than a Root Complex, §2.3.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinkParams {
+    mps: u16,
+    mrrs: u16,
+    rcb: u16,
+}
+
+impl LinkParams {
+    /// The reset values: MPS 128, MRRS 512, RCB 64.
+    pub const DEFAULT: LinkParams = LinkParams { mps: 128, mrrs: 512, rcb: 64 };
+
+    /// Validates MPS and MRRS (powers of two, 128..=4096) and RCB (64 or 128).
+    pub fn new(mps: u16, mrrs: u16, rcb: u16) -> Result<Self, RequestError> {
+        check_size("Max_Payload_Size", mps)?;
+        check_size("Max_Read_Request_Size", mrrs)?;
+        if rcb != 64 && rcb != 128 {
+            return Err(RequestError::InvalidRcb { value: rcb });
+        }
+        Ok(LinkParams { mps, mrrs, rcb })
+    }
+
+    /// From the register encodings: Device Control Max_Payload_Size (bits 7:5) and
+    /// Max_Read_Request_Size (bits 14:12), 000b = 128 … 101b = 4096, and Link Control bit 3
+    /// (RCB, set = 128 bytes).
+    pub fn from_encodings(mps_code: u8, mrrs_code: u8, rcb_128: bool) -> Result<Self, RequestError> {
+        let mps = size_from_encoding("Max_Payload_Size", mps_code)?;
+        let mrrs = size_from_encoding("Max_Read_Request_Size", mrrs_code)?;
+        LinkParams::new(mps, mrrs, if rcb_128 { 128 } else { 64 })
+    }
+
+    /// Max_Payload_Size in bytes.
+    pub const fn max_payload_size(&self) -> u16 {
+        self.mps
+    }
+
+    /// Max_Read_Request_Size in bytes.
+    pub const fn max_read_request_size(&self) -> u16 {
+        self.mrrs
+    }
+
+    /// Read Completion Boundary in bytes.
+    pub const fn read_completion_boundary(&self) -> u16 {
+        self.rcb
+    }
+}
+
+impl Default for LinkParams {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Decodes a 3-bit Max_Payload_Size / Max_Read_Request_Size field: 128 << code for 0..=5.
+pub fn size_from_encoding(parameter: &'static str, code: u8) -> Result<u16, RequestError> {
+    if code <= 5 { Ok(128 << code) } else { Err(RequestError::ReservedSizeEncoding { parameter, code }) }
+}
+
+/// One request's worth of a split range: `len` bytes at byte address `address` (0 bytes only
+/// for a zero-length request built by hand).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SplitChunk {
+    pub address: u64,
+    pub len: u32,
+}
+
+impl SplitChunk {
+    /// One past the last byte.
+    pub const fn end(&self) -> u64 {
+        self.address + self.len as u64
+    }
+
+    /// The DW address the request header carries.
+    pub const fn dw_address(&self) -> u64 {
+        self.address & !3
+    }
+
+    /// The byte enables and Length of the request for this chunk.
+    pub fn byte_enables(&self) -> Result<ByteEnables, RequestError> {
+        ByteEnables::for_range(self.address, self.len)
+    }
+
+    /// Checks that one request can carry this chunk: inside one 4 KiB page and at most `limit`
+    /// bytes of DW-aligned span (`parameter` names the limit for the error).
+    fn check_single(&self, parameter: &'static str, limit: u16) -> Result<ByteEnables, RequestError> {
+        let (address, len) = (self.address, self.len as u64);
+        let end = address.checked_add(len).ok_or(RequestError::AddressOverflow { address, len })?;
+        let boundary = (address | (PAGE_SIZE - 1)) + 1;
+        if len > 0 && end > boundary {
+            return Err(RequestError::CrossesPage { address, len, boundary });
+        }
+        let enables = self.byte_enables()?;
+        if enables.length_dw as u64 * 4 > limit as u64 {
+            return Err(RequestError::ExceedsLimit {
+                address,
+                len,
+                length_dw: enables.length_dw as u64,
+                parameter,
+                limit,
+            });
+        }
+        Ok(enables)
+    }
+}
+
+/// The chunks of `len` bytes at `address`, each ending at the range end or at a multiple of
+/// `limit` (see the module documentation); nothing for an empty range. `limit` must be a power
+/// of two in 128..=4096 (`parameter` names it in the error).
+pub fn split_range(
+    address: u64,
+    len: u64,
+    parameter: &'static str,
+    limit: u16,
+) -> Result<Chunks, RequestError> {
+    let limit = check_size(parameter, limit)?;
+    let end = address.checked_add(len).ok_or(RequestError::AddressOverflow { address, len })?;
+    Ok(Chunks { next: address, end, limit: limit as u64 })
+}
+
+/// Iterator over the chunks of a split range, from [`split_range`], [`memory_read_requests`].
+#[derive(Clone, Debug)]
+pub struct Chunks {
+    next: u64,
+    end: u64,
+    limit: u64,
+}
+
+impl Iterator for Chunks {
+    type Item = SplitChunk;
+
+    fn next(&mut self) -> Option<SplitChunk> {
+        if self.next >= self.end {
+            return None;
+        }
+        let address = self.next;
+        // Next multiple of `limit` above `address`; saturates at the top of the address space,
+        // which `end` (a u64) never exceeds.
+        let boundary = (address | (self.limit - 1)).saturating_add(1);
+        let chunk_end = boundary.min(self.end);
+        self.next = chunk_end;
+        // A chunk is at most `limit` <= 4096 bytes.
+        Some(SplitChunk { address, len: (chunk_end - address) as u32 })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        if self.next >= self.end {
+            return (0, Some(0));
+        }
+        let first_block = self.next / self.limit;
+        let last_block = (self.end - 1) / self.limit;
+        let n = usize::try_from(last_block - first_block + 1).unwrap_or(usize::MAX);
+        (n, Some(n))
+    }
+}
+
+/// The header fields a requester chooses for its requests, besides address, length and tag.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RequestFields {
+    pub requester: RoutingId,
+    /// Traffic Class, 0..=7 (higher bits are masked off).
+    pub tc: u8,
+    pub attr: Attr,
+}
+
+/// A memory request TLP with the header fields every builder here shares.
+fn memory_tlp(
+    fields: &RequestFields,
+    op: MemOp,
+    tag: u16,
+    chunk: &SplitChunk,
+    enables: ByteEnables,
+    payload: Vec<u8>,
+) -> Tlp {
+    let dw_address = chunk.dw_address();
+    Tlp {
+        prefixes: Vec::new(),
+        tc: fields.tc & 0x7,
+        attr: fields.attr,
+        ln: false,
+        th: false,
+        ep: false,
+        at: 0,
+        // The Length field is 10 bits; 1024 DW is encoded as 0.
+        length: enables.length_dw & 0x3ff,
+        body: Body::Memory(MemRequest {
+            op,
+            requester: fields.requester,
+            tag,
+            first_be: enables.first_be,
+            last_be: enables.last_be,
+            address: dw_address,
+            ph: 0,
+            addr64: dw_address >= 1 << 32,
+        }),
+        payload,
+        digest: None,
+    }
+}
+
+/// One MWr for `data` written at byte `address`: payload laid out at its byte lanes from the DW
+/// address on, disabled bytes 0. Empty `data` gives the zero-length write (Length 1, no byte
+/// enabled). Fails if the write crosses 4 KiB or its payload exceeds `mps`.
+pub fn memory_write_tlp(
+    fields: &RequestFields,
+    address: u64,
+    data: &[u8],
+    mps: u16,
+) -> Result<Tlp, RequestError> {
+    let mps = check_size("Max_Payload_Size", mps)?;
+    let len = u32::try_from(data.len()).map_err(|_| RequestError::TooLong {
+        address,
+        len: data.len() as u64,
+        length_dw: (data.len() as u64).div_ceil(4),
+    })?;
+    let chunk = SplitChunk { address, len };
+    let enables = chunk.check_single("Max_Payload_Size", mps)?;
+    Ok(write_tlp(fields, &chunk, enables, data))
+}
+
+fn write_tlp(fields: &RequestFields, chunk: &SplitChunk, enables: ByteEnables, data: &[u8]) -> Tlp {
+    let mut payload = vec![0u8; enables.length_dw as usize * 4];
+    let offset = (chunk.address & 3) as usize;
+    payload[offset..offset + data.len()].copy_from_slice(data);
+    memory_tlp(fields, MemOp::Write, 0, chunk, enables, payload)
+}
+
+/// The MWr TLPs that write `data` at byte `address`: none crossing 4 KiB, each payload at most
+/// `mps` bytes, split at multiples of `mps`, in increasing address order. Posted requests carry
+/// no meaningful tag; it is 0. Empty `data` yields nothing (use [`memory_write_tlp`] for a
+/// zero-length write).
+pub fn memory_write_tlps<'a>(
+    fields: RequestFields,
+    address: u64,
+    data: &'a [u8],
+    mps: u16,
+) -> Result<MemoryWrites<'a>, RequestError> {
+    let chunks = split_range(address, data.len() as u64, "Max_Payload_Size", mps)?;
+    Ok(MemoryWrites { fields, chunks, data })
+}
+
+/// Iterator returned by [`memory_write_tlps`].
+#[derive(Clone, Debug)]
+pub struct MemoryWrites<'a> {
+    fields: RequestFields,
+    chunks: Chunks,
+    /// The data not yet turned into TLPs.
+    data: &'a [u8],
+}
+
+impl Iterator for MemoryWrites<'_> {
+    type Item = Tlp;
+
+    fn next(&mut self) -> Option<Tlp> {
+        let chunk = self.chunks.next()?;
+        let (now, rest) = self.data.split_at(chunk.len as usize);
+        self.data = rest;
+        // A chunk from `split_range` lies inside one aligned `limit` <= 4096 block, so it spans at
+        // most 1024 DW and `for_range` cannot fail; stop rather than panic if that ever changed.
+        let enables = chunk.byte_enables().ok()?;
+        Some(write_tlp(&self.fields, &chunk, enables, now))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.chunks.size_hint()
+    }
+}
+
+/// The chunks a read of `len` bytes at `address` must be split into: none crossing 4 KiB, each
+/// Length at most `mrrs` bytes, in increasing address order. Give each a tag and turn it into a
+/// TLP with [`memory_read_tlp`]; collect its completions with
+/// [`ReadReassembly::for_chunk`](crate::completion::ReadReassembly::for_chunk).
+pub fn memory_read_requests(address: u64, len: u64, mrrs: u16) -> Result<Chunks, RequestError> {
+    split_range(address, len, "Max_Read_Request_Size", mrrs)
+}
+
+/// The MRd for one chunk with the caller's `tag` (10 bits). A chunk of 0 bytes gives the
+/// zero-length read (Length 1, no byte enabled). Fails if the chunk crosses 4 KiB or needs more
+/// than `mrrs` bytes.
+pub fn memory_read_tlp(
+    fields: &RequestFields,
+    chunk: SplitChunk,
+    tag: u16,
+    mrrs: u16,
+) -> Result<Tlp, RequestError> {
+    let mrrs = check_size("Max_Read_Request_Size", mrrs)?;
+    if tag > MAX_TAG {
+        return Err(RequestError::TagOutOfRange { tag });
+    }
+    let enables = chunk.check_single("Max_Read_Request_Size", mrrs)?;
+    Ok(memory_tlp(fields, MemOp::Read, tag, &chunk, enables, Vec::new()))
+}
