@@ -22,5 +22,11 @@ pub mod split;
 pub mod validate;
 pub mod wire;
 
+/// proptest strategies for every TLP kind (feature `proptest`).
+#[cfg(feature = "proptest")]
+pub mod arbitrary;
+
 pub use error::TlpError;
 pub use model::*;
+pub use validate::{Limits, Rule, Violation};
+pub use wire::Packet;
