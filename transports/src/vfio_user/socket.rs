@@ -1,0 +1,232 @@
+//! Message framing on an AF_UNIX stream socket, with fds as SCM_RIGHTS.
+//!
+//! Sending: all of a message's fds travel in the same `sendmsg` as the first bytes of its
+//! header (receivers read the header with `recvmsg` and the body with plain reads, so fds sent
+//! with a later chunk would be lost). Receiving mirrors what libvfio-user and QEMU do: the
+//! 16-byte header via `recvmsg` with room for up to [`MAX_FDS_PER_MESSAGE`] fds, then exactly
+//! `size - 16` body bytes. The size is checked against the caller's limit before any body
+//! buffer is allocated.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+
+use super::wire::{HEADER_LEN, Header, HeaderRepr};
+use crate::error::Error;
+
+/// The most fds one received message may carry (QEMU's bound on `max_msg_fds`).
+pub const MAX_FDS_PER_MESSAGE: usize = 16;
+
+/// A received message: parsed header, payload (exactly `size - 16` bytes) and its fds.
+#[derive(Debug)]
+pub struct ReceivedMessage {
+    pub header: HeaderRepr,
+    pub payload: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// A vfio-user message socket. Reading must be done by one task at a time, and so must
+/// writing (each side is a separate task in the client).
+#[derive(Debug)]
+pub struct MessageSocket {
+    stream: UnixStream,
+}
+
+fn io_error(context: &'static str) -> impl FnOnce(io::Error) -> Error {
+    move |source| Error::Io { context, source }
+}
+
+impl MessageSocket {
+    pub fn new(stream: UnixStream) -> Self {
+        Self { stream }
+    }
+
+    /// Wraps an already-connected socket fd (must be called inside a tokio runtime).
+    pub fn from_owned_fd(fd: OwnedFd) -> Result<Self, Error> {
+        let std_stream = std::os::unix::net::UnixStream::from(fd);
+        std_stream.set_nonblocking(true).map_err(io_error("making the socket non-blocking"))?;
+        let stream =
+            UnixStream::from_std(std_stream).map_err(io_error("registering the socket with tokio"))?;
+        Ok(Self { stream })
+    }
+
+    /// Sends one whole message; `fds` go with its first bytes.
+    pub async fn send(&self, message: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        let raw_fds: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let socket_fd = self.stream.as_raw_fd();
+        let mut sent = 0usize;
+        let mut fds_pending = !raw_fds.is_empty();
+        while sent < message.len() {
+            let rest = message.get(sent..).unwrap_or(&[]);
+            let written = self
+                .stream
+                .async_io(Interest::WRITABLE, || {
+                    let iov = [IoSlice::new(rest)];
+                    let rights = [ControlMessage::ScmRights(&raw_fds)];
+                    let cmsgs: &[ControlMessage<'_>] = if fds_pending { &rights } else { &[] };
+                    sendmsg::<()>(socket_fd, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+                        .map_err(io::Error::from)
+                })
+                .await
+                .map_err(io_error("sending a message"))?;
+            if written == 0 {
+                return Err(Error::Io {
+                    context: "sending a message",
+                    source: io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes"),
+                });
+            }
+            fds_pending = false;
+            sent += written;
+        }
+        Ok(())
+    }
+
+    /// Receives one message of at most `max_size` bytes (header included) with at most
+    /// `max_fds` fds. Returns `Ok(None)` on a clean EOF at a message boundary.
+    pub async fn recv(&self, max_size: usize, max_fds: usize) -> Result<Option<ReceivedMessage>, Error> {
+        let socket_fd = self.stream.as_raw_fd();
+        let mut header_bytes = [0u8; HEADER_LEN];
+        let mut got = 0usize;
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        let mut cmsg_buffer = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
+        while got < HEADER_LEN {
+            let (bytes, truncated) = self
+                .stream
+                .async_io(Interest::READABLE, || {
+                    let slot = header_bytes.get_mut(got..).unwrap_or(&mut []);
+                    let mut iov = [IoSliceMut::new(slot)];
+                    let msg = recvmsg::<()>(
+                        socket_fd,
+                        &mut iov,
+                        Some(&mut cmsg_buffer),
+                        MsgFlags::MSG_CMSG_CLOEXEC,
+                    )
+                    .map_err(io::Error::from)?;
+                    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+                        if let ControlMessageOwned::ScmRights(received) = cmsg {
+                            for raw in received {
+                                // SAFETY: SCM_RIGHTS just installed `raw` in this process; nothing
+                                // else refers to it, so taking ownership is sound.
+                                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                            }
+                        }
+                    }
+                    Ok((msg.bytes, msg.flags.contains(MsgFlags::MSG_CTRUNC)))
+                })
+                .await
+                .map_err(io_error("receiving a message header"))?;
+            if truncated {
+                return Err(Error::Malformed(format!(
+                    "a message carried more than {MAX_FDS_PER_MESSAGE} fds"
+                )));
+            }
+            if bytes == 0 {
+                if got == 0 && fds.is_empty() {
+                    return Ok(None);
+                }
+                return Err(Error::Malformed(format!("connection closed after {got} of 16 header bytes")));
+            }
+            got += bytes;
+        }
+        let header = HeaderRepr::parse(&Header::new_checked(&header_bytes[..])?)?;
+        if header.size as usize > max_size {
+            return Err(Error::Malformed(format!(
+                "{header}: message of {} bytes exceeds the {max_size}-byte limit",
+                header.size
+            )));
+        }
+        if fds.len() > max_fds {
+            return Err(Error::Malformed(format!(
+                "{header}: carries {} fds, at most {max_fds} accepted",
+                fds.len()
+            )));
+        }
+        let mut payload = vec![0u8; header.payload_len()];
+        let mut filled = 0usize;
+        while filled < payload.len() {
+            let rest = payload.get_mut(filled..).unwrap_or(&mut []);
+            let bytes = self
+                .stream
+                .async_io(Interest::READABLE, || {
+                    nix::sys::socket::recv(socket_fd, rest, MsgFlags::empty()).map_err(io::Error::from)
+                })
+                .await
+                .map_err(io_error("receiving a message body"))?;
+            if bytes == 0 {
+                return Err(Error::Malformed(format!(
+                    "{header}: connection closed after {filled} of {} payload bytes",
+                    payload.len()
+                )));
+            }
+            filled += bytes;
+        }
+        Ok(Some(ReceivedMessage { header, payload, fds }))
+    }
+
+    /// Shuts both directions down so the peer sees EOF.
+    pub fn shutdown(&self) {
+        let _ = nix::sys::socket::shutdown(self.stream.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfio_user::wire::{Command, MessageType, encode_message};
+    use std::os::fd::AsFd;
+
+    #[tokio::test]
+    async fn fds_travel_with_the_header() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (MessageSocket::new(a), MessageSocket::new(b));
+        let message =
+            encode_message(7, Command::DeviceSetIrqs, MessageType::Command, false, None, &[0u8; 20]).unwrap();
+        let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.send(&message, &[r.as_fd(), r.as_fd()]).await.unwrap();
+        let received = b.recv(1024, 16).await.unwrap().unwrap();
+        assert_eq!(received.header.id, 7);
+        assert_eq!(received.payload.len(), 20);
+        assert_eq!(received.fds.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn oversized_message_is_rejected_before_allocation() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (MessageSocket::new(a), MessageSocket::new(b));
+        let mut header =
+            encode_message(1, Command::RegionRead, MessageType::Reply, false, None, &[]).unwrap();
+        header[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        a.send(&header, &[]).await.unwrap();
+        assert!(matches!(b.recv(4096, 16).await, Err(Error::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn too_many_fds_are_rejected() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (MessageSocket::new(a), MessageSocket::new(b));
+        let message =
+            encode_message(1, Command::Version, MessageType::Reply, false, None, &[0u8; 4]).unwrap();
+        let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.send(&message, &[r.as_fd(), r.as_fd()]).await.unwrap();
+        assert!(matches!(b.recv(4096, 1).await, Err(Error::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn eof_at_boundary_is_none_and_mid_message_is_error() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (MessageSocket::new(a), MessageSocket::new(b));
+        drop(a);
+        assert!(b.recv(4096, 1).await.unwrap().is_none());
+
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (MessageSocket::new(a), MessageSocket::new(b));
+        let message =
+            encode_message(1, Command::RegionRead, MessageType::Reply, false, None, &[0u8; 8]).unwrap();
+        a.send(&message[..20], &[]).await.unwrap();
+        drop(a);
+        assert!(matches!(b.recv(4096, 1).await, Err(Error::Malformed(_))));
+    }
+}
