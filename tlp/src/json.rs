@@ -16,8 +16,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::model::{
-    AtomicOp, AtomicRequest, Attr, Body, CfgType, Completion, ConfigRequest, CplStatus, Fmt, IoRequest, MemOp,
-    MemRequest, Message, MessageCode, MsgRouting, Prefix, RoutingId, Tlp,
+    AtomicOp, AtomicRequest, Attr, Body, CfgType, Completion, ConfigRequest, CplStatus, Fmt, IoRequest,
+    MemOp, MemRequest, Message, MessageCode, MsgRouting, Prefix, RoutingId, Tlp,
 };
 
 /// Why a JSON value does not describe a TLP.
@@ -373,7 +373,9 @@ impl<'a> Fields<'a> {
         match self.get(name) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(JsonError::field(name, format!("expected true or false, got {}", type_name(other)))),
+            Some(other) => {
+                Err(JsonError::field(name, format!("expected true or false, got {}", type_name(other))))
+            }
         }
     }
 
@@ -381,7 +383,9 @@ impl<'a> Fields<'a> {
         match self.get(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(JsonError::field(name, format!("expected a string, got {}", type_name(other)))),
+            Some(other) => {
+                Err(JsonError::field(name, format!("expected a string, got {}", type_name(other))))
+            }
         }
     }
 
@@ -392,9 +396,7 @@ impl<'a> Fields<'a> {
     }
 
     fn hex_bytes(&mut self, name: &'static str) -> Result<Option<Vec<u8>>, JsonError> {
-        self.str(name)?
-            .map(|s| hex_to_bytes(s).map_err(|p| JsonError::field(name, p)))
-            .transpose()
+        self.str(name)?.map(|s| hex_to_bytes(s).map_err(|p| JsonError::field(name, p))).transpose()
     }
 
     /// Fails on the first field of the object that was not consumed.
@@ -483,8 +485,7 @@ impl Family {
     }
 }
 
-const KIND_NAMES: &str =
-    "MRd, MRdLk, MWr, IORd, IOWr, CfgRd0, CfgWr0, CfgRd1, CfgWr1, Cpl, CplD, CplLk, CplDLk, Msg, MsgD, FetchAdd, Swap, CAS";
+const KIND_NAMES: &str = "MRd, MRdLk, MWr, IORd, IOWr, CfgRd0, CfgWr0, CfgRd1, CfgWr1, Cpl, CplD, CplLk, CplDLk, Msg, MsgD, FetchAdd, Swap, CAS";
 
 /// Parses JSON text (one object) into a TLP.
 pub fn from_json_str(text: &str) -> Result<Tlp, JsonError> {
@@ -501,9 +502,11 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
     };
     let mut f = Fields { object, used: Vec::new() };
 
-    let kind = f.str("kind")?.ok_or_else(|| JsonError::field("kind", format!("missing; one of {KIND_NAMES}")))?;
-    let family = Family::from_kind(kind)
-        .ok_or_else(|| JsonError::field("kind", format!("{kind:?} is not a TLP kind; one of {KIND_NAMES}")))?;
+    let kind =
+        f.str("kind")?.ok_or_else(|| JsonError::field("kind", format!("missing; one of {KIND_NAMES}")))?;
+    let family = Family::from_kind(kind).ok_or_else(|| {
+        JsonError::field("kind", format!("{kind:?} is not a TLP kind; one of {KIND_NAMES}"))
+    })?;
 
     // Common DW0 fields.
     let tc = f.u8("tc", 7)?.unwrap_or(0);
@@ -519,7 +522,10 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
         None => None,
         Some(s) => {
             let d = parse_hex_u64(s).map_err(|p| JsonError::field("digest", p))?;
-            Some(u32::try_from(d).map_err(|_| JsonError::field("digest", format!("{s} does not fit 32 bits")))?)
+            Some(
+                u32::try_from(d)
+                    .map_err(|_| JsonError::field("digest", format!("{s} does not fit 32 bits")))?,
+            )
         }
     };
     match (f.bool("td")?, digest) {
@@ -527,7 +533,10 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
             return Err(JsonError::field("digest", "missing; td is true, so the 32-bit ECRC must be given"));
         }
         (Some(false), Some(_)) => {
-            return Err(JsonError::field("td", "false, but a digest is given (TD is set exactly when there is one)"));
+            return Err(JsonError::field(
+                "td",
+                "false, but a digest is given (TD is set exactly when there is one)",
+            ));
         }
         _ => {}
     }
@@ -540,7 +549,10 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
         if payload.is_empty() || payload.len() % 4 != 0 || payload.len() > 4096 {
             return Err(JsonError::field(
                 "payload",
-                format!("{} bytes; a payload is 1 to 1024 whole DWs (4 to 4096 bytes, a multiple of 4)", payload.len()),
+                format!(
+                    "{} bytes; a payload is 1 to 1024 whole DWs (4 to 4096 bytes, a multiple of 4)",
+                    payload.len()
+                ),
             ));
         }
         payload
@@ -548,7 +560,8 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
         Vec::new()
     };
     // Cpl, CplLk and Msg keep the raw reserved Length; everything else counts DWs (1024 ↔ 0).
-    let reserved_length = matches!(family, Family::Completion { data: false, .. } | Family::Message { data: false });
+    let reserved_length =
+        matches!(family, Family::Completion { data: false, .. } | Family::Message { data: false });
     let length = if reserved_length {
         f.u16("length_dw", 0x3ff)?.unwrap_or(0)
     } else {
@@ -559,7 +572,8 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
         };
         let n = match f.uint("length_dw", 1024)? {
             Some(n) => n as usize,
-            None => default.ok_or_else(|| JsonError::field("length_dw", format!("missing; {kind} needs a length")))?,
+            None => default
+                .ok_or_else(|| JsonError::field("length_dw", format!("missing; {kind} needs a length")))?,
         };
         if n == 0 {
             return Err(JsonError::field("length_dw", "0; a length is 1 to 1024 DWs (1024 is sent as 0)"));
@@ -591,7 +605,9 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
             if address & 0x3 != 0 {
                 return Err(JsonError::field(
                     "address",
-                    format!("{address:#x} is not DW-aligned; bits 1:0 must be 0 (first_be selects the bytes)"),
+                    format!(
+                        "{address:#x} is not DW-aligned; bits 1:0 must be 0 (first_be selects the bytes)"
+                    ),
                 ));
             }
             Body::Io(IoRequest { write, requester, tag, first_be, last_be, address: address as u32 })
@@ -609,20 +625,41 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
                 ));
             }
             let target = RoutingId::new(bus, device, function);
-            Body::Config(ConfigRequest { cfg_type, write, requester, tag, first_be, last_be, target, register })
+            Body::Config(ConfigRequest {
+                cfg_type,
+                write,
+                requester,
+                tag,
+                first_be,
+                last_be,
+                target,
+                register,
+            })
         }
         Family::Completion { locked, .. } => {
             let completer = f.routing_id("completer_id")?.unwrap_or_default();
             let status = status_field(&mut f)?;
             let bcm = f.bool("bcm")?.unwrap_or(false);
-            let byte_count = f
-                .u16("byte_count", 4096)?
-                .ok_or_else(|| JsonError::field("byte_count", "missing; the remaining byte count, 1 to 4096"))?;
+            let byte_count = f.u16("byte_count", 4096)?.ok_or_else(|| {
+                JsonError::field("byte_count", "missing; the remaining byte count, 1 to 4096")
+            })?;
             if byte_count == 0 {
-                return Err(JsonError::field("byte_count", "0; a byte count is 1 to 4096 (4096 is sent as 0)"));
+                return Err(JsonError::field(
+                    "byte_count",
+                    "0; a byte count is 1 to 4096 (4096 is sent as 0)",
+                ));
             }
             let lower_address = f.u8("lower_address", 0x7f)?.unwrap_or(0);
-            Body::Completion(Completion { locked, completer, status, bcm, byte_count, requester, tag, lower_address })
+            Body::Completion(Completion {
+                locked,
+                completer,
+                status,
+                bcm,
+                byte_count,
+                requester,
+                tag,
+                lower_address,
+            })
         }
         Family::Message { .. } => message_body(&mut f, requester, tag, type_given)?,
     };
@@ -660,7 +697,10 @@ fn attr_field(f: &mut Fields<'_>) -> Result<Attr, JsonError> {
     let mut attr = Attr::default();
     for (name, v) in o {
         let Value::Bool(b) = v else {
-            return Err(JsonError::field(format!("attr.{name}"), format!("expected true or false, got {}", type_name(v))));
+            return Err(JsonError::field(
+                format!("attr.{name}"),
+                format!("expected true or false, got {}", type_name(v)),
+            ));
         };
         match name.as_str() {
             "ro" => attr.relaxed_ordering = *b,
@@ -675,7 +715,10 @@ fn attr_field(f: &mut Fields<'_>) -> Result<Attr, JsonError> {
 fn prefixes_field(f: &mut Fields<'_>) -> Result<Vec<Prefix>, JsonError> {
     let Some(value) = f.get("prefixes") else { return Ok(Vec::new()) };
     let Value::Array(items) = value else {
-        return Err(JsonError::field("prefixes", format!("expected an array of hex strings, got {}", type_name(value))));
+        return Err(JsonError::field(
+            "prefixes",
+            format!("expected an array of hex strings, got {}", type_name(value)),
+        ));
     };
     items
         .iter()
@@ -683,13 +726,18 @@ fn prefixes_field(f: &mut Fields<'_>) -> Result<Vec<Prefix>, JsonError> {
         .map(|(i, item)| {
             let name = format!("prefixes[{i}]");
             let Value::String(s) = item else {
-                return Err(JsonError::field(name, format!("expected a hex string, got {}", type_name(item))));
+                return Err(JsonError::field(
+                    name,
+                    format!("expected a hex string, got {}", type_name(item)),
+                ));
             };
             let bytes = hex_to_bytes(s).map_err(|p| JsonError::field(name.clone(), p))?;
-            let dw: [u8; 4] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| JsonError::field(name.clone(), format!("{} bytes; a prefix is one DW (8 hex digits)", bytes.len())))?;
+            let dw: [u8; 4] = bytes.as_slice().try_into().map_err(|_| {
+                JsonError::field(
+                    name.clone(),
+                    format!("{} bytes; a prefix is one DW (8 hex digits)", bytes.len()),
+                )
+            })?;
             if dw[0] >> 5 != Fmt::Prefix.bits() {
                 return Err(JsonError::field(
                     name,
@@ -728,7 +776,9 @@ fn memory_address(
     if address & 0x3 != 0 {
         return Err(JsonError::field(
             "address",
-            format!("{address:#x} is not DW-aligned; bits 1:0 must be 0 (they hold ph; first_be selects the bytes)"),
+            format!(
+                "{address:#x} is not DW-aligned; bits 1:0 must be 0 (they hold ph; first_be selects the bytes)"
+            ),
         ));
     }
     let ph = f.u8("ph", 3)?.unwrap_or(0);
@@ -762,15 +812,17 @@ fn memory_address(
 fn status_field(f: &mut Fields<'_>) -> Result<CplStatus, JsonError> {
     let Some(value) = f.get("status") else { return Ok(CplStatus::Sc) };
     match value {
-        Value::String(s) => (0u8..8)
-            .map(CplStatus::from_bits)
-            .find(|st| st.name() == s)
-            .ok_or_else(|| JsonError::field("status", format!("{s:?} is not SC, UR, CRS, CA or Reserved(n)"))),
+        Value::String(s) => (0u8..8).map(CplStatus::from_bits).find(|st| st.name() == s).ok_or_else(|| {
+            JsonError::field("status", format!("{s:?} is not SC, UR, CRS, CA or Reserved(n)"))
+        }),
         Value::Number(n) => match n.as_u64() {
             Some(bits @ 0..=7) => Ok(CplStatus::from_bits(bits as u8)),
             _ => Err(JsonError::field("status", format!("{n} is not a 3-bit status (0 to 7)"))),
         },
-        other => Err(JsonError::field("status", format!("expected a status name or number, got {}", type_name(other)))),
+        other => Err(JsonError::field(
+            "status",
+            format!("expected a status name or number, got {}", type_name(other)),
+        )),
     }
 }
 
@@ -785,7 +837,9 @@ fn routing_field(f: &mut Fields<'_>, type_given: Option<u8>) -> Result<MsgRoutin
         None => match type_given {
             Some(ty) if ty & 0x18 == 0x10 => MsgRouting::from_bits(ty & 0x7)
                 .ok_or_else(|| JsonError::field("type", format!("{ty:#07b} is a reserved message routing"))),
-            _ => Err(JsonError::field("routing", "missing; to-rc, by-addr, by-id, broadcast, local or gather")),
+            _ => {
+                Err(JsonError::field("routing", "missing; to-rc, by-addr, by-id, broadcast, local or gather"))
+            }
         },
     }
 }
@@ -813,13 +867,18 @@ fn message_body(
             }
             named
         }
-        (None, None) => return Err(JsonError::field("message_code", "missing; give message_code or message")),
+        (None, None) => {
+            return Err(JsonError::field("message_code", "missing; give message_code or message"));
+        }
     };
     let mut fields = [0u8; 8];
     let fields_given = match f.hex_bytes("fields")? {
         Some(bytes) => {
             fields = bytes.as_slice().try_into().map_err(|_| {
-                JsonError::field("fields", format!("{} bytes; header bytes 8..16 are 8 bytes (16 hex digits)", bytes.len()))
+                JsonError::field(
+                    "fields",
+                    format!("{} bytes; header bytes 8..16 are 8 bytes (16 hex digits)", bytes.len()),
+                )
             })?;
             true
         }
@@ -894,8 +953,10 @@ mod tests {
 
     #[test]
     fn minimal_json_uses_documented_defaults() {
-        let tlp = from_json(&json!({"kind":"MRd","length_dw":4,"requester_id":"01:00.0","tag":18,"address":"0x40"}))
-            .unwrap();
+        let tlp = from_json(
+            &json!({"kind":"MRd","length_dw":4,"requester_id":"01:00.0","tag":18,"address":"0x40"}),
+        )
+        .unwrap();
         assert_eq!(tlp, mrd());
     }
 

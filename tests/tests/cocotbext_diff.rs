@@ -1,0 +1,384 @@
+//! Differential test of the TLP codec against an independent implementation, cocotbext-pcie
+//! (`cocotbext/pcie/core/tlp.py`), through `tests/python/cocotbext_tlp.py`:
+//!
+//! 1. cocotbext-pcie builds and packs random TLPs of every kind it supports; `Tlp::parse` of its
+//!    bytes must give exactly its fields (in the JSON form of `docs/tlp-json.md`), pass
+//!    `validate`, and `emit` must give back its bytes.
+//! 2. `tlp::arbitrary::valid_tlp` (fixed seed) makes random valid TLPs; cocotbext-pcie unpacks
+//!    their bytes and must report exactly our fields.
+//! 3. The message code tables agree.
+//!
+//! Where cocotbext-pcie cannot represent something or deviates from the spec, the spec wins and
+//! the difference is listed in [`DEVIATIONS`]; each is applied as an exact transformation of the
+//! expected value (never by skipping a comparison), and each is checked to still exist.
+//!
+//! Without cocotbext-pcie the tests print `SKIP: …` and pass, except under `CI=true`, where they fail.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use proptest::strategy::{Strategy, ValueTree};
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use serde_json::Value;
+use tlp::json::{bytes_to_hex, to_json};
+use tlp::{Body, Limits, MessageCode, Tlp};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/cocotbext_tlp.py");
+/// TLPs per kind on the cocotbext-pcie side (16 kinds), and TLPs on our side.
+const COCOTBEXT_PER_KIND: usize = 200;
+const OURS: usize = 3000;
+const SEED: u64 = 20_261_121;
+/// Generous: the Python side takes a few seconds for all of the above.
+const PYTHON_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A known difference between cocotbext-pcie and the spec (or what cocotbext-pcie can represent).
+struct Deviation {
+    id: &'static str,
+    field: &'static str,
+    condition: &'static str,
+    why: &'static str,
+    spec: &'static str,
+}
+
+const DEVIATIONS: &[Deviation] = &[
+    Deviation {
+        id: "messages-unsupported",
+        field: "kind",
+        condition: "Msg and MsgD (any routing)",
+        why: "cocotbext-pcie's Tlp has no message code or header bytes 8..16; pack_header and \
+              unpack_header raise \"Unknown TLP type\" for every message Fmt/Type, so messages are \
+              expected to fail to unpack and are not generated on its side",
+        spec: "PCIe Base Spec §2.2.8 Message Request Rules",
+    },
+    Deviation {
+        id: "prefixes-unsupported",
+        field: "prefixes",
+        condition: "TLPs with TLP prefixes",
+        why: "cocotbext-pcie does not model TLP prefixes (a Fmt 100b DW is taken for the header); \
+              the prefixes are stripped before the bytes go to cocotbext-pcie and the rest compared",
+        spec: "§2.2.10 TLP Prefix Rules",
+    },
+    Deviation {
+        id: "ecrc-as-payload",
+        field: "payload, digest",
+        condition: "td is true",
+        why: "cocotbext-pcie does not model the ECRC: unpack keeps TD but returns the digest DW as \
+              the last 4 bytes of `data`, so its payload is ours followed by the digest",
+        spec: "§2.7.1 ECRC Rules (the digest follows the data payload)",
+    },
+    Deviation {
+        id: "at-11b-unrepresentable",
+        field: "at",
+        condition: "at == 3",
+        why: "cocotbext-pcie's TlpAt has no member for 11b, so unpack raises ValueError",
+        spec: "§2.2.4.1 Address Type (AT) field encodings: 11b is reserved",
+    },
+    Deviation {
+        id: "pme-to-ack-code",
+        field: "message_code",
+        condition: "PME_TO_Ack",
+        why: "cocotbext-pcie has MsgType.PME_TO_ACK = 0x1A; the spec's code is 0001 1011b = 0x1B",
+        spec: "§2.2.8.2 Power Management Messages (PME_TO_Ack)",
+    },
+];
+
+fn deviation(id: &str) -> &'static Deviation {
+    DEVIATIONS.iter().find(|d| d.id == id).unwrap_or_else(|| panic!("no deviation {id}"))
+}
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// True when cocotbext-pcie can be imported. Under `CI=true` its absence fails the test.
+fn cocotbext_available() -> bool {
+    let ok = Command::new(python())
+        .args(["-c", "import cocotbext.pcie"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "cocotbext-pcie is not importable by {} but CI=true: the CI setup must `pip install cocotbext-pcie`",
+        python()
+    );
+    eprintln!("SKIP: cocotbext-pcie not installed (pip install cocotbext-pcie)");
+    false
+}
+
+/// Runs the helper script with `args`, feeding `stdin`, and returns its stdout lines as JSON.
+fn run_script(args: &[&str], stdin: &str) -> Vec<Value> {
+    let mut child = Command::new(python())
+        .arg(SCRIPT)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python");
+    let mut child_stdin = child.stdin.take().unwrap();
+    let input = stdin.to_owned();
+    let writer = std::thread::spawn(move || child_stdin.write_all(input.as_bytes()));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let mut err = String::new();
+        let r = stdout.read_to_string(&mut out).and_then(|_| stderr.read_to_string(&mut err));
+        let _ = tx.send(r.map(|_| (out, err)));
+    });
+    let received = rx.recv_timeout(PYTHON_TIMEOUT);
+    if received.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait for python");
+    writer.join().unwrap().expect("write python stdin");
+    let (out, err) = received.expect("python did not finish in time").expect("read python output");
+    assert!(status.success(), "{SCRIPT} {args:?} failed ({status}): {err}");
+    out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}"))).collect()
+}
+
+/// The keys where `ours` and `theirs` differ, with both values.
+fn differences(ours: &Value, theirs: &Value) -> Vec<String> {
+    let (Some(a), Some(b)) = (ours.as_object(), theirs.as_object()) else {
+        return vec![format!("ours {ours} vs cocotbext {theirs}")];
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show = |v: Option<&Value>| v.map_or("(absent)".to_owned(), |v| shorten(&v.to_string()));
+            format!("{k}: ours {} vs cocotbext {}", show(a.get(k)), show(b.get(k)))
+        })
+        .collect()
+}
+
+fn shorten(s: &str) -> String {
+    if s.len() > 80 { format!("{}…({} chars)", &s[..80], s.len()) } else { s.to_owned() }
+}
+
+/// Fails listing the first mismatches, if any.
+fn assert_no_mismatches(what: &str, total: usize, mismatches: &[String]) {
+    assert!(
+        mismatches.is_empty(),
+        "{what}: {} of {total} TLPs disagree; first ones:\n{}",
+        mismatches.len(),
+        mismatches.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn cocotbext_generated_tlps_parse_to_the_same_fields_and_emit_the_same_bytes() {
+    if !cocotbext_available() {
+        return;
+    }
+    let lines = run_script(&["gen", &COCOTBEXT_PER_KIND.to_string(), &SEED.to_string()], "");
+    assert_eq!(lines.len(), COCOTBEXT_PER_KIND * 16, "16 kinds × {COCOTBEXT_PER_KIND}");
+
+    let mut per_kind: BTreeMap<String, usize> = BTreeMap::new();
+    let mut mismatches = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let hex = line["hex"].as_str().unwrap();
+        let theirs = &line["fields"];
+        let bytes = tlp::json::hex_to_bytes(hex).unwrap();
+        let tlp = match Tlp::parse(&bytes) {
+            Ok(tlp) => tlp,
+            Err(e) => {
+                mismatches.push(format!("#{i} {hex}: cocotbext {theirs} but we reject it: {e}"));
+                continue;
+            }
+        };
+        *per_kind.entry(tlp.kind_name().to_owned()).or_default() += 1;
+        let diffs = differences(&to_json(&tlp), theirs);
+        if !diffs.is_empty() {
+            mismatches.push(format!("#{i} {}: {}", shorten(hex), diffs.join("; ")));
+        }
+        if tlp.to_bytes() != bytes {
+            mismatches.push(format!(
+                "#{i} {}: we emit {}",
+                shorten(hex),
+                shorten(&bytes_to_hex(&tlp.to_bytes()))
+            ));
+        }
+        if let Err(v) = tlp.validate(&Limits::default()) {
+            mismatches
+                .push(format!("#{i} {}: cocotbext packs a spec-valid TLP but we say {v}", shorten(hex)));
+        }
+    }
+    assert_no_mismatches("cocotbext → ours", lines.len(), &mismatches);
+    let expected_kinds = [
+        "CAS", "CfgRd0", "CfgRd1", "CfgWr0", "CfgWr1", "Cpl", "CplD", "CplDLk", "CplLk", "FetchAdd", "IORd",
+        "IOWr", "MRd", "MRdLk", "MWr", "Swap",
+    ];
+    assert_eq!(per_kind.keys().map(String::as_str).collect::<Vec<_>>(), expected_kinds);
+    eprintln!("cocotbext → ours: {} TLPs agree field by field and byte for byte: {per_kind:?}", lines.len());
+}
+
+/// What cocotbext-pcie is expected to report for `tlp`, the bytes to give it, and the deviations
+/// that shaped the expectation.
+struct Expectation {
+    bytes: Vec<u8>,
+    outcome: Result<Value, &'static str>,
+    applied: Vec<&'static str>,
+}
+
+fn expectation(tlp: &Tlp) -> Expectation {
+    let mut applied = Vec::new();
+    let mut tlp = tlp.clone();
+    if !tlp.prefixes.is_empty() {
+        applied.push(deviation("prefixes-unsupported").id);
+        tlp.prefixes.clear();
+    }
+    let bytes = tlp.to_bytes();
+    // cocotbext-pcie decodes AT (DW0) before it looks at the Fmt/Type, so that error comes first.
+    if tlp.at == 3 {
+        applied.push(deviation("at-11b-unrepresentable").id);
+        return Expectation { bytes, outcome: Err("is not a valid TlpAt"), applied };
+    }
+    if matches!(tlp.body, Body::Message(_)) {
+        applied.push(deviation("messages-unsupported").id);
+        return Expectation { bytes, outcome: Err("Unknown TLP type"), applied };
+    }
+    let mut fields = to_json(&tlp);
+    if let Some(digest) = tlp.digest {
+        applied.push(deviation("ecrc-as-payload").id);
+        let object = fields.as_object_mut().unwrap();
+        object.remove("digest");
+        let payload = format!("{}{}", bytes_to_hex(&tlp.payload), bytes_to_hex(&digest.to_be_bytes()));
+        object.insert("payload".to_owned(), Value::String(payload));
+    }
+    Expectation { bytes, outcome: Ok(fields), applied }
+}
+
+#[test]
+fn our_tlps_unpack_in_cocotbext_to_the_same_fields() {
+    if !cocotbext_available() {
+        return;
+    }
+    let mut runner =
+        TestRunner::new_with_rng(Config::default(), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let strategy = tlp::arbitrary::valid_tlp();
+    let tlps: Vec<Tlp> = (0..OURS).map(|_| strategy.new_tree(&mut runner).unwrap().current()).collect();
+    let expectations: Vec<Expectation> = tlps.iter().map(expectation).collect();
+    let input: String = expectations.iter().map(|e| bytes_to_hex(&e.bytes) + "\n").collect();
+    let results = run_script(&["unpack"], &input);
+    assert_eq!(results.len(), tlps.len(), "one answer per TLP");
+
+    let mut applied: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut compared: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut mismatches = Vec::new();
+    for (i, ((tlp, expected), theirs)) in tlps.iter().zip(&expectations).zip(&results).enumerate() {
+        for id in &expected.applied {
+            *applied.entry(id).or_default() += 1;
+        }
+        let hex = shorten(&bytes_to_hex(&expected.bytes));
+        match (&expected.outcome, theirs.get("fields"), theirs.get("error").and_then(Value::as_str)) {
+            (Ok(ours), Some(fields), _) => {
+                *compared.entry(tlp.kind_name()).or_default() += 1;
+                let diffs = differences(ours, fields);
+                if !diffs.is_empty() {
+                    mismatches.push(format!("#{i} {} {hex}: {}", tlp.kind_name(), diffs.join("; ")));
+                }
+            }
+            (Err(expected_error), _, Some(error)) if error.contains(expected_error) => {}
+            (outcome, _, _) => mismatches.push(format!(
+                "#{i} {} {hex}: expected {outcome:?} (deviations {:?}), cocotbext said {theirs}",
+                tlp.kind_name(),
+                expected.applied
+            )),
+        }
+    }
+    for d in DEVIATIONS {
+        eprintln!(
+            "recorded deviation {}: field {} when {}: {} [{}]",
+            d.id, d.field, d.condition, d.why, d.spec
+        );
+    }
+    assert_no_mismatches("ours → cocotbext", tlps.len(), &mismatches);
+    // Every kind cocotbext-pcie can represent was compared, and every recorded deviation that
+    // concerns unpacking was met (so the list describes what really happens).
+    assert_eq!(compared.len(), 16, "kinds compared: {compared:?}");
+    for id in ["messages-unsupported", "prefixes-unsupported", "ecrc-as-payload", "at-11b-unrepresentable"] {
+        assert!(applied.get(id).is_some_and(|n| *n > 0), "deviation {id} never exercised: {applied:?}");
+    }
+    eprintln!(
+        "ours → cocotbext: {} TLPs, compared per kind {compared:?}, deviations applied {applied:?}",
+        tlps.len()
+    );
+}
+
+/// cocotbext-pcie's MsgType names → the spec's message codes (ours).
+const MESSAGE_NAMES: &[(&str, MessageCode)] = &[
+    ("UNLOCK", MessageCode::UNLOCK),
+    ("INVALIDATE_REQ", MessageCode::INVALIDATE_REQUEST),
+    ("INVALIDATE_CPL", MessageCode::INVALIDATE_COMPLETION),
+    ("PAGE_REQ", MessageCode::PAGE_REQUEST),
+    ("PRG_RESP", MessageCode::PRG_RESPONSE),
+    ("LTR", MessageCode::LTR),
+    ("OBFF", MessageCode::OBFF),
+    ("PM_AS_NAK", MessageCode::PM_ACTIVE_STATE_NAK),
+    ("PM_PME", MessageCode::PM_PME),
+    ("PME_TO", MessageCode::PME_TURN_OFF),
+    ("PME_TO_ACK", MessageCode::PME_TO_ACK),
+    ("ASSERT_INTA", MessageCode::ASSERT_INTA),
+    ("ASSERT_INTB", MessageCode::ASSERT_INTB),
+    ("ASSERT_INTC", MessageCode::ASSERT_INTC),
+    ("ASSERT_INTD", MessageCode::ASSERT_INTD),
+    ("DEASSERT_INTA", MessageCode::DEASSERT_INTA),
+    ("DEASSERT_INTB", MessageCode::DEASSERT_INTB),
+    ("DEASSERT_INTC", MessageCode::DEASSERT_INTC),
+    ("DEASSERT_INTD", MessageCode::DEASSERT_INTD),
+    ("ERR_COR", MessageCode::ERR_COR),
+    ("ERR_NONFATAL", MessageCode::ERR_NONFATAL),
+    ("ERR_FATAL", MessageCode::ERR_FATAL),
+    ("SET_SPL", MessageCode::SET_SLOT_POWER_LIMIT),
+    ("PTM_REQ", MessageCode::PTM_REQUEST),
+    ("PTM_RESP", MessageCode::PTM_RESPONSE),
+    ("VENDOR_0", MessageCode::VENDOR_DEFINED_TYPE0),
+    ("VENDOR_1", MessageCode::VENDOR_DEFINED_TYPE1),
+];
+
+#[test]
+fn message_codes_agree_with_cocotbext_except_recorded_deviations() {
+    if !cocotbext_available() {
+        return;
+    }
+    let table = run_script(&["msgcodes"], "");
+    let theirs = table[0].as_object().unwrap();
+    let pme_to_ack = deviation("pme-to-ack-code");
+    let mut mismatches = Vec::new();
+    for (name, ours) in MESSAGE_NAMES {
+        let Some(code) = theirs.get(*name).and_then(Value::as_u64) else {
+            mismatches.push(format!("cocotbext has no MsgType.{name}"));
+            continue;
+        };
+        assert!(ours.name().is_some(), "code {:#04x} has no name on our side", ours.0);
+        if *name == "PME_TO_ACK" {
+            // The deviation must still be there; if cocotbext-pcie fixes it, drop the entry.
+            assert_eq!(
+                code, 0x1a,
+                "{}: {} — fixed upstream? remove the deviation",
+                pme_to_ack.id, pme_to_ack.why
+            );
+            assert_eq!(ours.0, 0x1b, "{}", pme_to_ack.spec);
+        } else if code != u64::from(ours.0) {
+            mismatches.push(format!(
+                "{name}: cocotbext {code:#04x}, ours {:#04x} ({:?})",
+                ours.0,
+                ours.name()
+            ));
+        }
+    }
+    assert_eq!(theirs.len(), MESSAGE_NAMES.len(), "cocotbext message codes: {theirs:?}");
+    assert_no_mismatches("message codes", MESSAGE_NAMES.len(), &mismatches);
+}
