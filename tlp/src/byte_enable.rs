@@ -84,26 +84,32 @@ impl ByteEnables {
     }
 
     /// The byte count of Table 2-40: from the first to the last enabled byte inclusive (disabled
-    /// bytes between them count), and 1 for the zero-length form. This is the Byte Count of the
-    /// first completion of a read.
-    pub const fn byte_count(&self) -> u16 {
-        if self.is_zero_length() { 1 } else { self.span_len() as u16 }
+    /// bytes between them count), and 1 when no byte is enabled (the zero-length form). This is
+    /// the Byte Count of the first completion of a read.
+    pub fn byte_count(&self) -> u16 {
+        match self.enabled_span() {
+            (_, 0) => 1,
+            // A span is at most 1024 DW = 4096 bytes.
+            (_, len) => len as u16,
+        }
     }
 
     /// The bytes a successful read returns (or a write affects) from the first to the last
-    /// enabled byte: `(offset of the first enabled byte from the DW address, length)`. The length
-    /// is 0 for the zero-length form.
-    pub const fn enabled_span(&self) -> (u32, u32) {
-        if self.is_zero_length() {
+    /// enabled byte: `(offset of the first enabled byte from the DW address, length)`; `(0, 0)`
+    /// when no byte is enabled.
+    pub fn enabled_span(&self) -> (u32, u32) {
+        let mut runs = self.runs();
+        let Some((first, len)) = runs.next() else {
             return (0, 0);
-        }
-        (self.first_enabled_offset() as u32, self.span_len())
+        };
+        let end = runs.last().map_or(first + len, |(offset, len)| offset + len);
+        (first, end - first)
     }
 
     /// Back to a byte range: `(address of the first enabled byte, span length)` for a request
     /// at DW address `dw_address` (the inverse of [`ByteEnables::for_range`] for contiguous
     /// enables; for non-contiguous ones the span includes the disabled bytes between).
-    pub const fn byte_range(&self, dw_address: u64) -> (u64, u32) {
+    pub fn byte_range(&self, dw_address: u64) -> (u64, u32) {
         let (offset, len) = self.enabled_span();
         ((dw_address & !3) + offset as u64, len)
     }
@@ -179,19 +185,6 @@ impl ByteEnables {
             }
         }
         Ok(())
-    }
-
-    /// Offset just past the last enabled byte minus the first enabled byte's offset; only for a
-    /// request with at least one enabled byte.
-    const fn span_len(&self) -> u32 {
-        let first = self.first_enabled_offset() as u32;
-        if self.length_dw <= 1 {
-            // Highest set bit of the first DW.
-            let top = 8 - (self.first_be & 0xf).leading_zeros();
-            return top - first;
-        }
-        let last_top = 8 - (self.last_be & 0xf).leading_zeros();
-        (self.length_dw as u32 - 1) * 4 + last_top - first
     }
 }
 

@@ -210,12 +210,12 @@ impl MemoryRead {
     }
 
     /// Address of the first enabled byte.
-    pub const fn first_byte_address(&self) -> u64 {
+    pub fn first_byte_address(&self) -> u64 {
         self.enables.byte_range(self.dw_address).0
     }
 
     /// Bytes a successful read returns, first to last enabled byte (0 for a zero-length read).
-    pub const fn byte_count(&self) -> u32 {
+    pub fn byte_count(&self) -> u32 {
         self.enables.enabled_span().1
     }
 
@@ -566,15 +566,15 @@ impl ReadReassembly {
         let Body::Completion(cpl) = &completion.body else {
             return Err(CompletionError::NotACompletion { kind: completion.kind_name() });
         };
-        if let Some((requester, tag)) = self.transaction
-            && (cpl.requester != requester || cpl.tag != tag)
-        {
-            return Err(CompletionError::TransactionId {
-                expected_requester: requester,
-                expected_tag: tag,
-                got_requester: cpl.requester,
-                got_tag: cpl.tag,
-            });
+        if let Some((requester, tag)) = self.transaction {
+            if cpl.requester != requester || cpl.tag != tag {
+                return Err(CompletionError::TransactionId {
+                    expected_requester: requester,
+                    expected_tag: tag,
+                    got_requester: cpl.requester,
+                    got_tag: cpl.tag,
+                });
+            }
         }
         if cpl.status != CplStatus::Sc {
             self.finished = true;
