@@ -1,1 +1,2 @@
 //! The tlpbridge engine: routing, BAR decode, tag table, timeouts, interrupts, resets, capture.
+pub mod probe_report;
