@@ -26,7 +26,6 @@
 //! Parsing never panics and allocates only for the payload and, when present, prefixes.
 
 use nom::IResult;
-use nom::bits::complete::take as take_bits;
 use nom::bytes::complete::take;
 use nom::combinator::{cond, verify};
 use nom::multi::fold_many0;
@@ -38,59 +37,12 @@ use crate::model::{
     AtomicRequest, Attr, Body, Completion, ConfigRequest, CplStatus, IoRequest, MemOp, MemRequest, Message,
     MessageCode, Prefix, RoutingId, Tlp,
 };
-use crate::wire::{DW_LEN, HEADER_3DW_LEN, HEADER_4DW_LEN, Kind, check_total_len};
+use crate::wire::{DW_LEN, Dw0, HEADER_3DW_LEN, HEADER_4DW_LEN, Kind, check_total_len};
 
-/// The fields of header DW0, as nom's bit parser splits them.
-struct Dw0 {
-    fmt: u8,
-    ty: u8,
-    t9: u16,
-    tc: u8,
-    t8: u16,
-    attr2: u8,
-    ln: u8,
-    th: u8,
-    td: u8,
-    ep: u8,
-    attr10: u8,
-    at: u8,
-    length: u16,
-}
-
-impl Dw0 {
-    fn four_dw(&self) -> bool {
-        self.fmt & 0b001 != 0
-    }
-    fn has_data(&self) -> bool {
-        self.fmt & 0b010 != 0
-    }
-    fn tag_high(&self) -> u16 {
-        (self.t9 << 9) | (self.t8 << 8)
-    }
-}
-
-type BitInput<'a> = (&'a [u8], usize);
-
-/// DW0: Fmt[31:29] Type[28:24] T9[23] TC[22:20] T8[19] Attr[2][18] LN[17] TH[16] TD[15] EP[14]
-/// Attr[1:0][13:12] AT[11:10] Length[9:0].
+/// Header DW0 (bit positions in `wire`'s field table).
 fn dw0(input: &[u8]) -> IResult<&[u8], Dw0> {
-    let (rest, fields) = nom::bits::bits::<_, _, nom::error::Error<BitInput<'_>>, _, _>(tuple((
-        take_bits(3usize),
-        take_bits(5usize),
-        take_bits(1usize),
-        take_bits(3usize),
-        take_bits(1usize),
-        take_bits(1usize),
-        take_bits(1usize),
-        take_bits(1usize),
-        take_bits(1usize),
-        take_bits(1usize),
-        take_bits(2usize),
-        take_bits(2usize),
-        take_bits(10usize),
-    )))(input)?;
-    let (fmt, ty, t9, tc, t8, attr2, ln, th, td, ep, attr10, at, length) = fields;
-    Ok((rest, Dw0 { fmt, ty, t9, tc, t8, attr2, ln, th, td, ep, attr10, at, length }))
+    let (rest, dw) = be_u32(input)?;
+    Ok((rest, Dw0::decode(dw)))
 }
 
 /// Leading DWs with Fmt = 100b. `Vec::new` does not allocate, so TLPs without prefixes cost
@@ -132,7 +84,7 @@ fn reserved_bits(field: &'static str, offset: usize, value: u32) -> TlpError {
 
 /// The family-specific header after DW0. `offset` is DW1's offset in the TLP, for errors.
 fn body<'a>(kind: Kind, d: &Dw0, input: &'a [u8], offset: usize) -> Result<(&'a [u8], Body), HeaderError> {
-    let tag_high = d.tag_high();
+    let tag_high = d.tag_high;
     Ok(match kind {
         Kind::MemRead | Kind::MemReadLocked | Kind::MemWrite => {
             let (rest, (requester, tag, first_be, last_be)) = request_dw1(input)?;
@@ -248,7 +200,7 @@ impl Tlp {
             offset: header_offset,
         })?;
         let header_len = if d.four_dw() { HEADER_4DW_LEN } else { HEADER_3DW_LEN };
-        let td = d.td != 0;
+        let td = d.td;
         check_total_len(header_offset, header_len, d.has_data(), d.length, td, got)?;
 
         let header_end = header_offset + header_len;
@@ -270,11 +222,11 @@ impl Tlp {
             attr: Attr {
                 relaxed_ordering: d.attr10 & 0b10 != 0,
                 no_snoop: d.attr10 & 0b01 != 0,
-                id_based_ordering: d.attr2 != 0,
+                id_based_ordering: d.attr2,
             },
-            ln: d.ln != 0,
-            th: d.th != 0,
-            ep: d.ep != 0,
+            ln: d.ln,
+            th: d.th,
+            ep: d.ep,
             at: d.at,
             length: d.length,
             body,

@@ -609,6 +609,51 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 }
 
+/// Header DW0 split into its fields, for the parser.
+pub(crate) struct Dw0 {
+    pub fmt: u8,
+    pub ty: u8,
+    pub tc: u8,
+    pub attr2: bool,
+    pub ln: bool,
+    pub th: bool,
+    pub td: bool,
+    pub ep: bool,
+    pub attr10: u8,
+    pub at: u8,
+    pub length: u16,
+    /// T9 and T8 in place: bits 9 and 8 of the 10-bit tag.
+    pub tag_high: u16,
+}
+
+impl Dw0 {
+    pub(crate) const fn decode(dw: u32) -> Dw0 {
+        const fn get(dw: u32, f: field::Bits) -> u32 {
+            (dw >> f.lo) & mask(f)
+        }
+        Dw0 {
+            fmt: get(dw, field::FMT) as u8,
+            ty: get(dw, field::TYPE) as u8,
+            tc: get(dw, field::TC) as u8,
+            attr2: get(dw, field::ATTR2_IDO) != 0,
+            ln: get(dw, field::LN) != 0,
+            th: get(dw, field::TH) != 0,
+            td: get(dw, field::TD) != 0,
+            ep: get(dw, field::EP) != 0,
+            attr10: ((get(dw, field::ATTR1_RO) << 1) | get(dw, field::ATTR0_NS)) as u8,
+            at: get(dw, field::AT) as u8,
+            length: get(dw, field::LENGTH) as u16,
+            tag_high: ((get(dw, field::T9) << 9) | (get(dw, field::T8) << 8)) as u16,
+        }
+    }
+    pub(crate) const fn four_dw(&self) -> bool {
+        self.fmt & 0b001 != 0
+    }
+    pub(crate) const fn has_data(&self) -> bool {
+        self.fmt & 0b010 != 0
+    }
+}
+
 /// Length in DW with the raw field 0 meaning 1024.
 pub(crate) const fn length_dw(length: u16) -> u16 {
     match length & 0x3ff {
