@@ -111,7 +111,8 @@ impl ByteEnables {
     /// enables; for non-contiguous ones the span includes the disabled bytes between).
     pub fn byte_range(&self, dw_address: u64) -> (u64, u32) {
         let (offset, len) = self.enabled_span();
-        ((dw_address & !3) + offset as u64, len)
+        // Wrapping: only hand-built, rule-breaking enables put the first byte beyond the first DW.
+        ((dw_address & !3).wrapping_add(offset as u64), len)
     }
 
     /// True when the enabled bytes form one run (also true for the zero-length form).

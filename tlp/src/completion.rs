@@ -41,7 +41,7 @@
 
 use crate::byte_enable::ByteEnables;
 use crate::model::{AtomicOp, Attr, Body, Completion, CplStatus, MemOp, RoutingId, Tlp};
-use crate::split::{LinkParams, PAGE_SIZE, RequestError, SplitChunk};
+use crate::split::{LinkParams, PAGE_SIZE, RequestError, SplitChunk, check_within_page};
 
 /// What is wrong with a request a completion was asked for, or with a completion received for
 /// an outstanding read.
@@ -51,6 +51,10 @@ pub enum CompletionError {
     /// 4 KiB, a 10-bit tag overflow...).
     #[error("request cannot be completed: {0}")]
     Request(#[from] RequestError),
+
+    /// A hand-built [`MemoryRead`] whose DW address has bits [1:0] set.
+    #[error("memory read DW address {address:#x} has bits [1:0] set")]
+    UnalignedAddress { address: u64 },
 
     /// The TLP is not the kind of request this builder completes.
     #[error("{kind} is not {expected}")]
@@ -166,18 +170,19 @@ impl MemoryRead {
     /// §2.2.5.1 and that the request does not cross 4 KiB (§2.2.7.1).
     pub fn from_tlp(request: &Tlp) -> Result<Self, CompletionError> {
         let read = Self::from_tlp_unchecked(request)?;
-        read.enables.check(read.dw_address, true)?;
-        let len = read.enables.length_dw as u64 * 4;
-        let offset = read.dw_address & (PAGE_SIZE - 1);
-        if offset + len > PAGE_SIZE {
-            return Err(RequestError::CrossesPage {
-                address: read.dw_address,
-                len,
-                boundary: (read.dw_address | (PAGE_SIZE - 1)) + 1,
-            }
-            .into());
-        }
+        read.check()?;
         Ok(read)
+    }
+
+    /// Checks the §2.2.5.1 byte-enable rules and that the DWs read stay inside one 4 KiB page
+    /// (§2.2.7.1), which also keeps every address below 2^64.
+    pub fn check(&self) -> Result<(), CompletionError> {
+        self.enables.check(self.dw_address, true)?;
+        if self.dw_address & 3 != 0 {
+            return Err(CompletionError::UnalignedAddress { address: self.dw_address });
+        }
+        check_within_page(self.dw_address, self.enables.length_dw as u64 * 4)?;
+        Ok(())
     }
 
     /// The fields of an MRd/MRdLk without the byte-enable and 4 KiB checks (to answer even a
@@ -273,15 +278,21 @@ pub fn read_completions<'a>(
     data: &'a [u8],
     link: &LinkParams,
 ) -> Result<ReadCompletions<'a>, CompletionError> {
+    read.check()?;
     let expected = read.byte_count();
     if data.len() != expected as usize {
         return Err(CompletionError::DataLength { expected, got: data.len() });
     }
-    let start = read.first_byte_address();
+    // Positions are offsets in the read's 4 KiB page (which the check above keeps it in), so
+    // that nothing overflows in the top page of the address space; the page base is a multiple
+    // of 128, so an offset's bits [6:0] are the Lower Address.
+    let read_offset = read.dw_address & (PAGE_SIZE - 1);
+    let start = read_offset + read.enables.enabled_span().0 as u64;
     Ok(ReadCompletions {
         read: *read,
         completer,
         data,
+        read_offset,
         start,
         next: start,
         end: start + expected as u64,
@@ -297,10 +308,13 @@ pub struct ReadCompletions<'a> {
     read: MemoryRead,
     completer: RoutingId,
     data: &'a [u8],
-    /// Address of `data[0]`.
+    /// Page offset of the read's DW address.
+    read_offset: u64,
+    /// Page offset of `data[0]`.
     start: u64,
-    /// Address of the next byte to return.
+    /// Page offset of the next byte to return.
     next: u64,
+    /// Page offset just past the last byte.
     end: u64,
     mps: u64,
     rcb: u64,
@@ -373,7 +387,7 @@ impl Iterator for ReadCompletions<'_> {
         payload[lane..lane + (to - from)].copy_from_slice(&self.data[from..to]);
         // Disabled bytes between enabled ones (non-contiguous enables of 1-2 DW reads) are 0.
         for (i, byte) in payload.iter_mut().enumerate() {
-            let offset = (dw_start + i as u64 - read.dw_address) as u32;
+            let offset = (dw_start + i as u64 - self.read_offset) as u32;
             if !read.enables.is_enabled(offset) {
                 *byte = 0;
             }
@@ -495,14 +509,10 @@ impl ReadReassembly {
     /// For a read of `len` bytes at byte `address` (0 bytes: a zero-length read). Fails when no
     /// single read can ask for that range (more than 4096 bytes, crossing 4 KiB).
     pub fn new(address: u64, len: u32) -> Result<Self, CompletionError> {
-        let boundary = (address | (PAGE_SIZE - 1)).saturating_add(1);
-        let end = address
-            .checked_add(len as u64)
-            .ok_or(RequestError::AddressOverflow { address, len: len as u64 })?;
         ByteEnables::for_range(address, len)?;
-        if end > boundary {
-            return Err(RequestError::CrossesPage { address, len: len as u64, boundary }.into());
-        }
+        check_within_page(address, len as u64)?;
+        // A zero-length read names a DW; its completion's Lower Address ends in 00b.
+        let address = if len == 0 { address & !3 } else { address };
         Ok(ReadReassembly {
             address,
             requested: len,

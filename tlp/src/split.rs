@@ -151,11 +151,6 @@ pub struct SplitChunk {
 }
 
 impl SplitChunk {
-    /// One past the last byte.
-    pub const fn end(&self) -> u64 {
-        self.address + self.len as u64
-    }
-
     /// The DW address the request header carries.
     pub const fn dw_address(&self) -> u64 {
         self.address & !3
@@ -170,11 +165,7 @@ impl SplitChunk {
     /// bytes of DW-aligned span (`parameter` names the limit for the error).
     fn check_single(&self, parameter: &'static str, limit: u16) -> Result<ByteEnables, RequestError> {
         let (address, len) = (self.address, self.len as u64);
-        let end = address.checked_add(len).ok_or(RequestError::AddressOverflow { address, len })?;
-        let boundary = (address | (PAGE_SIZE - 1)) + 1;
-        if len > 0 && end > boundary {
-            return Err(RequestError::CrossesPage { address, len, boundary });
-        }
+        check_within_page(address, len)?;
         let enables = self.byte_enables()?;
         if enables.length_dw as u64 * 4 > limit as u64 {
             return Err(RequestError::ExceedsLimit {
@@ -189,6 +180,28 @@ impl SplitChunk {
     }
 }
 
+/// Checks that the last of `len` bytes at `address` is below 2^64.
+fn check_address_space(address: u64, len: u64) -> Result<(), RequestError> {
+    match len.checked_sub(1) {
+        Some(last) if address.checked_add(last).is_none() => {
+            Err(RequestError::AddressOverflow { address, len })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks that `len` bytes at `address` fit in the 64-bit address space and inside the 4 KiB page of `address`
+/// (an empty range always fits).
+pub(crate) fn check_within_page(address: u64, len: u64) -> Result<(), RequestError> {
+    check_address_space(address, len)?;
+    if (address & (PAGE_SIZE - 1)) + len > PAGE_SIZE {
+        // Not the last page (the range would not fit below 2^64), so the boundary fits in u64.
+        let boundary = (address | (PAGE_SIZE - 1)) + 1;
+        return Err(RequestError::CrossesPage { address, len, boundary });
+    }
+    Ok(())
+}
+
 /// The chunks of `len` bytes at `address`, each ending at the range end or at a multiple of
 /// `limit` (see the module documentation); nothing for an empty range. `limit` must be a power
 /// of two in 128..=4096 (`parameter` names it in the error).
@@ -199,15 +212,15 @@ pub fn split_range(
     limit: u16,
 ) -> Result<Chunks, RequestError> {
     let limit = check_size(parameter, limit)?;
-    let end = address.checked_add(len).ok_or(RequestError::AddressOverflow { address, len })?;
-    Ok(Chunks { next: address, end, limit: limit as u64 })
+    check_address_space(address, len)?;
+    Ok(Chunks { next: address, remaining: len, limit: limit as u64 })
 }
 
 /// Iterator over the chunks of a split range, from [`split_range`], [`memory_read_requests`].
 #[derive(Clone, Debug)]
 pub struct Chunks {
     next: u64,
-    end: u64,
+    remaining: u64,
     limit: u64,
 }
 
@@ -215,26 +228,28 @@ impl Iterator for Chunks {
     type Item = SplitChunk;
 
     fn next(&mut self) -> Option<SplitChunk> {
-        if self.next >= self.end {
+        if self.remaining == 0 {
             return None;
         }
         let address = self.next;
-        // Next multiple of `limit` above `address`; saturates at the top of the address space,
-        // which `end` (a u64) never exceeds.
-        let boundary = (address | (self.limit - 1)).saturating_add(1);
-        let chunk_end = boundary.min(self.end);
-        self.next = chunk_end;
+        // Up to the next multiple of `limit`.
+        let room = self.limit - (address & (self.limit - 1));
+        let len = room.min(self.remaining);
+        self.remaining -= len;
+        // Wraps to 0 only after the last byte of the address space, when nothing remains.
+        self.next = address.wrapping_add(len);
         // A chunk is at most `limit` <= 4096 bytes.
-        Some(SplitChunk { address, len: (chunk_end - address) as u32 })
+        Some(SplitChunk { address, len: len as u32 })
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        if self.next >= self.end {
-            return (0, Some(0));
-        }
-        let first_block = self.next / self.limit;
-        let last_block = (self.end - 1) / self.limit;
-        let n = usize::try_from(last_block - first_block + 1).unwrap_or(usize::MAX);
+        let room = self.limit - (self.next & (self.limit - 1));
+        let n = match self.remaining {
+            0 => 0,
+            r if r <= room => 1,
+            r => 1 + (r - room).div_ceil(self.limit),
+        };
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
         (n, Some(n))
     }
 }

@@ -522,3 +522,33 @@ fn memory_request_fields_are_echoed() {
         (5, request.attr, RoutingId::new(0x42, 3, 1), 0x3ff)
     );
 }
+
+#[test]
+fn reads_at_the_top_of_the_address_space_do_not_overflow() {
+    // The last page: completions are built as anywhere else.
+    let tlps = complete(0xffff_ffff_ffff_f000, 0xff0, 4096, 128);
+    assert_eq!(shape(&tlps), [(1020, 0x00, 0xff0)]);
+    let tlps = complete(0xffff_ffff_ffff_ff02, 0xf0, 128, 64);
+    assert_eq!(shape(&tlps), [(32, 0x02, 0xf0), (29, 0x00, 0x72)]);
+    // A request running past 2^64 is refused, yet can still be answered with UR.
+    let mut request = read_tlp(0xffff_ffff_ffff_f000, 64, 1);
+    if let Body::Memory(m) = &mut request.body {
+        m.address = 0xffff_ffff_ffff_fff0;
+    }
+    assert!(matches!(MemoryRead::from_tlp(&request), Err(CompletionError::Request(_))));
+    let ur = unsuccessful_completion(&request, COMPLETER, CplStatus::Ur).unwrap();
+    assert_eq!((cpl(&ur).byte_count, cpl(&ur).lower_address), (64, 0x70));
+    // The very last bytes of the address space can be read; one more cannot.
+    assert_eq!(shape(&complete(u64::MAX - 99, 100, 128, 64)), [(25, 0x1c, 100)]);
+    assert!(ReadReassembly::new(u64::MAX - 3, 4).is_ok());
+    assert!(matches!(ReadReassembly::new(u64::MAX - 3, 5), Err(CompletionError::Request(_))));
+    // A hand-built MemoryRead is checked too.
+    let mut read = MemoryRead::from_tlp(&read_tlp(0x1000, 8, 1)).unwrap();
+    read.dw_address = 0xffff_ffff_ffff_fffc;
+    assert!(read_completions(&read, COMPLETER, &[0; 8], &link(128, 64)).is_err());
+    read.dw_address = 0x1002;
+    assert_eq!(
+        read_completions(&read, COMPLETER, &[0; 8], &link(128, 64)).map(|_| ()),
+        Err(CompletionError::UnalignedAddress { address: 0x1002 })
+    );
+}

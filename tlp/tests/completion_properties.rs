@@ -23,9 +23,10 @@ fn cpl_mut(t: &mut Tlp) -> &mut Completion {
     }
 }
 
-/// A legal read: address and length inside one 4 KiB page, 0..=4096 bytes.
+/// A legal read: address and length inside one 4 KiB page (the last one included), 0..=4096 bytes.
 fn read_range() -> impl Strategy<Value = (u64, u32)> {
-    (0u64..1 << 40, 0u32..4096)
+    const LAST_PAGE: u64 = (1 << 52) - 1;
+    (prop_oneof![0u64..1 << 40, LAST_PAGE - 3..=LAST_PAGE], 0u32..4096)
         .prop_flat_map(|(page, offset)| (Just(page * 4096 + offset as u64), 0..=(4096 - offset)))
 }
 
@@ -61,8 +62,9 @@ proptest! {
         let case = build(address, len, mps, rcb, seed);
         let n = case.completions.len();
         prop_assert!(n >= 1);
-        let end = address + len as u64;
-        let mut next = address;
+        let end = address.wrapping_add(len as u64);
+        // A zero-length read names the DW only.
+        let mut next = if len == 0 { address & !3 } else { address };
         for (i, t) in case.completions.iter().enumerate() {
             let c = cpl(t);
             let last = i + 1 == n;
@@ -75,11 +77,11 @@ proptest! {
                 prop_assert_eq!((t.length_dw(), c.byte_count), (1, 1));
                 continue;
             }
-            prop_assert_eq!(c.byte_count as u64, end - next);
-            let returned = if last { end - next } else { t.length_dw() as u64 * 4 - (next & 3) };
+            prop_assert_eq!(c.byte_count as u64, end.wrapping_sub(next));
+            let returned = if last { end.wrapping_sub(next) } else { t.length_dw() as u64 * 4 - (next & 3) };
             // Length covers the DW-aligned span of the bytes returned.
             prop_assert_eq!(t.length_dw() as u64, ((next & 3) + returned).div_ceil(4));
-            next += returned;
+            next = next.wrapping_add(returned);
             if !last {
                 prop_assert_eq!(next % rcb as u64, 0, "non-final completion off the RCB");
             }
@@ -93,7 +95,7 @@ proptest! {
             prop_assert_eq!(next, end);
         }
         // A read that crosses no RCB boundary is completed at once.
-        if len > 0 && address / rcb as u64 == (end - 1) / rcb as u64 {
+        if len > 0 && address / rcb as u64 == end.wrapping_sub(1) / rcb as u64 {
             prop_assert_eq!(n, 1);
         }
 
@@ -140,7 +142,7 @@ proptest! {
                     CompletionError::LowerAddress {
                         expected: expected_la,
                         got: c_la(&bad),
-                        next_address: address + reassembly.received() as u64,
+                        next_address: if len == 0 { address & !3 } else { address + reassembly.received() as u64 },
                     }
                 );
             }

@@ -292,13 +292,13 @@ proptest! {
         for (i, c) in chunks.iter().enumerate() {
             prop_assert_eq!(c.address, next);
             prop_assert!(c.len > 0);
-            next = c.end();
+            next = c.address + c.len as u64;
             // Inside one naturally aligned `limit` block (hence one 4 KiB page) ...
-            prop_assert_eq!(c.address / limit as u64, (c.end() - 1) / limit as u64);
-            prop_assert_eq!(c.address / 4096, (c.end() - 1) / 4096);
+            prop_assert_eq!(c.address / limit as u64, (c.address + c.len as u64 - 1) / limit as u64);
+            prop_assert_eq!(c.address / 4096, (c.address + c.len as u64 - 1) / 4096);
             // ... and as large as that allows: only the last chunk ends off a block boundary.
             if i + 1 < chunks.len() {
-                prop_assert_eq!(c.end() % limit as u64, 0);
+                prop_assert_eq!((c.address + c.len as u64) % limit as u64, 0);
             }
         }
         prop_assert_eq!(next, address + len);
@@ -342,4 +342,21 @@ proptest! {
         }
         prop_assert_eq!(written, data);
     }
+}
+
+#[test]
+fn ranges_may_end_at_the_top_of_the_address_space() {
+    assert_eq!(
+        chunks(u64::MAX - 299, 300, 128),
+        [(u64::MAX - 299, 44), (u64::MAX - 255, 128), (u64::MAX - 127, 128)]
+    );
+    assert!(matches!(
+        memory_read_requests(u64::MAX - 299, 301, 128),
+        Err(RequestError::AddressOverflow { .. })
+    ));
+    let data = [0xaa; 6];
+    let writes: Vec<Tlp> = memory_write_tlps(fields(), u64::MAX - 5, &data, 128).unwrap().collect();
+    assert_eq!(writes.len(), 1);
+    let m = mem(&writes[0]);
+    assert_eq!((m.address, m.first_be, m.last_be, writes[0].length), (u64::MAX - 7, 0b1100, 0b1111, 2));
 }
