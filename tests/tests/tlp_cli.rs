@@ -190,3 +190,40 @@ fn encode_names_the_bad_field() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not valid JSON"), "{}", stderr(&out));
 }
+
+/// Every `hex:`/`summary:`/`json:` example and every `input:`/`output:` example in
+/// docs/tlp-json.md is exactly what the code does, and the examples cover every kind.
+#[test]
+fn docs_tlp_json_examples_are_exact() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/tlp-json.md")).unwrap();
+    let field = |line: &str, name: &str| line.strip_prefix(name).map(|rest| rest.trim().to_owned());
+    let lines: Vec<&str> = doc.lines().collect();
+    let mut kinds = std::collections::BTreeSet::new();
+    let (mut decoded, mut encoded) = (0, 0);
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(hex) = field(line, "hex:") {
+            let bytes = tlp::json::hex_to_bytes(&hex).unwrap();
+            let tlp = tlp::Tlp::parse(&bytes).unwrap_or_else(|e| panic!("doc line {}: {e}", i + 1));
+            tlp.validate(&tlp::Limits::default()).unwrap_or_else(|v| panic!("doc line {}: {v}", i + 1));
+            let mut next = i + 1;
+            if let Some(summary) = lines.get(next).and_then(|l| field(l, "summary:")) {
+                assert_eq!(tlp.to_string(), summary, "doc line {}", next + 1);
+                next += 1;
+            }
+            let json = lines.get(next).and_then(|l| field(l, "json:")).expect("json: after hex:");
+            assert_eq!(tlp::json::to_json_string(&tlp), json, "doc line {}", next + 1);
+            assert_eq!(tlp::json::from_json_str(&json).unwrap().to_bytes(), bytes, "doc line {}", next + 1);
+            kinds.insert(tlp.kind_name());
+            decoded += 1;
+        }
+        if let Some(input) = field(line, "input:") {
+            let output = lines.get(i + 1).and_then(|l| field(l, "output:")).expect("output: after input:");
+            let tlp = tlp::json::from_json_str(&input).unwrap_or_else(|e| panic!("doc line {}: {e}", i + 1));
+            tlp.validate(&tlp::Limits::default()).unwrap_or_else(|v| panic!("doc line {}: {v}", i + 1));
+            assert_eq!(tlp::json::bytes_to_hex(&tlp.to_bytes()), output, "doc line {}", i + 2);
+            encoded += 1;
+        }
+    }
+    assert_eq!(kinds.len(), 18, "kinds with an example: {kinds:?}");
+    assert!(decoded >= 18 && encoded >= 5, "{decoded} decode and {encoded} encode examples");
+}

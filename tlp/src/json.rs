@@ -252,7 +252,7 @@ fn decoded(tlp: &Tlp) -> TlpJson {
                 MsgRouting::ById => j.target_id = Some(message_target_id(&m.fields).to_string()),
                 _ => {}
             }
-            if m.code.is_vendor_defined() {
+            if has_vendor_id(m.code, m.routing) {
                 j.vendor_id = Some(message_vendor_id(&m.fields));
             }
         }
@@ -263,6 +263,12 @@ fn decoded(tlp: &Tlp) -> TlpJson {
 /// Bytes 8..10 of a message header: the target ID of an ID-routed message.
 fn message_target_id(fields: &[u8; 8]) -> RoutingId {
     RoutingId(u16::from_be_bytes([fields[0], fields[1]]))
+}
+
+/// Vendor-defined messages carry a vendor ID in bytes 10..12, except when routed by address
+/// (then bytes 8..16 are the address).
+fn has_vendor_id(code: MessageCode, routing: MsgRouting) -> bool {
+    code.is_vendor_defined() && routing != MsgRouting::ByAddress
 }
 
 /// Bytes 10..12 of a message header: the vendor ID of a vendor-defined message.
@@ -905,7 +911,7 @@ fn message_body(
             overlay("target_id", 0..2, &target.0.to_be_bytes())?;
         }
     }
-    if code.is_vendor_defined() {
+    if has_vendor_id(code, routing) {
         if let Some(vendor) = f.u16("vendor_id", 0xffff)? {
             overlay("vendor_id", 2..4, &vendor.to_be_bytes())?;
         }
