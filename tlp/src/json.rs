@@ -1034,3 +1034,29 @@ mod tests {
         assert!(hex_to_bytes("zz").is_err());
     }
 }
+
+/// Decode → encode is exact for every TLP the strategies make, valid or not, through the
+/// `Value` and through the one-line text.
+#[cfg(all(test, feature = "proptest"))]
+mod round_trip {
+    use super::*;
+    use crate::arbitrary::{any_tlp, valid_tlp};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn valid_tlps_round_trip_through_json(tlp in valid_tlp()) {
+            prop_assert_eq!(from_json(&to_json(&tlp)), Ok(tlp.clone()));
+            let bytes = tlp.to_bytes();
+            let again = from_json_str(&to_json_string(&Tlp::parse(&bytes).unwrap())).unwrap();
+            prop_assert_eq!(again.to_bytes(), bytes);
+        }
+
+        #[test]
+        fn any_tlp_round_trips_through_json(tlp in any_tlp()) {
+            prop_assert_eq!(from_json_str(&to_json_string(&tlp)), Ok(tlp));
+        }
+    }
+}
