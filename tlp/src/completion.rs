@@ -1,6 +1,6 @@
 //! Building completions as a completer, and reassembling split read completions as a requester
 //! (PCIe Base Spec r6.3 §2.2.9.1 "Completion Rules for Non-Flit Mode", §2.3.1.1 "Data Return
-//! for Read Requests", §2.2.5.1 byte enables).
+//! for Non-UIO Read Requests", §2.2.5.1 byte enables).
 //!
 //! # Completer side
 //!
@@ -228,7 +228,7 @@ impl MemoryRead {
     /// disabled bytes with read side effects are not read.
     pub fn enabled_runs(&self) -> impl Iterator<Item = (u64, u32)> + use<> {
         let base = self.dw_address;
-        self.enables.runs().map(move |(offset, len)| (base + offset as u64, len))
+        self.enables.runs().map(move |(offset, len)| (base.wrapping_add(offset as u64), len))
     }
 }
 

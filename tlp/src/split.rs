@@ -1,5 +1,6 @@
 //! Splitting a requester's memory accesses into legal MWr and MRd TLPs (PCIe Base Spec r6.3
-//! §2.2.7.1 "Request Rules", §2.2.2 data payload rules, §2.2.4.1 address formats).
+//! §2.2.7.1 Memory, I/O, and Configuration Request Rules (Non-Flit Mode), §2.2.2 TLPs with Data
+//! Payloads - Rules, §2.2.4.1 Address-Based Routing Rules).
 //!
 //! Rules applied:
 //!
