@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -38,20 +38,11 @@ struct Backend {
 }
 
 fn out_of_range() -> std::io::Error {
-    std::io::Error::from_raw_os_error(libc_einval())
-}
-
-fn libc_einval() -> i32 {
-    22
+    std::io::Error::from_raw_os_error(22) // EINVAL
 }
 
 impl Backend {
-    fn region<'a>(
-        state: &'a mut State,
-        region: u32,
-        offset: u64,
-        len: usize,
-    ) -> std::io::Result<&'a mut [u8]> {
+    fn region(state: &mut State, region: u32, offset: u64, len: usize) -> std::io::Result<&mut [u8]> {
         let backing = match region {
             0 => &mut state.bar0,
             7 => &mut state.config,
@@ -133,7 +124,7 @@ fn socket_path() -> PathBuf {
 }
 
 /// Starts the rust-vmm server on a thread; returns its state and the thread.
-fn start_server(path: &PathBuf) -> (Arc<Mutex<State>>, std::thread::JoinHandle<()>) {
+fn start_server(path: &Path) -> (Arc<Mutex<State>>, std::thread::JoinHandle<()>) {
     let state = Arc::new(Mutex::new(State {
         bar0: vec![0; BAR0_SIZE as usize],
         config: (0..CONFIG_SIZE).map(|i| i as u8).collect(),
