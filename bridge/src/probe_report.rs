@@ -383,7 +383,9 @@ pub fn render_text(report: &ProbeReport) -> String {
         ),
     );
     t.line(2, format_args!("max_dma_maps        {}", caps.max_dma_maps));
-    t.line(2, format_args!("pgsizes             {:#x}", caps.pgsizes));
+    let pgsizes: Vec<String> =
+        (0..64).filter(|bit| caps.pgsizes & (1u64 << bit) != 0).map(|bit| human_size(1u64 << bit)).collect();
+    t.line(2, format_args!("pgsizes             {:#x} ({})", caps.pgsizes, pgsizes.join(", ")));
     t.line(2, format_args!("write_multiple      {}", yes_no(caps.write_multiple)));
     match &caps.migration {
         Some(m) => t.line(2, format_args!("migration           {m}")),
@@ -763,7 +765,7 @@ fn render_pcie_text(t: &mut Text, p: &PciExpress) {
     t.line(
         9,
         format_args!(
-            "LnkSta: Speed {}, Width x{}, TrErr- Train{} DLActive{}",
+            "LnkSta: Speed {}, Width x{}, Train{} DLActive{}",
             ls.current_link_speed(),
             ls.negotiated_link_width(),
             pm(ls.link_training()),
@@ -1134,8 +1136,32 @@ mod tests {
         }
     }
 
+    /// The report shown in `docs/probe.md`: the fixture with a 256-byte (PCI-sized) config space.
+    fn example_report() -> ProbeReport {
+        let mut r = report(config_image()[..256].to_vec());
+        r.regions[7].size = 256;
+        r
+    }
+
     fn assert_has_line(text: &str, expected: &str) {
         assert!(text.lines().any(|l| l.trim() == expected), "missing line {expected:?} in:\n{text}");
+    }
+
+    /// The fenced block after `marker` in `docs/probe.md`.
+    fn doc_example(marker: &str) -> String {
+        let doc = include_str!("../../docs/probe.md");
+        let after = &doc[doc.find(marker).unwrap()..];
+        let body = &after[after.find("```").unwrap()..];
+        let body = &body[body.find('\n').unwrap() + 1..];
+        body[..body.find("```").unwrap()].to_owned()
+    }
+
+    #[test]
+    fn docs_examples_are_what_the_renderers_print() {
+        let report = example_report();
+        assert_eq!(doc_example("<!-- example: probe-text"), render_text(&report));
+        let documented: Value = serde_json::from_str(&doc_example("<!-- example: probe-json")).unwrap();
+        assert_eq!(documented, render_json(&report));
     }
 
     #[test]
@@ -1165,6 +1191,7 @@ mod tests {
         assert_has_line(&text, "Protocol version 0.2");
         assert_has_line(&text, "twin socket         yes");
         assert_has_line(&text, "max_data_xfer_size  1048576 (1 MiB)");
+        assert_has_line(&text, "pgsizes             0x1000 (4 KiB)");
         assert_has_line(&text, "Device: flags 0x3 (RESET PCI), 9 regions, 5 IRQ indices");
         assert_has_line(&text, "[0] BAR0     16 KiB (0x4000)          read,write,mmap");
         assert_has_line(&text, "sparse mmap areas: 0x0+0x1000");
