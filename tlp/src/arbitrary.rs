@@ -131,6 +131,7 @@ fn build(kind: usize, rng: &mut Rng, valid: bool) -> Tlp {
             if valid {
                 tlp.tc = 0;
                 tlp.attr = Attr::default();
+                tlp.ln = false;
                 tlp.th = false;
                 tlp.at = 0;
             }

@@ -75,8 +75,8 @@ pub enum Rule {
     IoCfgTcNot0,
     /// I/O and configuration requests have Attr 0 (no RO, NS, IDO).
     IoCfgAttrNot0,
-    /// I/O and configuration requests have TH 0 and AT 0.
-    IoCfgThAtNot0,
+    /// I/O and configuration requests have LN 0 and TH 0 (reserved for them) and AT 0.
+    IoCfgLnThAtNot0,
     /// PH (address bits 1:0) is reserved when TH is 0.
     PhWithoutTh,
     /// Completion Status is a reserved encoding.
@@ -127,7 +127,7 @@ impl Rule {
         Rule::IoCfgLengthNot1,
         Rule::IoCfgTcNot0,
         Rule::IoCfgAttrNot0,
-        Rule::IoCfgThAtNot0,
+        Rule::IoCfgLnThAtNot0,
         Rule::PhWithoutTh,
         Rule::ReservedCplStatus,
         Rule::CrsWithData,
@@ -162,7 +162,7 @@ impl Rule {
             Rule::IoCfgLengthNot1 => "io-cfg-length-not-1",
             Rule::IoCfgTcNot0 => "io-cfg-tc-not-0",
             Rule::IoCfgAttrNot0 => "io-cfg-attr-not-0",
-            Rule::IoCfgThAtNot0 => "io-cfg-th-at-not-0",
+            Rule::IoCfgLnThAtNot0 => "io-cfg-ln-th-at-not-0",
             Rule::PhWithoutTh => "ph-without-th",
             Rule::ReservedCplStatus => "reserved-cpl-status",
             Rule::CrsWithData => "crs-with-data",
@@ -195,7 +195,9 @@ impl Rule {
             | Rule::FirstBeZeroForMultiDw
             | Rule::LastBeZeroForMultiDw
             | Rule::NonContiguousBe => "§2.2.5",
-            Rule::IoCfgLengthNot1 | Rule::IoCfgTcNot0 | Rule::IoCfgAttrNot0 | Rule::IoCfgThAtNot0 => "§2.2.7",
+            Rule::IoCfgLengthNot1 | Rule::IoCfgTcNot0 | Rule::IoCfgAttrNot0 | Rule::IoCfgLnThAtNot0 => {
+                "§2.2.7"
+            }
             Rule::PhWithoutTh => "§2.2.7.1",
             Rule::ReservedCplStatus
             | Rule::CrsWithData
@@ -482,8 +484,8 @@ impl Tlp {
                 u8::from(a.id_based_ordering)
             )
         });
-        r.check(!self.th && self.at == 0, Rule::IoCfgThAtNot0, || {
-            format!("{name} TH {} AT {} (must be 0)", u8::from(self.th), self.at)
+        r.check(!self.ln && !self.th && self.at == 0, Rule::IoCfgLnThAtNot0, || {
+            format!("{name} LN {} TH {} AT {} (must be 0)", u8::from(self.ln), u8::from(self.th), self.at)
         });
         self.check_byte_enables(r, first_be, last_be, false, false);
     }

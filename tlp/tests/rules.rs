@@ -318,10 +318,10 @@ fn io_cfg_attr_not_0() {
 }
 
 #[test]
-fn io_cfg_th_at_not_0() {
+fn io_cfg_ln_th_at_not_0() {
     // IOWr with AT 01b.
     let bytes = hex("42 00 04 01  01 00 0b 01  00 00 03 f8  41 00 00 00");
-    assert_violates(&bytes, &NO_LIMITS, Rule::IoCfgThAtNot0, "IOWr TH 0 AT 1");
+    assert_violates(&bytes, &NO_LIMITS, Rule::IoCfgLnThAtNot0, "IOWr LN 0 TH 0 AT 1");
 }
 
 #[test]
