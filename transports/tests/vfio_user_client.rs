@@ -595,3 +595,49 @@ async fn close_fails_pending_requests_and_reports_the_event() {
     // The server sees EOF.
     assert!(peer.main.recv(1024, 1).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn dma_handler_errors_become_error_replies_with_their_errno() {
+    let mut memory = Memory::new(MEM_BASE, 0x1000);
+    memory.fail = Some(transports::vfio_user::DmaError::CompleterAbort);
+    let config = ClientConfig { dma: DmaMode::Windows(vec![memory.window()]), ..config() };
+    let (_client, _events, mut peer) =
+        connect(config, Hello::libvfio_user_like(8, 1 << 20, true), memory.clone()).await;
+    let id = peer.send_dma(Command::DmaRead, MEM_BASE, 4, &[]).await;
+    let reply = recv(peer.dma_socket()).await;
+    assert_eq!((reply.header.id, reply.header.error), (id, Some(5)));
+    assert!(reply.payload.is_empty());
+    assert_eq!(memory.calls(), 1);
+}
+
+#[tokio::test]
+async fn dma_handler_that_never_finishes_gets_etimedout() {
+    let mut memory = Memory::new(MEM_BASE, 0x1000);
+    memory.gate = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+    let config = ClientConfig {
+        dma: DmaMode::Windows(vec![memory.window()]),
+        dma_handler_timeout: Duration::from_millis(100),
+        ..config()
+    };
+    let (_client, _events, mut peer) =
+        connect(config, Hello::libvfio_user_like(8, 1 << 20, true), memory.clone()).await;
+    let id = peer.send_dma(Command::DmaWrite, MEM_BASE, 4, &[1, 2, 3, 4]).await;
+    let reply = recv(peer.dma_socket()).await;
+    assert_eq!((reply.header.id, reply.header.error), (id, Some(110)));
+}
+
+#[tokio::test]
+async fn dma_request_carrying_fds_is_refused_with_einval() {
+    let memory = Memory::new(MEM_BASE, 0x1000);
+    let config = ClientConfig { dma: DmaMode::Windows(vec![memory.window()]), ..config() };
+    let (_client, _events, peer) =
+        connect(config, Hello::libvfio_user_like(8, 1 << 20, true), memory.clone()).await;
+    let payload = DmaAccessRepr { address: MEM_BASE, count: 4 }.to_bytes_with(&[]);
+    let bytes =
+        wire::encode_message(77, Command::DmaRead, MessageType::Command, false, None, &payload).unwrap();
+    let file = std::fs::File::open("/dev/null").unwrap();
+    peer.dma_socket().send(&bytes, &[file.as_fd()]).await.unwrap();
+    let reply = recv(peer.dma_socket()).await;
+    assert_eq!((reply.header.id, reply.header.error), (77, Some(22)));
+    assert_eq!(memory.calls(), 0);
+}

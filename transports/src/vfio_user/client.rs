@@ -675,7 +675,7 @@ async fn perform_dma<H: DmaHandler>(
     if job.fds_attached > 0 {
         // QEMU answers EINVAL too; DMA requests never carry fds.
         warn!(fds = job.fds_attached, "server DMA request carried fds; refused");
-        return Err(DmaError::AccessDenied);
+        return Err(DmaError::UnexpectedFds);
     }
     if job.access.count > u64::from(shared.our_max_xfer) {
         return Err(DmaError::TooLarge);

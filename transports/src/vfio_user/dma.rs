@@ -40,6 +40,9 @@ pub enum DmaError {
     /// `count` exceeds the client's advertised max_data_xfer_size (refused by the client): E2BIG.
     #[error("transfer larger than the advertised max_data_xfer_size")]
     TooLarge,
+    /// The request carried fds, which DMA requests never do (refused by the client): EINVAL.
+    #[error("DMA request carried file descriptors")]
+    UnexpectedFds,
 }
 
 impl DmaError {
@@ -52,6 +55,7 @@ impl DmaError {
             DmaError::CompletionTimeout => nix::errno::Errno::ETIMEDOUT,
             DmaError::LinkDown => nix::errno::Errno::ENOTCONN,
             DmaError::TooLarge => nix::errno::Errno::E2BIG,
+            DmaError::UnexpectedFds => nix::errno::Errno::EINVAL,
         };
         errno as u32
     }
@@ -255,5 +259,9 @@ mod tests {
         assert_eq!(DmaError::BusMasterDisabled.errno(), 1);
         assert_eq!(DmaError::CompletionTimeout.errno(), 110);
         assert_eq!(DmaError::TooLarge.errno(), 7);
+        assert_eq!(DmaError::OutsideWindows.errno(), 14);
+        assert_eq!(DmaError::AccessDenied.errno(), 1);
+        assert_eq!(DmaError::LinkDown.errno(), 107);
+        assert_eq!(DmaError::UnexpectedFds.errno(), 22);
     }
 }

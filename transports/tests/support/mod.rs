@@ -482,6 +482,8 @@ pub struct Memory {
     pub calls: Arc<std::sync::atomic::AtomicUsize>,
     /// When set, every call waits until the semaphore grants a permit.
     pub gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// When set, every call fails with this error (after the gate).
+    pub fail: Option<transports::vfio_user::DmaError>,
 }
 
 impl Memory {
@@ -492,6 +494,7 @@ impl Memory {
             bytes: Arc::new(Mutex::new(bytes)),
             calls: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             gate: None,
+            fail: None,
         }
     }
 
@@ -514,6 +517,9 @@ impl DmaHandler for Memory {
     async fn dma_read(&self, address: u64, len: usize) -> Result<Vec<u8>, transports::vfio_user::DmaError> {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.pass_gate().await;
+        if let Some(error) = self.fail {
+            return Err(error);
+        }
         let start = (address - self.base) as usize;
         Ok(self.bytes.lock().unwrap()[start..start + len].to_vec())
     }
@@ -521,6 +527,9 @@ impl DmaHandler for Memory {
     async fn dma_write(&self, address: u64, data: Vec<u8>) -> Result<(), transports::vfio_user::DmaError> {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.pass_gate().await;
+        if let Some(error) = self.fail {
+            return Err(error);
+        }
         let start = (address - self.base) as usize;
         self.bytes.lock().unwrap()[start..start + data.len()].copy_from_slice(&data);
         Ok(())
