@@ -98,6 +98,15 @@ fn flag_names<T: Copy + Into<u32>>(value: T, table: &[(T, &'static str)]) -> Vec
     table.iter().filter(|(mask, _)| value & (*mask).into() != 0).map(|(_, name)| *name).collect()
 }
 
+/// Whether a config write of `len` bytes at `offset` touches any byte of the `width`-byte
+/// register at `register`: how a bridge decides that a CfgWr changes a BAR, the MSI address or
+/// Device Control and must be snooped.
+pub fn write_touches(offset: u16, len: u16, register: u16, width: u16) -> bool {
+    let (start, end) = (u32::from(offset), u32::from(offset) + u32::from(len));
+    let (reg_start, reg_end) = (u32::from(register), u32::from(register) + u32::from(width));
+    start < reg_end && reg_start < end
+}
+
 // ---------------------------------------------------------------------------------------------
 // Header registers
 // ---------------------------------------------------------------------------------------------
@@ -1192,8 +1201,10 @@ fn check_capability(view: &ConfigView<'_>, offset: u16, id: u8, name: &'static s
     if found != id {
         return Err(TlpError::CapabilityIdMismatch { offset, expected: id.into(), found: found.into() });
     }
-    if usize::from(offset) + usize::from(len) > view.image_len().min(PCI_CONFIG_LEN) {
-        return Err(TlpError::CapabilityTruncated { name, offset, needed: len, len: view.image_len() });
+    // Standard capabilities live below 0x100 even in a 4 KiB space.
+    let limit = view.image_len().min(PCI_CONFIG_LEN);
+    if usize::from(offset) + usize::from(len) > limit {
+        return Err(TlpError::CapabilityTruncated { name, offset, needed: len, limit });
     }
     Ok(())
 }
@@ -1449,6 +1460,8 @@ pub struct Msi {
 
 impl Msi {
     pub fn parse(view: &ConfigView<'_>, offset: u16) -> Result<Self> {
+        // The control register says how long the capability is; check that it exists first.
+        check_capability(view, offset, cap_id::MSI, "MSI", msi::CONTROL + 2)?;
         let control = MsiControl(view.read_u16(offset + msi::CONTROL)?);
         let layout = control.layout();
         check_capability(view, offset, cap_id::MSI, "MSI", layout.struct_len())?;
@@ -2142,6 +2155,7 @@ pub struct PciExpress {
 
 impl PciExpress {
     pub fn parse(view: &ConfigView<'_>, offset: u16) -> Result<Self> {
+        check_capability(view, offset, cap_id::PCI_EXPRESS, "PCI Express", pcie::CAPABILITIES + 2)?;
         let capabilities = PcieCapabilities(view.read_u16(offset + pcie::CAPABILITIES)?);
         let v2 = capabilities.version() >= 2;
         let len = if v2 { pcie::LEN_V2 } else { pcie::LEN_V1 };
@@ -2168,15 +2182,15 @@ impl PciExpress {
     /// Absolute offset of the Device Control register (what the engine watches for MPS, MRRS
     /// and FLR writes).
     pub fn device_control_offset(&self) -> u16 {
-        self.offset + pcie::DEVICE_CONTROL
+        self.offset.saturating_add(pcie::DEVICE_CONTROL)
     }
     /// Absolute offset of the Link Control register (RCB).
     pub fn link_control_offset(&self) -> u16 {
-        self.offset + pcie::LINK_CONTROL
+        self.offset.saturating_add(pcie::LINK_CONTROL)
     }
     /// Absolute offset of Device Control 2 (completion timeout, 10-bit tags), if present.
     pub fn device_control_2_offset(&self) -> Option<u16> {
-        self.device_control_2.map(|_| self.offset + pcie::DEVICE_CONTROL_2)
+        self.device_control_2.map(|_| self.offset.saturating_add(pcie::DEVICE_CONTROL_2))
     }
 }
 
@@ -2197,13 +2211,14 @@ impl VendorSpecific {
     pub const LENGTH: u16 = 0x02;
 
     pub fn parse(view: &ConfigView<'_>, offset: u16) -> Result<Self> {
+        check_capability(view, offset, cap_id::VENDOR_SPECIFIC, "Vendor Specific", Self::LENGTH + 1)?;
         let length = view.read_u8(offset + Self::LENGTH)?;
         check_capability(view, offset, cap_id::VENDOR_SPECIFIC, "Vendor Specific", u16::from(length).max(3))?;
         Ok(VendorSpecific { offset, length })
     }
     /// The vendor data after the 3-byte header.
     pub fn data<'a>(&self, view: &ConfigView<'a>) -> Result<&'a [u8]> {
-        view.read_bytes(self.offset + 3, usize::from(self.length).saturating_sub(3))
+        view.read_bytes(self.offset.saturating_add(3), usize::from(self.length).saturating_sub(3))
     }
 }
 
@@ -2345,5 +2360,59 @@ impl ConfigImage {
         self.last_extended = Some(offset);
         self.next_free_extended = (end as u16).next_multiple_of(4);
         Ok(offset)
+    }
+
+    /// Appends a Power Management capability (PMCSR 0: D0) and returns its offset.
+    pub fn add_power_management(&mut self, capabilities: PmCapabilities) -> Result<u16> {
+        let mut body = [0u8; pm::LEN as usize - 2];
+        body[..2].copy_from_slice(&capabilities.0.to_le_bytes());
+        self.add_capability(cap_id::POWER_MANAGEMENT, &body)
+    }
+
+    /// Appends an MSI capability sized for `control` (64-bit, masking) with the message registers
+    /// zeroed, and returns its offset.
+    pub fn add_msi(&mut self, control: MsiControl) -> Result<u16> {
+        let mut body = vec![0u8; usize::from(control.layout().struct_len()) - 2];
+        body[..2].copy_from_slice(&control.0.to_le_bytes());
+        self.add_capability(cap_id::MSI, &body)
+    }
+
+    /// Appends an MSI-X capability with `msix`'s control, table and PBA registers (its `offset`
+    /// field is ignored) and returns its offset.
+    pub fn add_msix(&mut self, msix: &Msix) -> Result<u16> {
+        let mut body = [0u8; msix::LEN as usize - 2];
+        body[0..2].copy_from_slice(&msix.control.0.to_le_bytes());
+        body[2..6].copy_from_slice(&msix.table_register().to_le_bytes());
+        body[6..10].copy_from_slice(&msix.pba_register().to_le_bytes());
+        self.add_capability(cap_id::MSI_X, &body)
+    }
+
+    /// Appends a PCI Express capability holding `regs` and returns its offset. Its `offset` field
+    /// is ignored. Version 2 and later capabilities are 0x3c bytes and get the Device
+    /// Capabilities/Control 2 registers when present; version 1 capabilities are 0x24 bytes and
+    /// have no such registers.
+    pub fn add_pci_express(&mut self, regs: &PciExpress) -> Result<u16> {
+        let len = if regs.capabilities.version() >= 2 { pcie::LEN_V2 } else { pcie::LEN_V1 };
+        let mut body = vec![0u8; usize::from(len) - 2];
+        let mut put = |reg: u16, bytes: &[u8]| {
+            let at = usize::from(reg) - 2;
+            if let Some(dst) = body.get_mut(at..at + bytes.len()) {
+                dst.copy_from_slice(bytes);
+            }
+        };
+        put(pcie::CAPABILITIES, &regs.capabilities.0.to_le_bytes());
+        put(pcie::DEVICE_CAPABILITIES, &regs.device_capabilities.0.to_le_bytes());
+        put(pcie::DEVICE_CONTROL, &regs.device_control.0.to_le_bytes());
+        put(pcie::DEVICE_STATUS, &regs.device_status.0.to_le_bytes());
+        put(pcie::LINK_CAPABILITIES, &regs.link_capabilities.0.to_le_bytes());
+        put(pcie::LINK_CONTROL, &regs.link_control.0.to_le_bytes());
+        put(pcie::LINK_STATUS, &regs.link_status.0.to_le_bytes());
+        if let Some(dc2) = regs.device_capabilities_2 {
+            put(pcie::DEVICE_CAPABILITIES_2, &dc2.0.to_le_bytes());
+        }
+        if let Some(dctl2) = regs.device_control_2 {
+            put(pcie::DEVICE_CONTROL_2, &dctl2.0.to_le_bytes());
+        }
+        self.add_capability(cap_id::PCI_EXPRESS, &body)
     }
 }

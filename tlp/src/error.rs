@@ -77,11 +77,12 @@ pub enum TlpError {
     #[error("expected capability ID {expected:#04x} at {offset:#05x}, found {found:#04x}")]
     CapabilityIdMismatch { offset: u16, expected: u16, found: u16 },
 
-    /// A capability whose registers run past the end of the (256-byte standard) config space.
+    /// A standard capability whose registers run past `limit`: the end of the image or 0x100,
+    /// where the standard capability area ends.
     #[error(
-        "{name} capability at {offset:#05x} needs {needed} bytes, past the end of the {len}-byte config space"
+        "{name} capability at {offset:#05x} needs {needed} bytes, running past {limit:#05x} where standard capabilities must end"
     )]
-    CapabilityTruncated { name: &'static str, offset: u16, needed: u16, len: usize },
+    CapabilityTruncated { name: &'static str, offset: u16, needed: u16, limit: usize },
 
     /// A memory BAR with the reserved type 11b in bits 2:1.
     #[error("BAR{slot} has the reserved memory type 11b (register {raw:#010x})")]

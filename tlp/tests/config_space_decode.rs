@@ -395,3 +395,49 @@ fn builder_rejects_what_does_not_fit() {
     ));
     assert!(matches!(ConfigImage::new(300), Err(tlp::TlpError::ConfigImageLength { len: 300 })));
 }
+
+#[test]
+fn typed_capabilities_round_trip_through_a_built_image() {
+    let bytes = image();
+    let view = ConfigView::new(&bytes).unwrap();
+    let (pm, msi, msix, pcie) = (
+        view.power_management().unwrap().unwrap(),
+        view.msi().unwrap().unwrap(),
+        view.msix().unwrap().unwrap(),
+        view.pci_express().unwrap().unwrap(),
+    );
+
+    let mut built = ConfigImage::new(PCIE_CONFIG_LEN).unwrap();
+    let pm_at = built.add_power_management(pm.capabilities).unwrap();
+    let msi_at = built.add_msi(msi.control).unwrap();
+    let msix_at = built.add_msix(&msix).unwrap();
+    let pcie_at = built.add_pci_express(&pcie).unwrap();
+    assert_eq!((pm_at, msi_at, msix_at, pcie_at), (0x40, 0x48, 0x60, 0x6c));
+
+    let view = built.view();
+    let pm2 = view.power_management().unwrap().unwrap();
+    assert_eq!(pm2.capabilities, pm.capabilities);
+    let msi2 = view.msi().unwrap().unwrap();
+    assert_eq!(
+        (msi2.control, msi2.layout(), msi2.address, msi2.mask_bits),
+        (msi.control, msi.layout(), 0, Some(0))
+    );
+    assert_eq!(view.msix().unwrap().unwrap(), Msix { offset: 0x60, ..msix });
+    assert_eq!(view.pci_express().unwrap().unwrap(), PciExpress { offset: 0x6c, ..pcie });
+    // The chain ends after the PCIe capability, which is 0x3c bytes (version 2).
+    assert_eq!(view.capabilities().count(), 4);
+    assert_eq!(view.read_u8(0x6c + 1).unwrap(), 0);
+}
+
+#[test]
+fn config_write_overlap() {
+    // A dword write at 0x10 touches BAR0; a byte write at 0x13 too; 0x14 does not.
+    assert!(write_touches(0x10, 4, header::bar(0), 4));
+    assert!(write_touches(0x13, 1, header::bar(0), 4));
+    assert!(!write_touches(0x14, 4, header::bar(0), 4));
+    // A 2-byte write of Device Status (0x8a) does not touch Device Control (0x88, 2 bytes).
+    assert!(!write_touches(0x8a, 2, 0x88, 2));
+    assert!(write_touches(0x88, 4, 0x88, 2));
+    assert!(!write_touches(0x88, 0, 0x88, 2));
+    assert!(write_touches(u16::MAX, u16::MAX, u16::MAX, 1));
+}

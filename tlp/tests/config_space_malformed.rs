@@ -111,7 +111,7 @@ fn truncated_capability_body() {
     let view = ConfigView::new(&bytes).unwrap();
     let cap = view.capabilities().next().unwrap().unwrap();
     let err = cap.decode(&view).unwrap_err();
-    assert_eq!(err, TlpError::CapabilityTruncated { name: "MSI", offset: 0xf0, needed: 0x18, len: 4096 });
+    assert_eq!(err, TlpError::CapabilityTruncated { name: "MSI", offset: 0xf0, needed: 0x18, limit: 0x100 });
     assert!(err.to_string().contains("0x0f0"));
     // The same through the convenience getter.
     assert_eq!(view.msi(), Err(err));

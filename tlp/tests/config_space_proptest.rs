@@ -41,7 +41,7 @@ fn exercise(bytes: &[u8]) {
 
     let _ = (view.power_management(), view.msi(), view.msix(), view.pci_express());
     // Decoders pointed at arbitrary offsets must fail cleanly too.
-    for offset in (0u16..0x110).step_by(4) {
+    for offset in (0u16..0x110).step_by(4).chain(0xfff0..=u16::MAX) {
         let _ =
             (PowerManagement::parse(&view, offset), Msi::parse(&view, offset), Msix::parse(&view, offset));
         let _ = (PciExpress::parse(&view, offset), VendorSpecific::parse(&view, offset));
