@@ -386,10 +386,14 @@ impl Iterator for ReadCompletions<'_> {
         let lane = (first - dw_start) as usize;
         payload[lane..lane + (to - from)].copy_from_slice(&self.data[from..to]);
         // Disabled bytes between enabled ones (non-contiguous enables of 1-2 DW reads) are 0.
-        for (i, byte) in payload.iter_mut().enumerate() {
+        // Only the request's first and last DW have disabled bytes, and they can only be this
+        // payload's first and last DW.
+        let payload_len = payload.len();
+        let edges = (0..4).chain(payload_len.saturating_sub(4).max(4)..payload_len);
+        for i in edges {
             let offset = (dw_start + i as u64 - self.read_offset) as u32;
             if !read.enables.is_enabled(offset) {
-                *byte = 0;
+                payload[i] = 0;
             }
         }
         let header = completion_header(
