@@ -16,8 +16,9 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::time::Duration;
 
 use proptest::strategy::{Strategy, ValueTree};
@@ -25,6 +26,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::Value;
 use tlp::json::{bytes_to_hex, to_json};
 use tlp::{Body, Limits, MessageCode, Tlp};
+use tlpbridge_tests::peers::Peer;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/cocotbext_tlp.py");
 /// TLPs per kind on the cocotbext-pcie side (16 kinds), and TLPs on our side.
@@ -89,33 +91,47 @@ fn deviation(id: &str) -> &'static Deviation {
     DEVIATIONS.iter().find(|d| d.id == id).unwrap_or_else(|| panic!("no deviation {id}"))
 }
 
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-/// True when cocotbext-pcie can be imported. Under `CI=true` its absence fails the test.
-fn cocotbext_available() -> bool {
-    let ok = Command::new(python())
-        .args(["-c", "import cocotbext.pcie"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "cocotbext-pcie is not importable by {} but CI=true: the CI setup must `pip install cocotbext-pcie`",
-        python()
-    );
-    eprintln!("SKIP: cocotbext-pcie not installed (pip install cocotbext-pcie)");
-    false
+/// A Python interpreter that imports cocotbext-pcie: `$PYTHON`, else the one `.ci/install-peers`
+/// recorded (`$TLPBRIDGE_PYTHON` or its `peers.env`), else `python3` on `PATH`. `None` after a loud
+/// `SKIP:` line when there is none, except under `CI=true`, where that fails the test.
+fn python() -> Option<PathBuf> {
+    static PYTHON: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let imports = |python: &PathBuf| {
+                Command::new(python)
+                    .args(["-c", "import cocotbext.pcie.core.tlp"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            let candidates = [
+                std::env::var_os("PYTHON").filter(|p| !p.is_empty()).map(PathBuf::from),
+                Peer::Python.locate().ok(),
+                Some(PathBuf::from("python3")),
+            ];
+            let found = candidates.into_iter().flatten().find(imports);
+            if found.is_none() {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "CI=true but no Python imports cocotbext-pcie ($PYTHON, $TLPBRIDGE_PYTHON, peers.env, \
+                     python3 tried): .ci/install-peers must `pip install cocotbext-pcie`"
+                );
+                // Straight to the stderr handle: the test harness captures `eprintln!`.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIP: cocotbext-pcie not installed (pip install cocotbext-pcie); cocotbext_diff tests pass vacuously"
+                );
+            }
+            found
+        })
+        .clone()
 }
 
 /// Runs the helper script with `args`, feeding `stdin`, and returns its stdout lines as JSON.
-fn run_script(args: &[&str], stdin: &str) -> Vec<Value> {
-    let mut child = Command::new(python())
+fn run_script(python: &Path, args: &[&str], stdin: &str) -> Vec<Value> {
+    let mut child = Command::new(python)
         .arg(SCRIPT)
         .args(args)
         .stdin(Stdio::piped())
@@ -179,10 +195,8 @@ fn assert_no_mismatches(what: &str, total: usize, mismatches: &[String]) {
 
 #[test]
 fn cocotbext_generated_tlps_parse_to_the_same_fields_and_emit_the_same_bytes() {
-    if !cocotbext_available() {
-        return;
-    }
-    let lines = run_script(&["gen", &COCOTBEXT_PER_KIND.to_string(), &SEED.to_string()], "");
+    let Some(python) = python() else { return };
+    let lines = run_script(&python, &["gen", &COCOTBEXT_PER_KIND.to_string(), &SEED.to_string()], "");
     assert_eq!(lines.len(), COCOTBEXT_PER_KIND * 16, "16 kinds × {COCOTBEXT_PER_KIND}");
 
     let mut per_kind: BTreeMap<String, usize> = BTreeMap::new();
@@ -262,16 +276,14 @@ fn expectation(tlp: &Tlp) -> Expectation {
 
 #[test]
 fn our_tlps_unpack_in_cocotbext_to_the_same_fields() {
-    if !cocotbext_available() {
-        return;
-    }
+    let Some(python) = python() else { return };
     let mut runner =
         TestRunner::new_with_rng(Config::default(), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
     let strategy = tlp::arbitrary::valid_tlp();
     let tlps: Vec<Tlp> = (0..OURS).map(|_| strategy.new_tree(&mut runner).unwrap().current()).collect();
     let expectations: Vec<Expectation> = tlps.iter().map(expectation).collect();
     let input: String = expectations.iter().map(|e| bytes_to_hex(&e.bytes) + "\n").collect();
-    let results = run_script(&["unpack"], &input);
+    let results = run_script(&python, &["unpack"], &input);
     assert_eq!(results.len(), tlps.len(), "one answer per TLP");
 
     let mut applied: BTreeMap<&str, usize> = BTreeMap::new();
@@ -350,10 +362,8 @@ const MESSAGE_NAMES: &[(&str, MessageCode)] = &[
 
 #[test]
 fn message_codes_agree_with_cocotbext_except_recorded_deviations() {
-    if !cocotbext_available() {
-        return;
-    }
-    let table = run_script(&["msgcodes"], "");
+    let Some(python) = python() else { return };
+    let table = run_script(&python, &["msgcodes"], "");
     let theirs = table[0].as_object().unwrap();
     let pme_to_ack = deviation("pme-to-ack-code");
     let mut mismatches = Vec::new();

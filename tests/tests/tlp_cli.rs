@@ -2,39 +2,14 @@
 //! decode → encode round trip, and exit status 2 with the broken rule named on stderr.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 
-/// The `tlpbridge` binary next to this test's executable (`target/<profile>/tlpbridge`), built
-/// with `cargo build -p bridge --bin tlpbridge` first if it is not there yet. `cargo test
-/// --workspace` builds it fresh; `cargo test -p tlpbridge-tests` alone may find an older one.
-fn tlpbridge() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/tlp_cli-<hash> → target/<profile>
-        let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-        let bin = profile_dir.join(format!("tlpbridge{}", std::env::consts::EXE_SUFFIX));
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let mut build = Command::new(cargo);
-            build.args(["build", "-p", "bridge", "--bin", "tlpbridge"]);
-            if profile_dir.file_name().is_some_and(|p| p == "release") {
-                build.arg("--release");
-            }
-            let status = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo build");
-            assert!(status.success(), "cargo build -p bridge --bin tlpbridge failed");
-        }
-        assert!(bin.exists(), "{} missing after building it", bin.display());
-        bin
-    })
-}
-
 fn run(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(tlpbridge())
+    // The shared helper builds `tlpbridge` if needed (or takes $TLPBRIDGE_BIN).
+    let bin = tlpbridge_tests::tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
+    let mut child = Command::new(bin)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
