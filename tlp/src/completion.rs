@@ -38,6 +38,31 @@
 //! legal RCB is a multiple of 64). A duplicate or overlapping completion shows up as a wrong
 //! Byte Count or Lower Address. The BCM bit of PCI-X completers is honoured: such a first
 //! completion's Byte Count counts only its own bytes.
+//!
+//! # Example
+//!
+//! ```
+//! use tlp::completion::{MemoryRead, Progress, ReadReassembly, read_completions};
+//! use tlp::split::{LinkParams, RequestFields, memory_read_requests, memory_read_tlp};
+//! use tlp::{Attr, RoutingId};
+//!
+//! let requester = RequestFields { requester: RoutingId::new(0, 0, 0), tc: 0, attr: Attr::default() };
+//! let link = LinkParams::new(128, 512, 64)?;
+//! // Requester: 100 bytes at 0x1fe0 cross 4 KiB, so they take two MRds, each with its own tag.
+//! for (tag, chunk) in memory_read_requests(0x1fe0, 100, link.max_read_request_size())?.enumerate() {
+//!     let request = memory_read_tlp(&requester, chunk, tag as u16, link.max_read_request_size())?;
+//!     let mut reassembly = ReadReassembly::for_chunk(&chunk)?;
+//!     // Completer: answer it with the bytes it asks for.
+//!     let read = MemoryRead::from_tlp(&request)?;
+//!     let data = vec![0xab; read.byte_count() as usize];
+//!     for completion in read_completions(&read, RoutingId::new(1, 0, 0), &data, &link)? {
+//!         if let Progress::Done(bytes) = reassembly.accept(&completion)? {
+//!             assert_eq!(bytes, data);
+//!         }
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use crate::byte_enable::ByteEnables;
 use crate::model::{AtomicOp, Attr, Body, Completion, CplStatus, MemOp, RoutingId, Tlp};

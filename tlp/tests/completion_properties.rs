@@ -79,6 +79,10 @@ proptest! {
             }
             prop_assert_eq!(c.byte_count as u64, end.wrapping_sub(next));
             let returned = if last { end.wrapping_sub(next) } else { t.length_dw() as u64 * 4 - (next & 3) };
+            // Bytes of the payload's DWs outside the read are 0.
+            let lane = (next & 3) as usize;
+            prop_assert!(t.payload[..lane].iter().all(|&b| b == 0));
+            prop_assert!(t.payload[lane + returned as usize..].iter().all(|&b| b == 0));
             // Length covers the DW-aligned span of the bytes returned.
             prop_assert_eq!(t.length_dw() as u64, ((next & 3) + returned).div_ceil(4));
             next = next.wrapping_add(returned);
