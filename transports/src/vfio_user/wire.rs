@@ -1273,6 +1273,38 @@ mod tests {
         assert_eq!(repr.to_bytes_with(&[]), &REGION_READ_BYTES[16..]);
     }
 
+    /// The VERSION request shown in docs/vfio-user-client.md.
+    #[test]
+    fn version_request_matches_the_documented_bytes() {
+        let json = r#"{"capabilities":{"max_msg_fds":8,"max_data_xfer_size":1048576,"twin_socket":{"supported":true}}}"#;
+        let payload = VersionRepr { major: 0, minor: 2, json: Some(json.to_owned()) }.to_bytes();
+        let message =
+            encode_message(0, Command::Version, MessageType::Command, false, None, &payload).unwrap();
+        assert_eq!(message.len(), 0x75);
+        assert_eq!(
+            &message[..20],
+            &[0x00, 0x00, 0x01, 0x00, 0x75, 0x00, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x00, 0x02, 0x00]
+        );
+        assert_eq!(&message[20..116], json.as_bytes());
+        assert_eq!(message[116], 0);
+    }
+
+    /// The posted REGION_WRITE shown in docs/vfio-user-client.md.
+    #[test]
+    fn posted_region_write_matches_the_documented_bytes() {
+        let payload = RegionAccessRepr { offset: 0x1000, region: 0, count: 4 }.to_bytes_with(&[1, 0, 0, 0]);
+        let message =
+            encode_message(6, Command::RegionWrite, MessageType::Command, true, None, &payload).unwrap();
+        assert_eq!(
+            message,
+            [
+                0x06, 0x00, 0x0a, 0x00, 0x24, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00,
+                0x00, 0x00, 0x01, 0x00, 0x00, 0x00
+            ]
+        );
+    }
+
     #[test]
     fn version_requires_nul() {
         let mut payload = vec![0, 0, 2, 0];
