@@ -1,7 +1,7 @@
 //! First/Last DW Byte Enables: from a byte range to the header fields and back (PCIe Base Spec
 //! r6.3 §2.2.5.1 "Byte Enable Rules for Non-Flit Mode").
 //!
-//! A memory, I/O or configuration request addresses whole DWs (Address[1:0] is not sent) and
+//! A memory, I/O or configuration request addresses whole DWs (Address\[1:0\] is not sent) and
 //! says which bytes of the first and last DW take part with two 4-bit masks. Bit *i* of First DW
 //! BE enables byte *i* of the first DW; bit *i* of Last DW BE enables byte *i* of the last DW; all
 //! bytes of the DWs in between are enabled. The rules this module knows:
@@ -29,9 +29,9 @@ pub const MAX_LENGTH_DW: u16 = 1024;
 /// The byte-enable fields and Length (in DW, 1..=1024) of one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ByteEnables {
-    /// First DW BE[3:0].
+    /// First DW BE\[3:0\].
     pub first_be: u8,
-    /// Last DW BE[3:0]; 0 when `length_dw` is 1.
+    /// Last DW BE\[3:0\]; 0 when `length_dw` is 1.
     pub last_be: u8,
     /// Length in DW, 1..=1024 (not the raw field: 1024 is 1024 here).
     pub length_dw: u16,
@@ -70,15 +70,15 @@ impl ByteEnables {
         self.length_dw == 1 && self.first_be & 0xf == 0
     }
 
-    /// Offset of the first enabled byte within the first DW, Lower Address[1:0] of Table 2-41
+    /// Offset of the first enabled byte within the first DW, Lower Address\[1:0\] of Table 2-41
     /// (0 for the zero-length form).
     pub const fn first_enabled_offset(&self) -> u8 {
         let be = self.first_be & 0xf;
         if be == 0 { 0 } else { be.trailing_zeros() as u8 }
     }
 
-    /// Lower Address[6:0] of the first (or only) completion for a read of these bytes at the
-    /// DW address `dw_address`: address bits [6:2] and the first enabled byte's offset.
+    /// Lower Address\[6:0\] of the first (or only) completion for a read of these bytes at the
+    /// DW address `dw_address`: address bits \[6:2\] and the first enabled byte's offset.
     pub const fn lower_address(&self, dw_address: u64) -> u8 {
         (dw_address as u8 & 0x7c) | self.first_enabled_offset()
     }

@@ -14,7 +14,7 @@
 //!   pieces: each ends at the last RCB boundary its MPS allows.
 //! - Byte Count: the bytes still to be returned including this completion (Table 2-40 for the
 //!   first: from the first to the last enabled byte; 1 for a zero-length read); the model holds
-//!   1..=4096 and 4096 goes on the wire as 0. Lower Address: address bits [6:0] of the first
+//!   1..=4096 and 4096 goes on the wire as 0. Lower Address: address bits \[6:0\] of the first
 //!   enabled byte returned in this completion (Table 2-41 for the first).
 //! - The payload starts at the DW that holds the completion's first byte; bytes the request did
 //!   not enable are 0 (§2.2.5 recommends zeros to avoid leaking data).
@@ -32,7 +32,7 @@
 //!
 //! [`ReadReassembly`] follows the completions of one outstanding read and checks each against
 //! the rules above: status, poisoning, Lower Address equal to the next expected byte's address
-//! [6:0], Byte Count equal to the bytes still missing, Length covering exactly the remaining
+//! \[6:0\], Byte Count equal to the bytes still missing, Length covering exactly the remaining
 //! bytes in the final completion (`Length × 4 == ((Lower Address & 3) + Byte Count + 3) & !3`),
 //! every non-final completion ending on an RCB boundary (64 bytes unless told otherwise: every
 //! legal RCB is a multiple of 64). A duplicate or overlapping completion shows up as a wrong
@@ -77,7 +77,7 @@ pub enum CompletionError {
     #[error("request cannot be completed: {0}")]
     Request(#[from] RequestError),
 
-    /// A hand-built [`MemoryRead`] whose DW address has bits [1:0] set.
+    /// A hand-built [`MemoryRead`] whose DW address has bits \[1:0\] set.
     #[error("memory read DW address {address:#x} has bits [1:0] set")]
     UnalignedAddress { address: u64 },
 
@@ -127,7 +127,7 @@ pub enum CompletionError {
     #[error("payload of {payload_len} bytes does not match Length {length_dw} DW")]
     PayloadLength { length_dw: u16, payload_len: usize },
 
-    /// Lower Address is not bits [6:0] of the next byte expected.
+    /// Lower Address is not bits \[6:0\] of the next byte expected.
     #[error("Lower Address {got:#04x}, expected {expected:#04x} (next byte at {next_address:#x})")]
     LowerAddress { expected: u8, got: u8, next_address: u64 },
 
