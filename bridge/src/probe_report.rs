@@ -79,7 +79,7 @@ pub struct DeviceInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegionReport {
     pub index: u32,
-    /// "BAR0".."BAR5", "ROM", "CONFIG", "VGA" or "REGION<n>"; see [`region_name`].
+    /// `BAR0`..`BAR5`, `ROM`, `CONFIG`, `VGA` or `REGION<n>`; see [`region_name`].
     pub name: String,
     pub size: u64,
     pub flags: RegionFlags,
@@ -123,7 +123,7 @@ pub struct SparseArea {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IrqReport {
     pub index: u32,
-    /// "INTx", "MSI", "MSI-X", "ERR", "REQ" or "IRQ<n>"; see [`irq_name`].
+    /// `INTx`, `MSI`, `MSI-X`, `ERR`, `REQ` or `IRQ<n>`; see [`irq_name`].
     pub name: String,
     pub count: u32,
     pub flags: IrqFlags,
@@ -325,19 +325,17 @@ fn yes_no(on: bool) -> &'static str {
 /// A byte count in binary units: "16 KiB", "1.5 MiB", "300 bytes".
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} bytes");
-    }
-    let mut unit = 0;
-    let mut scale = 1024u64;
-    while unit + 1 < UNITS.len() && bytes / scale >= 1024 {
-        scale *= 1024;
-        unit += 1;
-    }
-    if bytes % scale == 0 {
-        format!("{} {}", bytes / scale, UNITS[unit])
-    } else {
-        format!("{:.1} {}", bytes as f64 / scale as f64, UNITS[unit])
+    // The largest unit not above `bytes`.
+    let largest = UNITS
+        .iter()
+        .enumerate()
+        .map(|(i, unit)| (1u64 << (10 * (i + 1)), *unit))
+        .take_while(|(scale, _)| bytes >= *scale)
+        .last();
+    match largest {
+        None => format!("{bytes} bytes"),
+        Some((scale, unit)) if bytes % scale == 0 => format!("{} {unit}", bytes / scale),
+        Some((scale, unit)) => format!("{:.1} {unit}", bytes as f64 / scale as f64),
     }
 }
 

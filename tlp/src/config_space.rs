@@ -1597,12 +1597,14 @@ pub struct MsixTableEntry {
 
 impl MsixTableEntry {
     pub fn parse(bytes: &[u8; msix::entry::LEN]) -> Self {
-        let dword = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        // Field order as in `msix::entry`: address lo, address hi, data, vector control.
+        let [a0, a1, a2, a3, h0, h1, h2, h3, d0, d1, d2, d3, v0, v1, v2, v3] = *bytes;
+        let address_lo = u32::from_le_bytes([a0, a1, a2, a3]);
+        let address_hi = u32::from_le_bytes([h0, h1, h2, h3]);
         MsixTableEntry {
-            address: (u64::from(dword(msix::entry::ADDRESS_HI)) << 32)
-                | u64::from(dword(msix::entry::ADDRESS_LO)),
-            data: dword(msix::entry::DATA),
-            vector_control: dword(msix::entry::VECTOR_CONTROL),
+            address: (u64::from(address_hi) << 32) | u64::from(address_lo),
+            data: u32::from_le_bytes([d0, d1, d2, d3]),
+            vector_control: u32::from_le_bytes([v0, v1, v2, v3]),
         }
     }
     pub fn emit(&self) -> [u8; msix::entry::LEN] {
