@@ -30,8 +30,8 @@ use tlpbridge_tests::peers::Peer;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/cocotbext_tlp.py");
 /// TLPs per kind on the cocotbext-pcie side (16 kinds), and TLPs on our side.
-const COCOTBEXT_PER_KIND: usize = 200;
-const OURS: usize = 3000;
+const COCOTBEXT_PER_KIND: usize = 250;
+const OURS: usize = 5000;
 const SEED: u64 = 20_261_121;
 /// Generous: the Python side takes a few seconds for all of the above.
 const PYTHON_TIMEOUT: Duration = Duration::from_secs(300);
