@@ -202,3 +202,14 @@ fn docs_tlp_json_examples_are_exact() {
     assert_eq!(kinds.len(), 18, "kinds with an example: {kinds:?}");
     assert!(decoded >= 18 && encoded >= 5, "{decoded} decode and {encoded} encode examples");
 }
+
+#[test]
+fn limit_options_take_only_the_spec_sizes() {
+    let out = run(&["tlp", "decode", "--mps", "100", MRD_HEX], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not one of 128, 256, 512, 1024, 2048, 4096"), "{}", stderr(&out));
+    // A 1-DW MWr fits every Max_Payload_Size.
+    let mwr = "400000010100000f0000100001020304";
+    let out = run(&["tlp", "decode", "--mps", "128", "--mrrs", "4096", mwr], "");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
