@@ -212,4 +212,10 @@ fn limit_options_take_only_the_spec_sizes() {
     let mwr = "400000010100000f0000100001020304";
     let out = run(&["tlp", "decode", "--mps", "128", "--mrrs", "4096", mwr], "");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // A 64-DW (256-byte) MWr does not fit a 128-byte Max_Payload_Size.
+    let mwr_256 = format!("40000040010000ff00001000{}", "00".repeat(256));
+    assert_eq!(run(&["tlp", "decode", &mwr_256], "").status.code(), Some(0));
+    let out = run(&["tlp", "decode", "--mps", "128", &mwr_256], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("payload-exceeds-mps"), "{}", stderr(&out));
 }
