@@ -162,6 +162,17 @@ pub async fn send_error(socket: &MessageSocket, request: &HeaderRepr, errno: u32
 }
 
 impl Peer {
+    /// A peer on an already-connected socket, with no VERSION exchange (for raw baselines).
+    pub fn from_socket(main: MessageSocket) -> Self {
+        Self {
+            main,
+            twin: None,
+            client_version: VersionRepr { major: 0, minor: 0, json: None },
+            startup_maps: Vec::new(),
+            next_id: 0x4000,
+        }
+    }
+
     pub fn next_id(&mut self) -> u16 {
         self.next_id = self.next_id.wrapping_add(1);
         self.next_id
