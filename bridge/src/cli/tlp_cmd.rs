@@ -18,9 +18,11 @@ pub struct TlpArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum TlpCommand {
-    /// Decode TLPs given as hex: one TLP per argument, spaces and underscores allowed inside.
-    /// Prints one line per TLP: the summary, or with --json the JSON form. Exits with status 2
-    /// if any TLP is malformed or breaks a rule (the rule is named on stderr).
+    /// Decode TLPs given as hex, one per argument.
+    ///
+    /// Spaces and underscores inside an argument are ignored. Prints one line per TLP: the
+    /// summary, or with --json the JSON form (docs/tlp-json.md). Exits with status 2 if any TLP
+    /// is malformed or breaks a rule (the rule is named on stderr).
     Decode {
         /// Print the JSON form (docs/tlp-json.md) instead of the one-line summary.
         #[arg(long)]
@@ -31,9 +33,11 @@ enum TlpCommand {
         #[arg(required = true, value_name = "HEX")]
         hex: Vec<String>,
     },
-    /// Encode TLPs described in JSON (docs/tlp-json.md) and print each as hex on its own line.
-    /// `-` reads JSON lines from stdin, one TLP per line. Exits with status 2 if any JSON is not a
-    /// TLP or the TLP breaks a rule (unless --allow-invalid).
+    /// Encode TLPs described in JSON and print each as hex.
+    ///
+    /// One JSON object (docs/tlp-json.md) per argument; `-` reads JSON lines from stdin, one TLP
+    /// per line. Prints one hex line per TLP. Exits with status 2 if any JSON is not a TLP or the
+    /// TLP breaks a rule (unless --allow-invalid).
     Encode {
         /// Emit TLPs that break the spec's rules too (for malformed test vectors); the broken rule
         /// is still reported on stderr as a warning.
