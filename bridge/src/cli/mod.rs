@@ -2,6 +2,7 @@
 
 mod demo_cmd;
 mod probe_cmd;
+mod sim_cmd;
 mod tlp_cmd;
 
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ enum Command {
     Probe(probe_cmd::ProbeArgs),
     /// Run the built-in end-to-end demonstration.
     Demo(demo_cmd::DemoArgs),
+    /// Co-simulation tools: the sample vfio-user device and the reference root complex.
+    Sim(sim_cmd::SimArgs),
 }
 
 impl Cli {
@@ -38,6 +41,7 @@ impl Cli {
             Command::Tlp(args) => tlp_cmd::run(args),
             Command::Probe(args) => probe_cmd::run(args),
             Command::Demo(args) => demo_cmd::run(args),
+            Command::Sim(args) => sim_cmd::run(args),
         }
     }
 }
