@@ -641,3 +641,24 @@ async fn dma_request_carrying_fds_is_refused_with_einval() {
     assert_eq!((reply.header.id, reply.header.error), (77, Some(22)));
     assert_eq!(memory.calls(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_dma_replies_carry_their_own_ids_when_completing_out_of_order() {
+    let mut memory = Memory::new(MEM_BASE, 0x1000);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    memory.gate = Some(gate.clone());
+    memory.gate_address = Some(MEM_BASE);
+    let config = ClientConfig { dma: DmaMode::Windows(vec![memory.window()]), ..config() };
+    let (_client, _events, mut peer) =
+        connect(config, Hello::libvfio_user_like(8, 1 << 20, true), memory.clone()).await;
+    let slow = peer.send_dma(Command::DmaRead, MEM_BASE, 8, &[]).await;
+    let fast = peer.send_dma(Command::DmaRead, MEM_BASE + 0x100, 8, &[]).await;
+    let expected = |offset: usize| memory.bytes.lock().unwrap()[offset..offset + 8].to_vec();
+    let first = recv(peer.dma_socket()).await;
+    assert_eq!(first.header.id, fast);
+    assert_eq!(&first.payload[16..], &expected(0x100)[..]);
+    gate.add_permits(1);
+    let second = recv(peer.dma_socket()).await;
+    assert_eq!(second.header.id, slow);
+    assert_eq!(&second.payload[16..], &expected(0)[..]);
+}

@@ -491,8 +491,10 @@ pub struct Memory {
     pub base: u64,
     pub bytes: Arc<Mutex<Vec<u8>>>,
     pub calls: Arc<std::sync::atomic::AtomicUsize>,
-    /// When set, every call waits until the semaphore grants a permit.
+    /// When set, every call (or only calls at `gate_address`, if set) waits until the
+    /// semaphore grants a permit.
     pub gate: Option<Arc<tokio::sync::Semaphore>>,
+    pub gate_address: Option<u64>,
     /// When set, every call fails with this error (after the gate).
     pub fail: Option<transports::vfio_user::DmaError>,
 }
@@ -505,6 +507,7 @@ impl Memory {
             bytes: Arc::new(Mutex::new(bytes)),
             calls: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             gate: None,
+            gate_address: None,
             fail: None,
         }
     }
@@ -517,7 +520,10 @@ impl Memory {
         self.calls.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    async fn pass_gate(&self) {
+    async fn pass_gate(&self, address: u64) {
+        if self.gate_address.is_some_and(|gated| gated != address) {
+            return;
+        }
         if let Some(gate) = &self.gate {
             gate.acquire().await.unwrap().forget();
         }
@@ -527,7 +533,7 @@ impl Memory {
 impl DmaHandler for Memory {
     async fn dma_read(&self, address: u64, len: usize) -> Result<Vec<u8>, transports::vfio_user::DmaError> {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.pass_gate().await;
+        self.pass_gate(address).await;
         if let Some(error) = self.fail {
             return Err(error);
         }
@@ -537,7 +543,7 @@ impl DmaHandler for Memory {
 
     async fn dma_write(&self, address: u64, data: Vec<u8>) -> Result<(), transports::vfio_user::DmaError> {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.pass_gate().await;
+        self.pass_gate(address).await;
         if let Some(error) = self.fail {
             return Err(error);
         }
