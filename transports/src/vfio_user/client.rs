@@ -328,8 +328,13 @@ impl Shared {
             let _ = waiter.reply.send(Err(Error::Disconnected(reason.clone())));
         }
         self.shutdown.send_replace(true);
-        if self.events.try_send(ClientEvent::Disconnected { reason }).is_err() {
-            warn!("vfio-user event queue full or closed; Disconnected event not delivered");
+        match self.events.try_send(ClientEvent::Disconnected { reason }) {
+            Ok(()) => {}
+            // The owner dropped its receiver: nobody to tell.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!("vfio-user event queue full; Disconnected event not delivered");
+            }
         }
     }
 
