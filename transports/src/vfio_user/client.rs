@@ -1146,8 +1146,12 @@ impl Client {
                     )));
                 }
                 drop(reply.fds);
-                let has_caps = info.flags & region_flags::CAPS != 0 && info.cap_offset != 0;
-                if has_caps && info.argsz > argsz && (reply.payload.len() as u64) < u64::from(info.argsz) {
+                // libvfio-user answers a short argsz with CAPS set, the full argsz and
+                // cap_offset 0 (the chain is only filled in when it fits), so the retry must not
+                // depend on cap_offset.
+                let flags_caps = info.flags & region_flags::CAPS != 0;
+                let truncated = (reply.payload.len() as u64) < u64::from(info.argsz);
+                if flags_caps && info.argsz > argsz && truncated {
                     if argsz != RegionInfoRepr::LEN as u32 || info.argsz > MAX_REGION_INFO_ARGSZ {
                         return Err(self.protocol_error(format!(
                             "DEVICE_GET_REGION_INFO for region {index} needs argsz {} (asked {argsz}, limit {MAX_REGION_INFO_ARGSZ})",
@@ -1157,6 +1161,7 @@ impl Client {
                     argsz = info.argsz;
                     continue;
                 }
+                let has_caps = flags_caps && info.cap_offset != 0;
                 let caps = if has_caps {
                     wire::parse_region_caps(&reply.payload, info.cap_offset)
                         .map_err(|e| self.protocol_error(format!("region {index} capabilities: {e}")))?

@@ -278,17 +278,18 @@ fn region_info_reply(index: u32, argsz: u32) -> (Vec<u8>, bool) {
         flags = 0;
     }
     let full = (32 + caps.len()) as u32;
+    // Like libvfio-user: the caps, their cap_offset and the fd only when the client's argsz is
+    // large enough; a short reply still says CAPS and the full argsz, with cap_offset 0.
+    let complete = argsz >= full;
     let fixed = RegionInfoRepr {
         argsz: full,
         flags,
         index,
-        cap_offset: if caps.is_empty() { 0 } else { 32 },
+        cap_offset: if caps.is_empty() || !complete { 0 } else { 32 },
         size: region_size(index),
         offset: 0,
     };
     let mut bytes = fixed.to_bytes();
-    // Like libvfio-user: the caps (and the fd) only when the client's argsz is large enough.
-    let complete = argsz >= full;
     if complete {
         bytes.extend_from_slice(&caps);
     }
