@@ -747,6 +747,15 @@ impl Drop for Inner {
     }
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("negotiated", &self.inner.negotiated)
+            .field("disconnect_reason", &self.disconnect_reason())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A request whose reply is awaited; dropping it before completion forgets the id (a reply
 /// arriving later is logged and dropped).
 struct PendingReply {
