@@ -662,3 +662,42 @@ async fn concurrent_dma_replies_carry_their_own_ids_when_completing_out_of_order
     assert_eq!(second.header.id, slow);
     assert_eq!(&second.payload[16..], &expected(0)[..]);
 }
+
+/// Single-socket mode: server commands arrive between replies to pipelined requests and are
+/// told apart by the type bits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_socket_dma_between_replies_is_demultiplexed() {
+    let memory = Memory::new(MEM_BASE, 0x1000);
+    let config = ClientConfig { dma: DmaMode::Windows(vec![memory.window()]), ..config() };
+    let (client, _events, mut peer) =
+        connect(config, Hello::libvfio_user_like(8, 1 << 20, false), memory.clone()).await;
+    let reads: Vec<_> = (0..2u64)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.region_read(0, i * 4, 4).await })
+        })
+        .collect();
+    let first = recv(&peer.main).await;
+    let second = recv(&peer.main).await;
+    let answer = |request: &transports::vfio_user::socket::ReceivedMessage| {
+        let access =
+            RegionAccessRepr::parse(&wire::region_access::View::new_checked(&request.payload[..]).unwrap())
+                .unwrap();
+        access.to_bytes_with(&(access.offset as u32).to_le_bytes())
+    };
+    send_reply(&peer.main, &first.header, &answer(&first)).await;
+    let dma = peer.send_dma(Command::DmaWrite, MEM_BASE + 8, 2, &[0x5a, 0xa5]).await;
+    send_reply(&peer.main, &second.header, &answer(&second)).await;
+    let dma_reply = recv(&peer.main).await;
+    assert_eq!(dma_reply.header.id, dma);
+    assert_eq!(dma_reply.header.command, Command::DmaWrite);
+    assert_eq!(dma_reply.header.message_type, MessageType::Reply);
+    assert_eq!(dma_reply.header.error, None);
+    assert_eq!(&memory.bytes.lock().unwrap()[8..10], &[0x5a, 0xa5]);
+    let mut results = Vec::new();
+    for read in reads {
+        results.push(read.await.unwrap().unwrap());
+    }
+    results.sort();
+    assert_eq!(results, vec![0u32.to_le_bytes().to_vec(), 4u32.to_le_bytes().to_vec()]);
+}
