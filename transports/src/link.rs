@@ -14,6 +14,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -174,6 +175,44 @@ pub struct LinkInfo {
     pub description: String,
 }
 
+/// How many [`LinkInput`]s the engine has fully handled: a TLP is handled once it has been answered,
+/// dropped, or handed to the device (a request waiting on the device counts as handled); an event
+/// once its effects have been applied. Every input is counted exactly once, in any order.
+///
+/// Lockstep co-simulation needs this: the simulator may only advance time once every TLP it sent
+/// before has been handled, so the link implementation waits on [`LinkProgress::subscribe`] before
+/// acknowledging a time step.
+#[derive(Clone, Debug)]
+pub struct LinkProgress {
+    handled: Arc<watch::Sender<u64>>,
+}
+
+impl LinkProgress {
+    pub fn new() -> Self {
+        LinkProgress { handled: Arc::new(watch::channel(0).0) }
+    }
+
+    /// Records that one more input has been handled.
+    pub fn handled_one(&self) {
+        self.handled.send_modify(|n| *n = n.saturating_add(1));
+    }
+
+    pub fn handled(&self) -> u64 {
+        *self.handled.borrow()
+    }
+
+    /// A receiver that sees the count grow.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.handled.subscribe()
+    }
+}
+
+impl Default for LinkProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The engine's view of a root-port link.
 ///
 /// Dropping a `Link` aborts the I/O task the implementation attached with [`Link::with_task`], so no
@@ -186,6 +225,8 @@ pub struct Link {
     pub rx: mpsc::Receiver<LinkInput>,
     /// TLPs to the root port (raw bytes). Bounded: a full queue is back-pressure from the link.
     pub tx: mpsc::Sender<Vec<u8>>,
+    /// The engine reports each handled input here (see [`LinkProgress`]).
+    pub progress: LinkProgress,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -196,7 +237,14 @@ impl Link {
         rx: mpsc::Receiver<LinkInput>,
         tx: mpsc::Sender<Vec<u8>>,
     ) -> Self {
-        Link { info, clock, rx, tx, tasks: Vec::new() }
+        Link { info, clock, rx, tx, progress: LinkProgress::new(), tasks: Vec::new() }
+    }
+
+    /// Uses `progress` (whose receivers the link implementation already holds) instead of a fresh
+    /// counter.
+    pub fn with_progress(mut self, progress: LinkProgress) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Attaches an I/O task that the link owns: it is aborted when the link is dropped.
@@ -230,6 +278,8 @@ pub struct RootPortEnd {
     pub from_bridge: mpsc::Receiver<Vec<u8>>,
     /// Present when the link runs on simulated time.
     pub sim_clock: Option<SimClockDriver>,
+    /// How many inputs the engine has handled (see [`LinkProgress`]).
+    pub progress: LinkProgress,
     clock: LinkClock,
 }
 
@@ -273,8 +323,9 @@ pub fn memory_pair(clock: MemoryClock, capacity: usize) -> (Link, RootPortEnd) {
         }
     };
     let info = LinkInfo { kind: "memory".into(), description: "in-memory link".into() };
-    let link = Link::new(info, clock.clone(), rx, tx);
-    (link, RootPortEnd { to_bridge, from_bridge, sim_clock, clock })
+    let progress = LinkProgress::new();
+    let link = Link::new(info, clock.clone(), rx, tx).with_progress(progress.clone());
+    (link, RootPortEnd { to_bridge, from_bridge, sim_clock, progress, clock })
 }
 
 #[cfg(test)]
@@ -337,6 +388,16 @@ mod tests {
         );
         link.tx.send(vec![1, 2, 3, 4]).await.unwrap();
         assert_eq!(rp.from_bridge.recv().await, Some(vec![1, 2, 3, 4]));
+    }
+
+    #[tokio::test]
+    async fn progress_reported_by_the_engine_reaches_the_root_port_end() {
+        let (link, rp) = memory_pair(MemoryClock::Simulated, 1);
+        let mut seen = rp.progress.subscribe();
+        link.progress.handled_one();
+        link.progress.handled_one();
+        tokio::time::timeout(Duration::from_secs(5), seen.wait_for(|n| *n >= 2)).await.unwrap().unwrap();
+        assert_eq!(rp.progress.handled(), 2);
     }
 
     #[tokio::test]
