@@ -293,6 +293,21 @@ async fn posted_writes_are_processed_before_a_later_read() {
     assert!(!accesses[32].no_reply);
 }
 
+#[tokio::test]
+async fn two_phase_region_requests_are_queued_in_start_order_before_any_wait() {
+    let (client, _events, peer) = connect(config(), Hello::libvfio_user_like(8, 1024, true), NoDma).await;
+    let device = Device::new(1024);
+    tokio::spawn(serve(peer, device.clone()));
+    let write = client.start_region_write(0, 0x20, &[1, 2, 3, 4]).await.unwrap();
+    let read = client.start_region_read(0, 0x20, 4).await.unwrap();
+    // Replies are awaited in the opposite order: the read still sees the earlier write.
+    assert_eq!(read.wait().await.unwrap(), vec![1, 2, 3, 4]);
+    write.wait().await.unwrap();
+    assert!(matches!(client.start_region_read(0, 0, 1025).await, Err(Error::InvalidArgument(_))));
+    let order: Vec<Command> = device.lock().unwrap().accesses.iter().map(|a| a.command).collect();
+    assert_eq!(order, vec![Command::RegionWrite, Command::RegionRead]);
+}
+
 // --- server DMA -----------------------------------------------------------------------------------
 
 const MEM_BASE: u64 = 0x8000_0000;

@@ -798,6 +798,80 @@ impl Drop for PendingReply {
     }
 }
 
+/// A REGION_READ already queued for the server; [`PendingRegionRead::wait`] returns its data.
+/// Dropping it forgets the request (a late reply is logged and dropped).
+pub struct PendingRegionRead {
+    client: Client,
+    request: RegionAccessRepr,
+    reply: PendingReply,
+}
+
+impl PendingRegionRead {
+    /// Awaits the reply (bounded by `ClientConfig::request_timeout` from the moment the request
+    /// was started) and checks that it echoes the request and carries `count` bytes.
+    pub async fn wait(self) -> Result<Vec<u8>, Error> {
+        let request = self.request;
+        let reply = self.reply.wait().await?;
+        let view = wire::region_access::View::new_checked(&reply.payload[..])
+            .map_err(|e| self.client.protocol_error(format!("REGION_READ reply: {e}")))?;
+        let answered = RegionAccessRepr::parse(&view)?;
+        if answered != request || view.trailing().len() != request.count as usize {
+            return Err(self.client.protocol_error(format!(
+                "REGION_READ of region {} offset {:#x} count {} answered with region {} offset {:#x} count {} and {} data bytes",
+                request.region,
+                request.offset,
+                request.count,
+                answered.region,
+                answered.offset,
+                answered.count,
+                view.trailing().len()
+            )));
+        }
+        Ok(view.trailing().to_vec())
+    }
+}
+
+impl std::fmt::Debug for PendingRegionRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingRegionRead").field("request", &self.request).finish_non_exhaustive()
+    }
+}
+
+/// A REGION_WRITE already queued for the server; [`PendingRegionWrite::wait`] awaits its reply.
+pub struct PendingRegionWrite {
+    client: Client,
+    request: RegionAccessRepr,
+    reply: PendingReply,
+}
+
+impl PendingRegionWrite {
+    /// Awaits the reply; a server that echoes a different count breaks the protocol.
+    pub async fn wait(self) -> Result<(), Error> {
+        let request = self.request;
+        let reply = self.reply.wait().await?;
+        // The spec echoes {offset, region, count}; a server that replies with the header
+        // alone is accepted, but a different echo is not.
+        if !reply.payload.is_empty() {
+            let view = wire::region_access::View::new_checked(&reply.payload[..])
+                .map_err(|e| self.client.protocol_error(format!("REGION_WRITE reply: {e}")))?;
+            let answered = RegionAccessRepr::parse(&view)?;
+            if answered.count != request.count {
+                return Err(self.client.protocol_error(format!(
+                    "REGION_WRITE of {} bytes at region {} offset {:#x} answered with count {}",
+                    request.count, request.region, request.offset, answered.count
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for PendingRegionWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingRegionWrite").field("request", &self.request).finish_non_exhaustive()
+    }
+}
+
 impl Client {
     /// Connects to the server's UNIX socket and negotiates.
     pub async fn connect<H: DmaHandler>(
@@ -1342,46 +1416,71 @@ impl Client {
             let pieces = self.chunks(offset, len)?;
             let mut pending = Vec::with_capacity(pieces.len());
             for &(at, count) in &pieces {
-                let request = RegionAccessRepr {
-                    offset: at,
-                    region: index,
-                    count,
-                };
-                pending.push((
-                    request,
-                    self.start_request(
-                        Command::RegionRead,
-                        request.to_bytes_with(&[]),
-                        Vec::new(),
-                        self.inner.config.request_timeout,
-                    )
-                    .await?,
-                ));
+                pending.push(self.start_region_read(index, at, count).await?);
             }
             let mut data = Vec::with_capacity(len);
-            for (request, reply) in pending {
-                let reply = reply.wait().await?;
-                let view = wire::region_access::View::new_checked(&reply.payload[..])
-                    .map_err(|e| self.protocol_error(format!("REGION_READ reply: {e}")))?;
-                let answered = RegionAccessRepr::parse(&view)?;
-                if answered != request || view.trailing().len() != request.count as usize {
-                    return Err(self.protocol_error(format!(
-                        "REGION_READ of region {} offset {:#x} count {} answered with region {} offset {:#x} count {} and {} data bytes",
-                        request.region,
-                        request.offset,
-                        request.count,
-                        answered.region,
-                        answered.offset,
-                        answered.count,
-                        view.trailing().len()
-                    )));
-                }
-                data.extend_from_slice(view.trailing());
+            for reply in pending {
+                data.extend(reply.wait().await?);
             }
             Ok(data)
         }
         .instrument(span)
         .await
+    }
+
+    /// Checks that one region access fits in one message.
+    fn check_single_access(&self, offset: u64, count: u64) -> Result<u32, Error> {
+        let max = u64::from(self.server_caps().max_data_xfer_size);
+        if count > max || offset.checked_add(count).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "one region access of {count} bytes at {offset:#x}: at most the server's max_data_xfer_size {max} without overflowing the offset"
+            )));
+        }
+        Ok(count as u32)
+    }
+
+    /// Phase one of a REGION_READ of `count` bytes (at most the server's `max_data_xfer_size`):
+    /// returns once the request is queued on the socket writer, so that requests started one
+    /// after the other reach the server in that order; [`PendingRegionRead::wait`] awaits the
+    /// reply.
+    pub async fn start_region_read(
+        &self,
+        index: u32,
+        offset: u64,
+        count: u32,
+    ) -> Result<PendingRegionRead, Error> {
+        let count = self.check_single_access(offset, u64::from(count))?;
+        let request = RegionAccessRepr { offset, region: index, count };
+        let reply = self
+            .start_request(
+                Command::RegionRead,
+                request.to_bytes_with(&[]),
+                Vec::new(),
+                self.inner.config.request_timeout,
+            )
+            .await?;
+        Ok(PendingRegionRead { client: self.clone(), request, reply })
+    }
+
+    /// Phase one of a REGION_WRITE of `data` (at most the server's `max_data_xfer_size` bytes):
+    /// returns once queued; [`PendingRegionWrite::wait`] awaits the reply.
+    pub async fn start_region_write(
+        &self,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<PendingRegionWrite, Error> {
+        let count = self.check_single_access(offset, data.len() as u64)?;
+        let request = RegionAccessRepr { offset, region: index, count };
+        let reply = self
+            .start_request(
+                Command::RegionWrite,
+                request.to_bytes_with(data),
+                Vec::new(),
+                self.inner.config.request_timeout,
+            )
+            .await?;
+        Ok(PendingRegionWrite { client: self.clone(), request, reply })
     }
 
     /// REGION_WRITE awaiting each reply (for config space, I/O BARs, anything non-posted).
@@ -1392,35 +1491,12 @@ impl Client {
             let mut pending = Vec::with_capacity(pieces.len());
             let mut consumed = 0usize;
             for &(at, count) in &pieces {
-                let request = RegionAccessRepr { offset: at, region: index, count };
                 let piece = data.get(consumed..consumed + count as usize).unwrap_or(&[]);
                 consumed += count as usize;
-                pending.push((
-                    request,
-                    self.start_request(
-                        Command::RegionWrite,
-                        request.to_bytes_with(piece),
-                        Vec::new(),
-                        self.inner.config.request_timeout,
-                    )
-                    .await?,
-                ));
+                pending.push(self.start_region_write(index, at, piece).await?);
             }
-            for (request, reply) in pending {
-                let reply = reply.wait().await?;
-                // The spec echoes {offset, region, count}; a server that replies with the header
-                // alone is accepted, but a different echo is not.
-                if !reply.payload.is_empty() {
-                    let view = wire::region_access::View::new_checked(&reply.payload[..])
-                        .map_err(|e| self.protocol_error(format!("REGION_WRITE reply: {e}")))?;
-                    let answered = RegionAccessRepr::parse(&view)?;
-                    if answered.count != request.count {
-                        return Err(self.protocol_error(format!(
-                            "REGION_WRITE of {} bytes at region {} offset {:#x} answered with count {}",
-                            request.count, request.region, request.offset, answered.count
-                        )));
-                    }
-                }
+            for reply in pending {
+                reply.wait().await?;
             }
             Ok(())
         }

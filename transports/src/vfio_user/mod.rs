@@ -15,7 +15,7 @@ pub mod wire;
 pub use caps::{ClientCapabilities, ServerCapabilities, TwinSocket};
 pub use client::{
     Client, ClientConfig, ClientEvent, DeviceInfo, DmaMode, EventReceiver, IrqAction, IrqData, IrqInfo,
-    Negotiated, RegionInfo,
+    Negotiated, PendingRegionRead, PendingRegionWrite, RegionInfo,
 };
 pub use dma::{DmaDirection, DmaError, DmaHandler, DmaWindow, DmaWindowTable, NoDma};
 pub use wire::{Command, RegionCap, SparseArea};
