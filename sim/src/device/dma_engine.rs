@@ -155,6 +155,7 @@ struct RunningCopy {
 }
 
 struct CardState {
+    max_length: u32,
     config: ConfigSpace,
     caps: CapabilityOffsets,
     regs: Registers,
@@ -204,6 +205,7 @@ impl DmaEngine {
         let (config, caps) = build_config_space(&settings).map_err(Error::Config)?;
         let entries = usize::from(settings.msix_vectors);
         let state = CardState {
+            max_length: settings.max_length,
             config,
             caps,
             regs: Registers::default(),
@@ -378,6 +380,7 @@ impl CardState {
         let r = &self.regs;
         match offset {
             regs::ID => ID_MAGIC,
+            regs::MAX_LENGTH => self.max_length,
             regs::SRC_LO => r.src as u32,
             regs::SRC_HI => (r.src >> 32) as u32,
             regs::DST_LO => r.dst as u32,
