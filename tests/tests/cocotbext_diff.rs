@@ -4,8 +4,8 @@
 //! 1. cocotbext-pcie builds and packs random TLPs of every kind it supports; `Tlp::parse` of its
 //!    bytes must give exactly its fields (in the JSON form of `docs/tlp-json.md`), pass
 //!    `validate`, and `emit` must give back its bytes.
-//! 2. `tlp::arbitrary::valid_tlp` (fixed seed) makes random valid TLPs; cocotbext-pcie unpacks
-//!    their bytes and must report exactly our fields.
+//! 2. `tlp::arbitrary::valid_tlp` (fixed seed) makes random valid TLPs, followed by the explicit
+//!    vectors of [`AT_11B`]; cocotbext-pcie unpacks their bytes and must report exactly our fields.
 //! 3. The message code tables agree.
 //!
 //! Where cocotbext-pcie cannot represent something or deviates from the spec, the spec wins and
@@ -25,7 +25,7 @@ use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::Value;
 use tlp::json::{bytes_to_hex, to_json};
-use tlp::{Body, Limits, MessageCode, Tlp};
+use tlp::{Body, Limits, MessageCode, Rule, Tlp};
 use tlpbridge_tests::peers::Peer;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/cocotbext_tlp.py");
@@ -74,7 +74,7 @@ const DEVIATIONS: &[Deviation] = &[
     Deviation {
         id: "at-11b-unrepresentable",
         field: "at",
-        condition: "at == 3",
+        condition: "at == 3 (the AT_11B vectors; valid TLPs never have it)",
         why: "cocotbext-pcie's TlpAt has no member for 11b, so unpack raises ValueError",
         spec: "§2.2.4.1 Address Type (AT) field encodings: 11b is reserved",
     },
@@ -85,6 +85,18 @@ const DEVIATIONS: &[Deviation] = &[
         why: "cocotbext-pcie has MsgType.PME_TO_ACK = 0x1A; the spec's code is 0001 1011b = 0x1B",
         spec: "§2.2.8.2 Power Management Messages (PME_TO_Ack)",
     },
+];
+
+/// TLPs with the reserved Address Type 11b, which `valid_tlp` never makes: `Tlp::parse` accepts
+/// them (AT is a plain 2-bit field), `validate` rejects them (`reserved-address-type`), and
+/// cocotbext-pcie cannot unpack them (deviation `at-11b-unrepresentable`).
+const AT_11B: &[&str] = &[
+    // MRd32 01:00.0 tag 0x01 Length 1 BE f/0 address 0x1000, AT 11b.
+    "00000c01 0100010f 00001000",
+    // MWr64 01:00.0 tag 0x02 Length 1 BE f/0 address 0x1_0000_0040, AT 11b.
+    "60000c01 0100020f 00000001 00000040 deadbeef",
+    // CplD 01:00.0 → 00:00.0 SC Byte Count 4 tag 0x03, AT 11b.
+    "4a000c01 01000004 00000300 86803412",
 ];
 
 fn deviation(id: &str) -> &'static Deviation {
@@ -291,7 +303,19 @@ fn our_tlps_unpack_in_cocotbext_to_the_same_fields() {
     let mut runner =
         TestRunner::new_with_rng(Config::default(), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
     let strategy = tlp::arbitrary::valid_tlp();
-    let tlps: Vec<Tlp> = (0..OURS).map(|_| strategy.new_tree(&mut runner).unwrap().current()).collect();
+    let mut tlps: Vec<Tlp> = (0..OURS).map(|_| strategy.new_tree(&mut runner).unwrap().current()).collect();
+    assert!(tlps.iter().all(|t| t.at != 3), "valid_tlp made a TLP with the reserved AT 11b");
+    for hex in AT_11B {
+        let tlp = Tlp::parse(&tlp::json::hex_to_bytes(hex).unwrap())
+            .unwrap_or_else(|e| panic!("{hex}: AT 11b must parse (validate rejects it): {e}"));
+        assert_eq!(tlp.at, 3, "{hex}");
+        assert_eq!(
+            tlp.validate(&Limits::default()).map_err(|v| v.rule),
+            Err(Rule::ReservedAddressType),
+            "{hex}"
+        );
+        tlps.push(tlp);
+    }
     let expectations: Vec<Expectation> = tlps.iter().map(expectation).collect();
     // After those, the prefixed TLPs as they are, to check that cocotbext-pcie still cannot
     // unpack them (the `prefixes-unsupported` deviation).

@@ -5,8 +5,8 @@
 //!   [`KIND_NAMES`], 3DW and 4DW, 10-bit tags, prefixes, digests, payloads up to 128 bytes).
 //! - [`valid_tlp_of`]: the same for one kind.
 //! - [`any_tlp`]: TLPs whose fields fit their wire fields but that may break semantic rules (bad
-//!   byte enables, 4 KiB crossing, reserved status, odd prefixes…); parse and emit are exact
-//!   inverses on these too.
+//!   byte enables, 4 KiB crossing, reserved status, reserved Address Type, odd prefixes…); parse
+//!   and emit are exact inverses on these too.
 //!
 //! Each TLP is built from a random seed, so shrinking reduces the seed, not the fields; failing
 //! cases print the whole `Tlp`.
@@ -133,7 +133,6 @@ fn build(kind: usize, rng: &mut Rng, valid: bool) -> Tlp {
                 tlp.attr = Attr::default();
                 tlp.ln = false;
                 tlp.th = false;
-                tlp.at = 0;
             }
             tlp.length = if valid { 1 } else { rng.bits(10) as u16 };
             if write {
@@ -172,6 +171,13 @@ fn build(kind: usize, rng: &mut Rng, valid: bool) -> Tlp {
             };
             build_atomic(&mut tlp, rng, valid, op, requester, tag);
         }
+    }
+    if valid {
+        // §2.2.4.1: AT 11b is reserved; outside memory and AtomicOp requests AT is reserved (00b).
+        tlp.at = match tlp.body {
+            Body::Memory(_) | Body::Atomic(_) => rng.below(3) as u8,
+            _ => 0,
+        };
     }
     tlp.prefixes = build_prefixes(rng, valid, tlp.th);
     tlp

@@ -180,7 +180,9 @@ impl fmt::Display for Tlp {
                     }
                     _ => {}
                 }
-                if m.code.is_vendor_defined() {
+                // Routed by address, bytes 8..16 are the address and there is no Vendor ID
+                // (the same views as `tlp::json`'s `address`, `target_id`, `vendor_id`).
+                if m.code.is_vendor_defined() && m.routing != MsgRouting::ByAddress {
                     write!(f, " vendor={:#06x}", u16::from_be_bytes([m.fields[2], m.fields[3]]))?;
                 } else if m.code == MessageCode::LTR {
                     write!(f, " ltr={:#010x}", word(4))?;

@@ -2,10 +2,11 @@
 //!
 //! [`Tlp::parse`] only checks structure; [`Tlp::validate`] checks what a receiver would report as
 //! a Malformed TLP (or a sender must never produce): byte-enable rules, 4 KiB crossing, header size
-//! for the address, I/O and configuration request restrictions, Max_Payload_Size and
-//! Max_Read_Request_Size when given, completion Byte Count / Lower Address consistency, message
-//! TC, routing and data rules, AtomicOp operand sizes and alignment, TLP prefix rules, and fields
-//! whose value does not fit their width (possible in a hand-built [`Tlp`]).
+//! for the address, reserved Address Type encodings, I/O and configuration request restrictions,
+//! Max_Payload_Size and Max_Read_Request_Size when given, completion Byte Count / Lower Address
+//! consistency, message TC, routing and data rules, AtomicOp operand sizes and alignment, TLP
+//! prefix rules, and fields whose value does not fit their width (possible in a hand-built
+//! [`Tlp`]).
 //!
 //! Each [`Violation`] names its [`Rule`] (a stable kebab-case id and the spec section) and the
 //! values that broke it. [`Tlp::violations`] lists all of them; [`Tlp::validate`] stops at the first.
@@ -99,6 +100,11 @@ pub enum Rule {
     AtomicOperandSize,
     /// An AtomicOp address is naturally aligned to the operand size.
     AtomicAddressMisaligned,
+    /// Address Type 11b (reserved in every TLP), or AT not 00b in a completion or message, where
+    /// the field is reserved (it is defined only for memory and AtomicOp requests; I/O and
+    /// configuration requests are [`Rule::IoCfgLnThAtNot0`]). A Translation Agent answers a
+    /// memory request with AT 11b with Unsupported Request.
+    ReservedAddressType,
     /// A TLP prefix of a reserved type.
     PrefixReservedType,
     /// Local TLP prefixes precede End-End prefixes.
@@ -111,7 +117,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order [`Tlp::violations`] checks them.
-    pub const ALL: [Rule; 30] = [
+    pub const ALL: [Rule; 31] = [
         Rule::FieldOutOfRange,
         Rule::LengthPayloadMismatch,
         Rule::LengthReservedNonzero,
@@ -138,6 +144,7 @@ impl Rule {
         Rule::MessageData,
         Rule::AtomicOperandSize,
         Rule::AtomicAddressMisaligned,
+        Rule::ReservedAddressType,
         Rule::PrefixReservedType,
         Rule::LocalPrefixAfterEndEnd,
         Rule::TooManyEndEndPrefixes,
@@ -173,6 +180,7 @@ impl Rule {
             Rule::MessageData => "message-data",
             Rule::AtomicOperandSize => "atomic-operand-size",
             Rule::AtomicAddressMisaligned => "atomic-address-misaligned",
+            Rule::ReservedAddressType => "reserved-address-type",
             Rule::PrefixReservedType => "prefix-reserved-type",
             Rule::LocalPrefixAfterEndEnd => "local-prefix-after-end-end",
             Rule::TooManyEndEndPrefixes => "too-many-end-end-prefixes",
@@ -190,7 +198,9 @@ impl Rule {
             Rule::PayloadExceedsMps => "§2.2.2",
             Rule::ReadRequestExceedsMrrs => "§2.2.7",
             Rule::Crosses4kBoundary => "§2.2.7",
-            Rule::FourDwAddressBelow4G | Rule::ThreeDwAddressAbove4G => "§2.2.4.1",
+            Rule::FourDwAddressBelow4G | Rule::ThreeDwAddressAbove4G | Rule::ReservedAddressType => {
+                "§2.2.4.1"
+            }
             Rule::LastBeNonzeroForLength1
             | Rule::FirstBeZeroForMultiDw
             | Rule::LastBeZeroForMultiDw
@@ -301,6 +311,7 @@ impl Tlp {
             Body::Completion(_) => self.check_completion(&mut r),
             Body::Message(_) => self.check_message(&mut r),
         }
+        self.check_address_type(&mut r);
         self.check_prefixes(&mut r);
         r.0
     }
@@ -567,6 +578,26 @@ impl Tlp {
                     )
                 }
             });
+        }
+    }
+
+    /// §2.2.4.1: AT encodings are 00b untranslated, 01b translation request, 10b translated, 11b
+    /// reserved, for memory and AtomicOp requests; for all other TLPs the field is reserved.
+    fn check_address_type(&self, r: &mut Report) {
+        let name = self.kind_name();
+        match &self.body {
+            Body::Memory(_) | Body::Atomic(_) => {
+                r.check(self.at != 0b11, Rule::ReservedAddressType, || {
+                    format!("{name} AT 11b is a reserved encoding")
+                });
+            }
+            Body::Completion(_) | Body::Message(_) => {
+                r.check(self.at == 0, Rule::ReservedAddressType, || {
+                    format!("{name} AT {:02b}b (reserved in completions and messages, must be 00b)", self.at)
+                });
+            }
+            // AT is checked with LN and TH there (IoCfgLnThAtNot0).
+            Body::Io(_) | Body::Config(_) => {}
         }
     }
 

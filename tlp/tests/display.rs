@@ -109,6 +109,25 @@ fn flags_show_only_when_set() {
 }
 
 #[test]
+fn vendor_defined_messages_show_a_vendor_id_unless_routed_by_address() {
+    // By ID: bytes 8..10 are the target, 10..12 the Vendor ID.
+    assert_eq!(
+        shown("32 00 00 00  01 00 00 7e  02 00 1a f4  00 00 00 00"),
+        "Msg 01:00.0 by-id Vendor_Defined_Type0 to=02:00.0 vendor=0x1af4"
+    );
+    // Broadcast: bytes 10..12 are the Vendor ID.
+    assert_eq!(
+        shown("33 00 00 00  01 00 00 7f  00 00 1a f4  00 00 00 00"),
+        "Msg 01:00.0 broadcast Vendor_Defined_Type1 vendor=0x1af4"
+    );
+    // By address: bytes 8..16 are the address, so there is no Vendor ID.
+    assert_eq!(
+        shown("71 00 00 01  01 00 00 7e  00 00 00 01  00 00 00 00  ca fe ba be"),
+        "MsgD 01:00.0 by-addr Vendor_Defined_Type0 addr=0x1_0000_0000 len=1 data=cafebabe"
+    );
+}
+
+#[test]
 fn packet_display_names_the_problem() {
     let bytes = hex("00 00 00 01  01 00");
     assert_eq!(

@@ -418,6 +418,34 @@ fn atomic_address_misaligned() {
 }
 
 #[test]
+fn reserved_address_type() {
+    // MRd32 (the MRD32 fixture) with AT 11b.
+    let bytes = hex("00 00 0c 01  01 00 00 0f  00 00 10 00");
+    assert_violates(&bytes, &NO_LIMITS, Rule::ReservedAddressType, "MRd AT 11b is a reserved encoding");
+    assert_eq!(Tlp::parse(&bytes).unwrap().violations(&NO_LIMITS).len(), 1);
+    // FetchAdd32 with AT 11b.
+    let bytes = hex("4c 00 0c 01  01 00 20 00  00 00 10 00  00 00 00 01");
+    assert_violates(&bytes, &NO_LIMITS, Rule::ReservedAddressType, "FetchAdd AT 11b");
+    // Cpl (SC, Byte Count 4) with AT 10b: AT is reserved in completions.
+    let bytes = hex("0a 00 08 00  01 00 00 04  00 00 01 00");
+    assert_violates(&bytes, &NO_LIMITS, Rule::ReservedAddressType, "Cpl AT 10b (reserved in completions");
+    // Assert_INTA with AT 01b: AT is reserved in messages.
+    let bytes = hex("34 00 04 00  01 00 00 20  00 00 00 00  00 00 00 00");
+    assert_violates(&bytes, &NO_LIMITS, Rule::ReservedAddressType, "Msg AT 01b");
+    // Memory requests may use 01b (translation request) and 10b (translated).
+    assert_valid(&hex("00 00 04 01  01 00 00 0f  00 00 10 00"), &NO_LIMITS);
+    assert_valid(&hex("40 00 08 01  01 00 00 0f  00 00 10 00  00 00 00 41"), &NO_LIMITS);
+    // IORd with AT 11b is io-cfg-ln-th-at-not-0, reported once.
+    let rules: Vec<Rule> = Tlp::parse(&hex("02 00 0c 01  01 00 0b 01  00 00 03 f8"))
+        .unwrap()
+        .violations(&NO_LIMITS)
+        .into_iter()
+        .map(|v| v.rule)
+        .collect();
+    assert_eq!(rules, vec![Rule::IoCfgLnThAtNot0]);
+}
+
+#[test]
 fn prefix_reserved_type() {
     // Prefix type 00101b.
     let bytes = hex(&format!("85 00 00 00  {MRD32}"));
