@@ -66,11 +66,19 @@ async fn config_space_ids_capabilities_and_bar_sizing() {
     // The offsets documented in docs/sample-device.md.
     assert_eq!(
         caps,
-        vec![(cap_id::POWER_MANAGEMENT, 0x40), (cap_id::MSI, 0x48), (cap_id::MSI_X, 0x60), (cap_id::PCI_EXPRESS, 0x6c)]
+        vec![
+            (cap_id::POWER_MANAGEMENT, 0x40),
+            (cap_id::MSI, 0x48),
+            (cap_id::MSI_X, 0x60),
+            (cap_id::PCI_EXPRESS, 0x6c)
+        ]
     );
     assert_eq!(server.card.capability_offsets().msix, 0x60);
     let msix = view.msix().unwrap().unwrap();
-    assert_eq!((msix.table_bir, msix.table_offset, msix.pba_bir, msix.pba_offset), (4, 0, 4, MSIX_PBA_OFFSET));
+    assert_eq!(
+        (msix.table_bir, msix.table_offset, msix.pba_bir, msix.pba_offset),
+        (4, 0, 4, MSIX_PBA_OFFSET)
+    );
     assert_eq!(msix.control.table_size(), 8);
     let msi = view.msi().unwrap().unwrap();
     assert!(msi.control.is_64bit() && msi.control.per_vector_masking());
@@ -253,7 +261,10 @@ async fn bar2_window_and_scratch_registers() {
     assert_eq!(client.region_read(2, 0, data.len()).await.unwrap(), data);
     assert!(client.region_read(2, 0xfffc, 8).await.is_err());
     client.region_write(0, regs::SCRATCH_LO, &0x0123_4567_89ab_cdefu64.to_le_bytes()).await.unwrap();
-    assert_eq!(client.region_read(0, regs::SCRATCH_LO, 8).await.unwrap(), 0x0123_4567_89ab_cdefu64.to_le_bytes());
+    assert_eq!(
+        client.region_read(0, regs::SCRATCH_LO, 8).await.unwrap(),
+        0x0123_4567_89ab_cdefu64.to_le_bytes()
+    );
     // A 2-byte write into the middle of a register merges.
     client.region_write(0, regs::SCRATCH_LO + 1, &[0, 0]).await.unwrap();
     assert_eq!(read_u32(&client, 0, regs::SCRATCH_LO).await, 0x8900_00ef);
@@ -304,7 +315,10 @@ async fn set_irqs_validation() {
     client.set_irqs_action(irq_index::MSIX, 0, 1, IrqAction::Trigger, IrqData::None).await.unwrap();
     assert_eq!(wait_eventfd(&fd).await, 1);
     client.set_irqs_action(irq_index::MSIX, 0, 1, IrqAction::Mask, IrqData::None).await.unwrap();
-    client.set_irqs_action(irq_index::MSIX, 0, 1, IrqAction::Trigger, IrqData::Bool(vec![true])).await.unwrap();
+    client
+        .set_irqs_action(irq_index::MSIX, 0, 1, IrqAction::Trigger, IrqData::Bool(vec![true]))
+        .await
+        .unwrap();
     assert!(!eventfd_signalled(&fd));
     client.set_irqs_action(irq_index::MSIX, 0, 1, IrqAction::Unmask, IrqData::None).await.unwrap();
     assert_eq!(wait_eventfd(&fd).await, 1);

@@ -328,7 +328,7 @@ pub async fn serve_connection<M: DeviceModel>(
     .await
     {
         Err(_) => return Err(Error::Protocol("no VERSION within the negotiation timeout".to_owned())),
-        Ok(received) => match received? {
+        Ok(received) => match received.map_err(|e| Error::Protocol(transport_problem(&e)))? {
             Some(message) => message,
             None => return Ok(()),
         },
@@ -503,6 +503,14 @@ fn server_caps_json(config: &ServerConfig, twin: bool) -> String {
     serde_json::json!({ "capabilities": caps }).to_string()
 }
 
+/// The transport's text for a framing problem (its `Malformed` wording is written for clients).
+fn transport_problem(error: &transports::Error) -> String {
+    match error {
+        transports::Error::Malformed(what) => format!("malformed message: {what}"),
+        other => other.to_string(),
+    }
+}
+
 /// Main socket reader: commands to the handler, replies to waiting DMA (single-socket mode).
 async fn read_main(
     socket: Arc<MessageSocket>,
@@ -518,7 +526,7 @@ async fn read_main(
             Ok(Some(message)) => message,
             Ok(None) => return,
             Err(e) => {
-                let _ = ended.try_send(format!("main socket: {e}"));
+                let _ = ended.try_send(format!("main socket: {}", transport_problem(&e)));
                 return;
             }
         };
@@ -561,7 +569,7 @@ async fn read_twin(
                 return;
             }
             Err(e) => {
-                let _ = ended.try_send(format!("twin socket: {e}"));
+                let _ = ended.try_send(format!("twin socket: {}", transport_problem(&e)));
                 return;
             }
         }

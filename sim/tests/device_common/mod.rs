@@ -109,7 +109,8 @@ pub fn client_config(twin_socket: bool) -> ClientConfig {
 
 pub async fn connect(server: &TestServer, twin_socket: bool) -> (Client, HostMemory, watch::Sender<bool>) {
     let (memory, gate) = HostMemory::new();
-    let (client, _events) = Client::connect(&server.path, client_config(twin_socket), memory.clone()).await.unwrap();
+    let (client, _events) =
+        Client::connect(&server.path, client_config(twin_socket), memory.clone()).await.unwrap();
     (client, memory, gate)
 }
 
@@ -186,11 +187,15 @@ pub async fn start_copy(client: &Client, src: u64, dst: u64, len: u32, irq: u32)
 }
 
 pub fn msi_vector(vector: u32) -> u32 {
-    irq_control::ENABLE | (irq_control::MODE_MSI << irq_control::MODE_SHIFT) | (vector << irq_control::VECTOR_SHIFT)
+    irq_control::ENABLE
+        | (irq_control::MODE_MSI << irq_control::MODE_SHIFT)
+        | (vector << irq_control::VECTOR_SHIFT)
 }
 
 pub fn msix_vector(vector: u32) -> u32 {
-    irq_control::ENABLE | (irq_control::MODE_MSIX << irq_control::MODE_SHIFT) | (vector << irq_control::VECTOR_SHIFT)
+    irq_control::ENABLE
+        | (irq_control::MODE_MSIX << irq_control::MODE_SHIFT)
+        | (vector << irq_control::VECTOR_SHIFT)
 }
 
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
