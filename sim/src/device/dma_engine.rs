@@ -629,6 +629,8 @@ impl DmaEngine {
         let (src, dst, len) = (state.regs.src, state.regs.dst, state.regs.length);
         state.regs.status &= !(status::DONE | status::ERROR | status::ERROR_CODE_MASK);
         state.regs.dma_errno = 0;
+        let cleared = state.config.view().status().0 & !Status::INTERRUPT_STATUS;
+        state.set_config_u16(header::STATUS, cleared);
         state.generation = state.generation.wrapping_add(1);
         info!(src, dst, len, "doorbell: copy requested");
         if len > self.settings.max_length {
