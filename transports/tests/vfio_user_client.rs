@@ -545,6 +545,53 @@ async fn short_device_info_reply_closes_the_connection() {
     assert!(matches!(expect_disconnected(&mut events).await, DisconnectReason::Malformed(_)));
 }
 
+/// libvfio-user as bundled with QEMU 7.2 (2022) answers a short argsz with the full argsz but
+/// *without* CAPS (it sets CAPS only when the chain fits); found probing its samples/server.
+#[tokio::test]
+async fn region_info_retries_a_short_reply_that_omits_the_caps_flag() {
+    let (client, _events, peer) = connect(config(), Hello::libvfio_user_like(8, 1 << 20, false), NoDma).await;
+    let (request, task) = recv_after(&peer, client.clone(), |c| async move { c.region_info(1).await }).await;
+    assert_eq!(
+        RegionInfoRepr::parse(&wire::region_info::View::new_checked(&request.payload[..]).unwrap())
+            .unwrap()
+            .argsz,
+        32
+    );
+    let mut sparse = Vec::new();
+    sparse.extend_from_slice(&wire::region_cap_id::SPARSE_MMAP.to_le_bytes());
+    sparse.extend_from_slice(&1u16.to_le_bytes());
+    sparse.extend_from_slice(&0u32.to_le_bytes()); // next: end of chain
+    sparse.extend_from_slice(&2u32.to_le_bytes()); // nr_areas
+    sparse.extend_from_slice(&0u32.to_le_bytes());
+    for (offset, size) in [(0u64, 0x1000u64), (0x2000, 0x1000)] {
+        sparse.extend_from_slice(&offset.to_le_bytes());
+        sparse.extend_from_slice(&size.to_le_bytes());
+    }
+    let full = 32 + sparse.len() as u32;
+    let rw_mmap = wire::region_flags::READ | wire::region_flags::WRITE | wire::region_flags::MMAP;
+    let short =
+        RegionInfoRepr { argsz: full, flags: rw_mmap, index: 1, cap_offset: 0, size: 0x3000, offset: 0 };
+    send_reply(&peer.main, &request.header, &short.to_bytes()).await;
+
+    let retry = recv(&peer.main).await;
+    let asked =
+        RegionInfoRepr::parse(&wire::region_info::View::new_checked(&retry.payload[..]).unwrap()).unwrap();
+    assert_eq!((asked.argsz, asked.index), (full, 1));
+    let mut reply =
+        RegionInfoRepr { flags: rw_mmap | wire::region_flags::CAPS, cap_offset: 32, ..short }.to_bytes();
+    reply.extend_from_slice(&sparse);
+    send_reply(&peer.main, &retry.header, &reply).await;
+
+    let info = task.await.unwrap().unwrap();
+    assert_eq!(
+        info.caps,
+        vec![RegionCap::SparseMmap(vec![
+            SparseArea { offset: 0, size: 0x1000 },
+            SparseArea { offset: 0x2000, size: 0x1000 }
+        ])]
+    );
+}
+
 #[tokio::test]
 async fn bad_capability_offset_closes_the_connection() {
     let (client, mut events, peer) =

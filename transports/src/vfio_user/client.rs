@@ -1229,12 +1229,13 @@ impl Client {
                     )));
                 }
                 drop(reply.fds);
-                // libvfio-user answers a short argsz with CAPS set, the full argsz and
-                // cap_offset 0 (the chain is only filled in when it fits), so the retry must not
-                // depend on cap_offset.
+                // libvfio-user answers a short argsz with the full argsz and cap_offset 0 (the
+                // chain is only filled in when it fits); current versions set CAPS in that short
+                // reply, the 2022 copy bundled with QEMU 7.2 does not. So the retry depends on
+                // neither cap_offset nor CAPS.
                 let flags_caps = info.flags & region_flags::CAPS != 0;
                 let truncated = (reply.payload.len() as u64) < u64::from(info.argsz);
-                if flags_caps && info.argsz > argsz && truncated {
+                if info.argsz > argsz && truncated {
                     if argsz != RegionInfoRepr::LEN as u32 || info.argsz > MAX_REGION_INFO_ARGSZ {
                         return Err(self.protocol_error(format!(
                             "DEVICE_GET_REGION_INFO for region {index} needs argsz {} (asked {argsz}, limit {MAX_REGION_INFO_ARGSZ})",
