@@ -328,3 +328,45 @@ async fn set_irqs_validation() {
     assert!(!eventfd_signalled(&fd));
     client.disable_irqs(irq_index::MSIX).await.unwrap();
 }
+
+#[tokio::test]
+async fn dma_error_reply_and_timeout_set_error_codes() {
+    let server = start_server(ServerConfig {
+        dma_timeout: std::time::Duration::from_millis(200),
+        ..ServerConfig::default()
+    });
+    let (memory, gate) = HostMemory::new();
+    // A window larger than the host memory behind it: the handler fails reads past the end
+    // (EFAULT error replies), although the window check passes.
+    let config = transports::vfio_user::ClientConfig {
+        dma: transports::vfio_user::DmaMode::Windows(vec![transports::vfio_user::DmaWindow::read_write(
+            HOST_BASE,
+            2 * HOST_SIZE,
+        )]),
+        ..client_config(true)
+    };
+    let (client, _events) =
+        transports::vfio_user::Client::connect(&server.path, config, memory.clone()).await.unwrap();
+    enable_device(&client).await;
+    let msi = enable_msi(&client).await;
+    start_copy(&client, HOST_BASE + HOST_SIZE, HOST_BASE, 64, msi_vector(0)).await;
+    assert_eq!(wait_eventfd(&msi).await, 1);
+    let st = read_u32(&client, 0, regs::STATUS).await;
+    assert_eq!(st, status::ERROR | u32::from(error_code::READ_REJECTED) << status::ERROR_CODE_SHIFT);
+    assert_eq!(read_u32(&client, 0, regs::DMA_ERRNO).await, nix::errno::Errno::EFAULT as u32);
+    write_u32(&client, 0, regs::STATUS, status::ERROR).await;
+    assert_eq!(read_u32(&client, 0, regs::DMA_ERRNO).await, 0);
+    // Writes past the memory fail too.
+    start_copy(&client, HOST_BASE, HOST_BASE + HOST_SIZE, 64, msi_vector(0)).await;
+    assert_eq!(wait_eventfd(&msi).await, 1);
+    let st = read_u32(&client, 0, regs::STATUS).await;
+    assert_eq!(st >> status::ERROR_CODE_SHIFT, u32::from(error_code::WRITE_REJECTED));
+
+    // No reply within the server's DMA timeout.
+    gate.send(false).unwrap();
+    start_copy(&client, HOST_BASE, HOST_BASE + 0x100, 64, msi_vector(0)).await;
+    assert_eq!(wait_eventfd(&msi).await, 1);
+    let st = read_u32(&client, 0, regs::STATUS).await;
+    assert_eq!(st >> status::ERROR_CODE_SHIFT, u32::from(error_code::TIMEOUT));
+    gate.send(true).unwrap();
+}
