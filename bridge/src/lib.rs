@@ -1,2 +1,3 @@
 //! The tlpbridge engine: routing, BAR decode, tag table, timeouts, interrupts, resets, capture.
+pub mod engine;
 pub mod probe_report;

@@ -1,0 +1,53 @@
+//! The bridge crate's error type.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that stops the engine or `tlpbridge run`; each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// A configuration value is out of range or inconsistent.
+    #[error("invalid engine configuration: {0}")]
+    InvalidConfig(String),
+
+    /// The `--link` argument does not parse.
+    #[error("invalid link {spec:?}: {reason}")]
+    InvalidLinkSpec { spec: String, reason: String },
+
+    /// The link kind is known but not part of this build.
+    #[error("link kind `{kind}` is not available in this build (available: {available})")]
+    LinkKindUnavailable { kind: String, available: String },
+
+    /// Opening the link failed.
+    #[error("cannot open link {spec}: {reason}")]
+    LinkOpen { spec: String, reason: String },
+
+    /// The server's socket did not appear or refused connections within the retry window.
+    #[error(
+        "cannot connect to the vfio-user server at {path} within {window:?}: {source}; check that the server is running and --server names its socket"
+    )]
+    ServerUnreachable { path: PathBuf, window: Duration, source: transports::Error },
+
+    /// The server connected but a setup step failed.
+    #[error("vfio-user server setup failed while {step}: {source}")]
+    ServerSetup { step: String, source: transports::Error },
+
+    /// The server does not describe a PCI device the bridge can present.
+    #[error("the vfio-user device cannot be bridged: {0}")]
+    UnsupportedDevice(String),
+
+    /// The server closed the connection or broke the protocol while running.
+    #[error("the vfio-user server connection ended: {0}")]
+    ServerDisconnected(transports::DisconnectReason),
+
+    /// The link closed for good (its implementation stopped).
+    #[error("the root-port link {0} closed")]
+    LinkClosed(String),
+
+    /// Setting up interrupt eventfds failed.
+    #[error("interrupt setup failed: {0}")]
+    Interrupts(String),
+}
+
+/// Result alias for the bridge crate.
+pub type Result<T, E = BridgeError> = std::result::Result<T, E>;

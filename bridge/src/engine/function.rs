@@ -1,0 +1,402 @@
+//! The function's state as the host programmed it, kept by snooping config writes: routing ID,
+//! Command register, BAR map, link parameters, tag mode, MSI/MSI-X programming, readiness.
+//!
+//! The server stays the authority for config *reads*; this is the bridge's copy of what it needs
+//! to route requests and build TLPs, updated in request order by the non-posted dispatcher.
+
+use tlp::RoutingId;
+use tlp::config_space::{
+    self as cs, BarKind, ConfigView, DeviceControl, DeviceControl2, ExpansionRom, LinkControl, MsiControl,
+    MsiLayout, MsixControl, header, msi, msix,
+};
+use tlp::split::LinkParams;
+
+/// vfio-user region index of the expansion ROM.
+pub const ROM_REGION: u32 = 6;
+/// vfio-user region index of config space.
+pub const CONFIG_REGION: u32 = 7;
+
+/// One implemented BAR: its kind and size come from the device, its address from the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarSlot {
+    pub slot: u8,
+    pub kind: BarKind,
+    pub prefetchable: bool,
+    /// From the server's region info; a power of two.
+    pub size: u64,
+    /// The base the host programmed (0 until it does).
+    pub address: u64,
+}
+
+/// The MSI capability as programmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsiState {
+    pub offset: u16,
+    pub layout: MsiLayout,
+    pub control: MsiControl,
+    pub address: u64,
+    pub data: u16,
+    pub mask_bits: u32,
+}
+
+impl MsiState {
+    /// Vectors the host enabled (Multiple Message Enable), capped by what the device offers.
+    pub fn vectors_enabled(&self) -> u32 {
+        u32::from(self.control.vectors_enabled().min(self.control.vectors_capable())).max(1)
+    }
+}
+
+/// The MSI-X capability as programmed (the table itself lives in the interrupt state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsixState {
+    pub offset: u16,
+    pub table_bir: u8,
+    pub table_offset: u32,
+    pub pba_bir: u8,
+    pub pba_offset: u32,
+    pub table_size: u16,
+    pub enabled: bool,
+    pub function_mask: bool,
+}
+
+impl MsixState {
+    pub fn table_len(&self) -> u64 {
+        u64::from(self.table_size) * msix::entry::LEN as u64
+    }
+    pub fn pba_len(&self) -> u64 {
+        u64::from(self.table_size).div_ceil(64) * 8
+    }
+}
+
+/// Where a memory or I/O request lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarHit {
+    /// vfio-user region index (BAR slot, or [`ROM_REGION`]).
+    pub region: u32,
+    /// Offset inside the region.
+    pub offset: u64,
+    pub prefetchable: bool,
+}
+
+/// What a config write changed that needs action beyond the state update.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnoopEffects {
+    /// Device Control bit 15 was written as 1.
+    pub flr: bool,
+    /// MSI/MSI-X enable, masks, MSI address/data or Command.INTx Disable changed.
+    pub interrupts_changed: bool,
+}
+
+/// Facts read from the device at connect time.
+#[derive(Clone, Debug)]
+pub struct DeviceLayout {
+    /// The config header and standard capabilities (first 256 bytes) as first read.
+    pub config: Vec<u8>,
+    /// Size of regions 0..=6 from REGION_INFO (0 = not implemented).
+    pub region_sizes: [u64; 7],
+}
+
+/// The bridge's copy of the function's programming.
+#[derive(Clone, Debug)]
+pub struct FunctionState {
+    /// Routing ID: bus and device captured from CfgWr0, function fixed.
+    pub id: RoutingId,
+    pub id_captured: bool,
+    pub command: u16,
+    pub bars: Vec<BarSlot>,
+    /// Expansion ROM size (0: none), address and enable.
+    pub rom_size: u32,
+    pub rom: ExpansionRom,
+    pub msi: Option<MsiState>,
+    pub msix: Option<MsixState>,
+    pub device_control_offset: Option<u16>,
+    pub link_control_offset: Option<u16>,
+    pub device_control_2_offset: Option<u16>,
+    pub device_control: DeviceControl,
+    pub link_control: LinkControl,
+    pub device_control_2: DeviceControl2,
+    /// Interrupt Pin (1..=4 = INTA..INTD, 0 = none).
+    pub interrupt_pin: u8,
+    /// Link parameters currently in force.
+    pub link: LinkParams,
+    /// The server is connected and not resetting (else config requests get CRS).
+    pub ready: bool,
+    /// The bridge may use 10-bit tags if the host enables them.
+    pub ten_bit_tags_allowed: bool,
+    /// Raw bytes of the registers the bridge snoops (BARs, ROM, capabilities), 256 bytes.
+    shadow: Vec<u8>,
+    pristine: Box<Option<FunctionState>>,
+}
+
+impl FunctionState {
+    /// The state after reset, from the device's layout. Problems in the device's config space
+    /// (a malformed capability list) are reported, never panicked on.
+    pub fn new(
+        layout: &DeviceLayout,
+        initial: RoutingId,
+        link: LinkParams,
+        ten_bit: bool,
+    ) -> Result<Self, String> {
+        let mut config = layout.config.clone();
+        config.resize(cs::PCI_CONFIG_LEN, 0);
+        let view = ConfigView::new(&config).map_err(|e| format!("config header: {e}"))?;
+        let mut bars = Vec::new();
+        let mut slot = 0u8;
+        while slot < header::TYPE0_BAR_COUNT {
+            let low = view.bar_register(slot).unwrap_or(0);
+            let kind = BarKind::from_low_dword(low).unwrap_or(BarKind::Mem32);
+            let size = layout.region_sizes.get(slot as usize).copied().unwrap_or(0);
+            if size != 0 {
+                if !size.is_power_of_two() {
+                    return Err(format!("BAR{slot} region size {size:#x} is not a power of two"));
+                }
+                if kind == BarKind::Mem64 && slot == header::TYPE0_BAR_COUNT - 1 {
+                    return Err("BAR5 announces a 64-bit BAR with no slot for its upper half".to_owned());
+                }
+                let prefetchable = kind != BarKind::Io && low & cs::bar_bits::PREFETCHABLE != 0;
+                bars.push(BarSlot { slot, kind, prefetchable, size, address: 0 });
+            }
+            slot += kind.slots();
+        }
+        let rom_size = u32::try_from(layout.region_sizes[ROM_REGION as usize]).unwrap_or(0);
+        let msi = match view.msi() {
+            Ok(Some(m)) => Some(MsiState {
+                offset: m.offset,
+                layout: m.layout(),
+                control: MsiControl(
+                    m.control.0 & !(MsiControl::ENABLE | MsiControl::MULTIPLE_MESSAGE_ENABLE_MASK),
+                ),
+                address: 0,
+                data: 0,
+                mask_bits: 0,
+            }),
+            Ok(None) => None,
+            Err(e) => return Err(format!("MSI capability: {e}")),
+        };
+        let msix = match view.msix() {
+            Ok(Some(m)) if m.birs_valid() => Some(MsixState {
+                offset: m.offset,
+                table_bir: m.table_bir,
+                table_offset: m.table_offset,
+                pba_bir: m.pba_bir,
+                pba_offset: m.pba_offset,
+                table_size: m.control.table_size(),
+                enabled: false,
+                function_mask: false,
+            }),
+            Ok(Some(_)) => return Err("MSI-X capability names a BIR above 5".to_owned()),
+            Ok(None) => None,
+            Err(e) => return Err(format!("MSI-X capability: {e}")),
+        };
+        let pcie = view.pci_express().map_err(|e| format!("PCI Express capability: {e}"))?;
+        let state = FunctionState {
+            id: initial,
+            id_captured: false,
+            command: 0,
+            bars,
+            rom_size: if rom_size.is_power_of_two() { rom_size } else { 0 },
+            rom: ExpansionRom::default(),
+            msi,
+            msix,
+            device_control_offset: pcie.as_ref().map(|p| p.device_control_offset()),
+            link_control_offset: pcie.as_ref().map(|p| p.link_control_offset()),
+            device_control_2_offset: pcie.as_ref().and_then(|p| p.device_control_2_offset()),
+            device_control: DeviceControl(0),
+            link_control: LinkControl(0),
+            device_control_2: DeviceControl2(0),
+            interrupt_pin: view.interrupt_pin(),
+            link,
+            ready: false,
+            ten_bit_tags_allowed: ten_bit,
+            shadow: vec![0; cs::PCI_CONFIG_LEN],
+            pristine: Box::new(None),
+        };
+        let mut state = state;
+        state.pristine = Box::new(Some(state.clone()));
+        Ok(state)
+    }
+
+    /// Back to the reset values (FLR, hot reset, link down). `keep_id`: FLR keeps the captured
+    /// bus/device number; a conventional reset clears it.
+    pub fn reset(&mut self, keep_id: bool) {
+        let Some(pristine) = self.pristine.as_ref().clone() else { return };
+        let (id, captured) = (self.id, self.id_captured);
+        let link = self.link;
+        let keep_pristine = std::mem::replace(&mut self.pristine, Box::new(None));
+        *self = pristine;
+        self.pristine = keep_pristine;
+        if keep_id {
+            self.id = id;
+            self.id_captured = captured;
+        }
+        // MPS/MRRS/RCB return to the configured start values, which the pristine copy holds.
+        let _ = link;
+    }
+
+    pub fn memory_enabled(&self) -> bool {
+        self.command & cs::Command::MEMORY_SPACE != 0
+    }
+    pub fn io_enabled(&self) -> bool {
+        self.command & cs::Command::IO_SPACE != 0
+    }
+    pub fn bus_master(&self) -> bool {
+        self.command & cs::Command::BUS_MASTER != 0
+    }
+    pub fn intx_disabled(&self) -> bool {
+        self.command & cs::Command::INTX_DISABLE != 0
+    }
+    /// 10-bit tags: allowed by configuration and enabled by the host.
+    pub fn ten_bit_tags(&self) -> bool {
+        self.ten_bit_tags_allowed && self.device_control_2.ten_bit_tag_requester()
+    }
+
+    /// Records the bus and device number a CfgWr0 was addressed with (§2.2.6.2: a function
+    /// captures them from every Type 0 configuration write it completes).
+    pub fn capture_id(&mut self, target: RoutingId) {
+        self.id = RoutingId::new(target.bus(), target.device(), self.id.function());
+        self.id_captured = true;
+    }
+
+    /// Decodes a memory (`io == false`) or I/O request of `len` bytes at `address`: the region
+    /// and offset if it lies entirely inside one enabled BAR.
+    pub fn decode(&self, address: u64, len: u64, io: bool) -> Option<BarHit> {
+        let end = address.checked_add(len.max(1))?;
+        let enabled = if io { self.io_enabled() } else { self.memory_enabled() };
+        if !enabled {
+            return None;
+        }
+        for bar in &self.bars {
+            if (bar.kind == BarKind::Io) != io || bar.address == 0 {
+                continue;
+            }
+            let bar_end = bar.address.checked_add(bar.size)?;
+            if address >= bar.address && end <= bar_end {
+                return Some(BarHit {
+                    region: u32::from(bar.slot),
+                    offset: address - bar.address,
+                    prefetchable: bar.prefetchable,
+                });
+            }
+        }
+        if !io && self.rom.enabled && self.rom_size != 0 && self.rom.address != 0 {
+            let base = u64::from(self.rom.address);
+            if address >= base && end <= base + u64::from(self.rom_size) {
+                return Some(BarHit { region: ROM_REGION, offset: address - base, prefetchable: true });
+            }
+        }
+        None
+    }
+
+    fn shadow_u32(&self, offset: u16) -> u32 {
+        let at = usize::from(offset);
+        match self.shadow.get(at..at + 4) {
+            Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
+            _ => 0,
+        }
+    }
+
+    fn shadow_u16(&self, offset: u16) -> u16 {
+        let at = usize::from(offset);
+        match self.shadow.get(at..at + 2) {
+            Some(&[a, b]) => u16::from_le_bytes([a, b]),
+            _ => 0,
+        }
+    }
+
+    /// Applies one contiguous run of written bytes at config `offset` and returns what changed.
+    pub fn snoop_config_write(&mut self, offset: u16, data: &[u8]) -> SnoopEffects {
+        let mut effects = SnoopEffects::default();
+        let len = u16::try_from(data.len()).unwrap_or(u16::MAX);
+        let start = usize::from(offset);
+        // Only the first 256 bytes hold registers the bridge needs.
+        if let Some(dst) = self.shadow.get_mut(start..start + data.len()) {
+            dst.copy_from_slice(data);
+        } else {
+            return effects;
+        }
+        let touches = |reg: u16, width: u16| cs::write_touches(offset, len, reg, width);
+        if touches(header::COMMAND, 2) {
+            let before = self.command;
+            self.command = self.shadow_u16(header::COMMAND);
+            if (before ^ self.command) & cs::Command::INTX_DISABLE != 0 {
+                effects.interrupts_changed = true;
+            }
+        }
+        for i in 0..self.bars.len() {
+            let Some(bar) = self.bars.get(i).copied() else { continue };
+            let width = u16::from(bar.kind.slots()) * 4;
+            if touches(header::bar(bar.slot), width) {
+                let low = u64::from(self.shadow_u32(header::bar(bar.slot)));
+                let high = if bar.kind == BarKind::Mem64 {
+                    u64::from(self.shadow_u32(header::bar(bar.slot + 1))) << 32
+                } else {
+                    0
+                };
+                let address = (high | low) & bar.kind.address_mask() & !(bar.size - 1);
+                let address = if bar.kind == BarKind::Mem64 { address } else { address & 0xffff_ffff };
+                if let Some(b) = self.bars.get_mut(i) {
+                    b.address = address;
+                }
+            }
+        }
+        if touches(header::EXPANSION_ROM, 4) && self.rom_size != 0 {
+            let raw = self.shadow_u32(header::EXPANSION_ROM);
+            let rom = ExpansionRom::decode(raw);
+            self.rom = ExpansionRom { enabled: rom.enabled, address: rom.address & !(self.rom_size - 1) };
+        }
+        if let Some(mut m) = self.msi {
+            if touches(m.offset, m.layout.struct_len()) {
+                let control = self.shadow_u16(m.offset + msi::CONTROL);
+                let writable = MsiControl::ENABLE | MsiControl::MULTIPLE_MESSAGE_ENABLE_MASK;
+                m.control = MsiControl((m.control.0 & !writable) | (control & writable));
+                let lo = u64::from(self.shadow_u32(m.offset + m.layout.address_lo()));
+                let hi = m.layout.address_hi().map_or(0, |o| u64::from(self.shadow_u32(m.offset + o)));
+                m.address = (hi << 32) | (lo & !3);
+                m.data = self.shadow_u16(m.offset + m.layout.data());
+                m.mask_bits = m.layout.mask_bits().map_or(0, |o| self.shadow_u32(m.offset + o));
+                effects.interrupts_changed = true;
+                self.msi = Some(m);
+            }
+        }
+        if let Some(mut m) = self.msix {
+            if touches(m.offset + msix::CONTROL, 2) {
+                let control = MsixControl(self.shadow_u16(m.offset + msix::CONTROL));
+                m.enabled = control.enabled();
+                m.function_mask = control.function_mask();
+                effects.interrupts_changed = true;
+                self.msix = Some(m);
+            }
+        }
+        if let Some(reg) = self.device_control_offset {
+            if touches(reg, 2) {
+                let value = DeviceControl(self.shadow_u16(reg));
+                effects.flr = value.initiate_flr();
+                self.device_control = DeviceControl(value.0 & !DeviceControl::INITIATE_FLR);
+                self.update_link_params();
+            }
+        }
+        if let Some(reg) = self.link_control_offset {
+            if touches(reg, 2) {
+                self.link_control = LinkControl(self.shadow_u16(reg));
+                self.update_link_params();
+            }
+        }
+        if let Some(reg) = self.device_control_2_offset {
+            if touches(reg, 2) {
+                self.device_control_2 = DeviceControl2(self.shadow_u16(reg));
+            }
+        }
+        effects
+    }
+
+    fn update_link_params(&mut self) {
+        let mps = self.device_control.max_payload_size();
+        let mrrs = self.device_control.max_read_request_size();
+        let rcb = self.link_control.read_completion_boundary();
+        if let (Some(mps), Some(mrrs)) = (mps, mrrs) {
+            if let Ok(params) = LinkParams::new(mps, mrrs, rcb) {
+                self.link = params;
+            }
+        }
+    }
+}

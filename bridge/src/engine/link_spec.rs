@@ -1,0 +1,145 @@
+//! `--link` arguments: `KIND://ADDRESS`, and the registry of link kinds this build can open.
+//!
+//! A link kind is a name and an opener, `fn(&LinkSpec) -> future of Result<Link>`. The
+//! co-simulation and FPGA work register their kinds in [`LinkRegistry::builtin`]; a kind the
+//! project knows about but this build lacks gets an honest "not available in this build" error
+//! instead of a parse error.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use transports::link::Link;
+
+use super::error::{BridgeError, Result};
+
+/// A parsed `--link` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkSpec {
+    /// The kind, lower case (`sim`, `sim-listen`, `serial`, ...).
+    pub kind: String,
+    /// Everything after `://`, interpreted by the kind (e.g. `HOST:PORT`, a device path).
+    pub address: String,
+}
+
+impl std::fmt::Display for LinkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.kind, self.address)
+    }
+}
+
+impl std::str::FromStr for LinkSpec {
+    type Err = BridgeError;
+
+    /// `KIND://ADDRESS`; KIND is letters, digits and `-`, ADDRESS is non-empty.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad =
+            |reason: &str| BridgeError::InvalidLinkSpec { spec: s.to_owned(), reason: reason.to_owned() };
+        let (kind, address) =
+            s.split_once("://").ok_or_else(|| bad("expected KIND://ADDRESS, e.g. sim://127.0.0.1:7000"))?;
+        if kind.is_empty() || !kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(bad("the kind must be letters, digits and '-'"));
+        }
+        if address.is_empty() {
+            return Err(bad("the address after :// is empty"));
+        }
+        Ok(LinkSpec { kind: kind.to_ascii_lowercase(), address: address.to_owned() })
+    }
+}
+
+/// A future that opens a link.
+pub type OpenFuture = Pin<Box<dyn Future<Output = Result<Link>> + Send>>;
+/// Opens a link of one kind.
+pub type Opener = fn(&LinkSpec) -> OpenFuture;
+
+/// One registered kind.
+#[derive(Clone, Copy)]
+pub struct LinkKind {
+    pub name: &'static str,
+    /// One line for `--help` and docs: what ADDRESS means.
+    pub address_help: &'static str,
+    pub open: Opener,
+}
+
+/// Kinds the project plans or provides elsewhere; absent ones get "not available in this build".
+pub const KNOWN_KINDS: [&str; 6] = ["sim", "sim-listen", "serial", "nettlp", "stream", "udp"];
+
+/// The link kinds a build can open.
+#[derive(Clone, Default)]
+pub struct LinkRegistry {
+    kinds: Vec<LinkKind>,
+}
+
+impl LinkRegistry {
+    /// The kinds built into this binary. Link implementations add themselves here.
+    pub fn builtin() -> Self {
+        // No kind that talks to a real or simulated root port is part of this build yet.
+        LinkRegistry::default()
+    }
+
+    /// Adds (or replaces) a kind.
+    pub fn register(&mut self, kind: LinkKind) {
+        self.kinds.retain(|k| k.name != kind.name);
+        self.kinds.push(kind);
+    }
+
+    pub fn kinds(&self) -> &[LinkKind] {
+        &self.kinds
+    }
+
+    fn available(&self) -> String {
+        if self.kinds.is_empty() {
+            "none".to_owned()
+        } else {
+            self.kinds.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+        }
+    }
+
+    /// Opens the link `spec` names.
+    pub async fn open(&self, spec: &LinkSpec) -> Result<Link> {
+        match self.kinds.iter().find(|k| k.name == spec.kind) {
+            Some(kind) => (kind.open)(spec).await,
+            None if KNOWN_KINDS.contains(&spec.kind.as_str()) => {
+                Err(BridgeError::LinkKindUnavailable { kind: spec.kind.clone(), available: self.available() })
+            }
+            None => Err(BridgeError::InvalidLinkSpec {
+                spec: spec.to_string(),
+                reason: format!(
+                    "unknown link kind `{}` (available in this build: {})",
+                    spec.kind,
+                    self.available()
+                ),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use transports::link::{MemoryClock, memory_pair};
+
+    #[test]
+    fn specs_parse_and_bad_ones_say_why() {
+        let spec: LinkSpec = "SIM://127.0.0.1:7000".parse().unwrap();
+        assert_eq!(spec, LinkSpec { kind: "sim".into(), address: "127.0.0.1:7000".into() });
+        assert_eq!(spec.to_string(), "sim://127.0.0.1:7000");
+        assert!("sim:127.0.0.1".parse::<LinkSpec>().unwrap_err().to_string().contains("KIND://ADDRESS"));
+        assert!("sim://".parse::<LinkSpec>().unwrap_err().to_string().contains("empty"));
+        assert!("s im://x".parse::<LinkSpec>().is_err());
+    }
+
+    #[tokio::test]
+    async fn registry_opens_registered_kinds_and_names_missing_ones() {
+        let mut registry = LinkRegistry::builtin();
+        let err = registry.open(&"serial:///dev/ttyUSB0".parse().unwrap()).await.unwrap_err();
+        assert_eq!(err.to_string(), "link kind `serial` is not available in this build (available: none)");
+        let err = registry.open(&"bogus://x".parse().unwrap()).await.unwrap_err();
+        assert!(err.to_string().contains("unknown link kind `bogus`"));
+        fn open_memory(_: &LinkSpec) -> OpenFuture {
+            Box::pin(async { Ok(memory_pair(MemoryClock::Wall, 4).0) })
+        }
+        registry.register(LinkKind { name: "memory", address_help: "anything", open: open_memory });
+        let link = registry.open(&"memory://x".parse().unwrap()).await.unwrap();
+        assert_eq!(link.info.kind, "memory");
+    }
+}

@@ -1,0 +1,602 @@
+//! Root port → device: the link reader, the posted and non-posted dispatchers and the
+//! completion tasks.
+//!
+//! Ordering (PCIe §2.4.1, the rules a completer's ingress must keep):
+//! - posted requests are forwarded in arrival order by one task and never wait for a
+//!   non-posted request (`region_write_posted` only queues on the client's socket writer);
+//! - a non-posted request is forwarded only after every posted request that arrived before it
+//!   has been queued (the `posted_done` watch), so a read never passes an earlier write; the
+//!   client's single writer queue keeps that order on the socket;
+//! - the non-posted dispatcher only *queues* server requests (two-phase client API) and hands
+//!   the replies to a completion task, so one slow read does not stall the next one.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, timeout_at};
+use tracing::{debug, info, warn};
+
+use tlp::byte_enable::enabled_runs;
+use tlp::completion::{
+    MemoryRead, io_config_read_completion, io_config_write_completion, read_completions,
+    unsuccessful_completion,
+};
+use tlp::{Body, CfgType, CplStatus, Limits, MemOp, Tlp};
+use transports::link::{LinkEvent, LinkInput};
+use transports::vfio_user::{Client, PendingRegionRead, PendingRegionWrite};
+
+use super::config::AccessSplit;
+use super::counters::Counters;
+use super::function::{BarHit, CONFIG_REGION};
+use super::interrupts::IrqCommand;
+use super::{Control, ResetKind, Shared};
+
+/// A request from the root port with its place in the posted order.
+#[derive(Debug)]
+pub struct Request {
+    pub tlp: Tlp,
+    /// Posted requests that arrived before this one (for a posted request: its own ordinal).
+    pub posted_before: u64,
+}
+
+/// Why the link reader stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderExit {
+    Shutdown,
+    LinkClosed,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().take(64).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The link reader: parses, validates, delivers completions, queues requests.
+pub struct LinkReader {
+    pub shared: Arc<Shared>,
+    pub posted: mpsc::Sender<Request>,
+    pub non_posted: mpsc::Sender<Request>,
+    pub control: mpsc::Sender<Control>,
+    pub posted_count: u64,
+}
+
+impl LinkReader {
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<LinkInput>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> ReaderExit {
+        loop {
+            let input = tokio::select! {
+                biased;
+                _ = super::wait_shutdown(&mut shutdown) => return ReaderExit::Shutdown,
+                input = rx.recv() => input,
+            };
+            match input {
+                None => return ReaderExit::LinkClosed,
+                Some(LinkInput::Event { event, time }) => self.event(event, time).await,
+                Some(LinkInput::Tlp(received)) => self.tlp(&received.bytes).await,
+            }
+        }
+    }
+
+    async fn event(&mut self, event: LinkEvent, time: transports::link::LinkInstant) {
+        match event {
+            LinkEvent::Up => info!(%time, "link up"),
+            LinkEvent::Down | LinkEvent::HotReset => {
+                warn!(?event, %time, "link reset: resetting the device");
+                let kind = if event == LinkEvent::Down { ResetKind::LinkDown } else { ResetKind::HotReset };
+                self.shared.begin_reset(kind);
+                let _ = self.control.send(Control::Reset(kind)).await;
+            }
+        }
+    }
+
+    async fn tlp(&mut self, bytes: &[u8]) {
+        let shared = &self.shared;
+        let tlp = match Tlp::parse(bytes) {
+            Ok(tlp) => tlp,
+            Err(e) => {
+                Counters::inc(&shared.counters.malformed);
+                warn!(error = %e, hex = %hex(bytes), "malformed TLP dropped");
+                return;
+            }
+        };
+        if let Err(v) = tlp.validate(&Limits::default()) {
+            Counters::inc(&shared.counters.malformed);
+            warn!(rule = v.rule.name(), section = v.rule.spec_section(), detail = %v.detail, tlp = %tlp, hex = %hex(bytes), "malformed TLP dropped");
+            return;
+        }
+        shared.counters.count_in(tlp.kind_name());
+        if tlp.ep && !matches!(tlp.body, Body::Completion(_)) {
+            Counters::inc(&shared.counters.poisoned);
+            warn!(tlp = %tlp, "poisoned request dropped");
+            return;
+        }
+        let (ready, id) = {
+            let f = shared.function();
+            (f.ready, f.id)
+        };
+        match &tlp.body {
+            Body::Completion(_) => shared.tags.deliver(&tlp, id),
+            Body::Message(m) => {
+                Counters::inc(&shared.counters.messages_received);
+                info!(tlp = %tlp, code = m.code.name().unwrap_or("unknown"), "message from the root port");
+            }
+            Body::Config(c) => {
+                if c.cfg_type == CfgType::Type1 || c.target.function() != id.function() {
+                    shared.complete_with(&tlp, CplStatus::Ur).await;
+                } else if !ready {
+                    shared.complete_with(&tlp, CplStatus::Crs).await;
+                } else {
+                    self.queue_non_posted(tlp).await;
+                }
+            }
+            Body::Memory(m) if m.op == MemOp::Write => {
+                let request = Request { tlp, posted_before: self.posted_count };
+                self.posted_count += 1;
+                let _ = self.posted.send(request).await;
+            }
+            Body::Memory(m) if m.op == MemOp::Read && ready => self.queue_non_posted(tlp).await,
+            Body::Io(_) if ready => self.queue_non_posted(tlp).await,
+            // MRdLk (endpoints do not support locks), AtomicOps (no completer support), and
+            // memory/I/O requests while the device is not ready.
+            _ => shared.complete_with(&tlp, CplStatus::Ur).await,
+        }
+    }
+
+    async fn queue_non_posted(&mut self, tlp: Tlp) {
+        let _ = self.non_posted.send(Request { tlp, posted_before: self.posted_count }).await;
+    }
+}
+
+/// Naturally aligned pieces of at most 8 bytes, or whole pieces of at most `max`.
+pub fn access_pieces(offset: u64, len: u32, split: AccessSplit, max: u32) -> Vec<(u64, u32)> {
+    let mut pieces = Vec::new();
+    let end = offset.saturating_add(u64::from(len));
+    let mut at = offset;
+    while at < end {
+        let remaining = end - at;
+        let size = match split {
+            AccessSplit::Aligned8 => {
+                [8u64, 4, 2, 1].into_iter().find(|&s| at % s == 0 && s <= remaining).unwrap_or(1)
+            }
+            AccessSplit::Whole => remaining.min(u64::from(max.max(1))),
+        };
+        pieces.push((at, size as u32));
+        at += size;
+    }
+    pieces
+}
+
+/// The posted dispatcher.
+pub async fn posted_dispatcher(
+    shared: Arc<Shared>,
+    client: Client,
+    mut queue: mpsc::Receiver<Request>,
+    done: watch::Sender<u64>,
+) {
+    while let Some(request) = queue.recv().await {
+        forward_posted(&shared, &client, &request.tlp).await;
+        done.send_replace(request.posted_before + 1);
+    }
+}
+
+async fn forward_posted(shared: &Shared, client: &Client, tlp: &Tlp) {
+    let Body::Memory(m) = &tlp.body else { return };
+    let runs: Vec<(u32, u32)> = enabled_runs(m.first_be, m.last_be, tlp.length_dw()).collect();
+    let (Some(&(first, _)), Some(&(last_off, last_len))) = (runs.first(), runs.last()) else { return };
+    let start = m.address.wrapping_add(u64::from(first));
+    let span = u64::from(last_off + last_len - first);
+    let Some(hit) = shared.function().decode(start, span, false) else {
+        Counters::inc(&shared.counters.posted_misses);
+        debug!(tlp = %tlp, "posted write hits no BAR; dropped");
+        return;
+    };
+    shared.bar_accessed().await;
+    let base = hit.offset.wrapping_sub(u64::from(first));
+    shared.snoop_msix_write(&hit, base, &runs, &tlp.payload).await;
+    let split = shared.split_for(&hit);
+    for (offset, len) in runs {
+        let Some(data) = tlp.payload.get(offset as usize..(offset + len) as usize) else { continue };
+        for (at, count) in access_pieces(base + u64::from(offset), len, split, shared.max_xfer()) {
+            let from = (at - base - u64::from(offset)) as usize;
+            let piece = data.get(from..from + count as usize).unwrap_or(&[]);
+            if let Err(e) = client.region_write_posted(hit.region, at, piece).await {
+                warn!(tlp = %tlp, error = %e, "posted write could not be forwarded");
+                return;
+            }
+        }
+    }
+}
+
+/// One server access of a non-posted request, queued, waiting for its reply.
+enum Piece {
+    Read {
+        pending: PendingRegionRead,
+        at: usize,
+    },
+    Write(PendingRegionWrite),
+    /// The bridge answers these bytes itself (MSI-X PBA).
+    Local {
+        data: Vec<u8>,
+        at: usize,
+    },
+    /// The request could not be queued.
+    Failed(String),
+}
+
+/// The non-posted dispatcher.
+pub async fn non_posted_dispatcher(
+    shared: Arc<Shared>,
+    client: Client,
+    mut queue: mpsc::Receiver<Request>,
+    mut posted_done: watch::Receiver<u64>,
+) {
+    let limit = Arc::new(Semaphore::new(shared.config.max_outstanding_non_posted));
+    let mut completions = JoinSet::new();
+    loop {
+        let request = tokio::select! {
+            request = queue.recv() => match request { Some(r) => r, None => break },
+            Some(_) = completions.join_next(), if !completions.is_empty() => continue,
+        };
+        // A read must not pass an earlier posted write.
+        if posted_done.wait_for(|done| *done >= request.posted_before).await.is_err() {
+            break;
+        }
+        let Ok(permit) = limit.clone().acquire_owned().await else { break };
+        dispatch_non_posted(&shared, &client, request.tlp, permit, &mut completions).await;
+    }
+    let grace = Instant::now() + shared.config.shutdown_grace;
+    while !completions.is_empty() {
+        if timeout_at(grace, completions.join_next()).await.is_err() {
+            completions.abort_all();
+            break;
+        }
+    }
+}
+
+async fn dispatch_non_posted(
+    shared: &Arc<Shared>,
+    client: &Client,
+    tlp: Tlp,
+    permit: OwnedSemaphorePermit,
+    completions: &mut JoinSet<()>,
+) {
+    let (tx, rx) = mpsc::channel::<Piece>(16);
+    let mut after = AfterCompletion::default();
+    let target = match &tlp.body {
+        Body::Config(c) => {
+            if !shared.function().ready {
+                shared.complete_with(&tlp, CplStatus::Crs).await;
+                return;
+            }
+            let runs: Vec<(u32, u32)> = enabled_runs(c.first_be, 0, 1).collect();
+            if c.write {
+                let mut f = shared.function();
+                f.capture_id(c.target);
+                for &(offset, len) in &runs {
+                    if let Some(data) = tlp.payload.get(offset as usize..(offset + len) as usize) {
+                        let effects = f.snoop_config_write(c.register + offset as u16, data);
+                        after.flr |= effects.flr;
+                        after.interrupts |= effects.interrupts_changed;
+                    }
+                }
+            }
+            let first = runs.first().map_or(0, |r| u64::from(r.0));
+            Target {
+                region: CONFIG_REGION,
+                base: u64::from(c.register) + first,
+                runs,
+                split: shared.config.split_non_prefetchable,
+                write: c.write,
+                local_pba: None,
+            }
+        }
+        Body::Io(io) => {
+            let runs: Vec<(u32, u32)> = enabled_runs(io.first_be, 0, 1).collect();
+            match shared.decode_runs(u64::from(io.address), &runs, true) {
+                Some(hit) => {
+                    shared.bar_accessed().await;
+                    Target {
+                        region: hit.region,
+                        base: hit.offset,
+                        runs,
+                        split: shared.split_for(&hit),
+                        write: io.write,
+                        local_pba: None,
+                    }
+                }
+                None => {
+                    shared.complete_with(&tlp, CplStatus::Ur).await;
+                    return;
+                }
+            }
+        }
+        Body::Memory(m) => {
+            let Ok(read) = MemoryRead::from_tlp(&tlp) else {
+                shared.complete_with(&tlp, CplStatus::Ur).await;
+                return;
+            };
+            let runs: Vec<(u32, u32)> = read.enables.runs().collect();
+            match shared.decode_runs(m.address & !3, &runs, false) {
+                Some(hit) => {
+                    shared.bar_accessed().await;
+                    let local_pba = shared.pba_read(&hit, read.byte_count());
+                    Target {
+                        region: hit.region,
+                        base: hit.offset,
+                        runs,
+                        split: shared.split_for(&hit),
+                        write: false,
+                        local_pba,
+                    }
+                }
+                None => {
+                    shared.complete_with(&tlp, CplStatus::Ur).await;
+                    return;
+                }
+            }
+        }
+        _ => {
+            shared.complete_with(&tlp, CplStatus::Ur).await;
+            return;
+        }
+    };
+    let first = target.runs.first().map_or(0, |r| r.0);
+    let total = target.runs.last().map_or(0, |&(o, l)| o + l - first);
+    let payload = tlp.payload.clone();
+    completions.spawn(complete(shared.clone(), tlp, rx, total as usize, after, permit));
+    if let Some(data) = target.local_pba {
+        let _ = tx.send(Piece::Local { data, at: 0 }).await;
+        return;
+    }
+    // `base` is the region offset of the request's first DW (byte offset 0 of the runs).
+    let base = target.base.wrapping_sub(u64::from(first));
+    for &(offset, len) in &target.runs {
+        for (at, count) in access_pieces(base + u64::from(offset), len, target.split, shared.max_xfer()) {
+            let dest = (at - base) as usize - first as usize;
+            let piece = if target.write {
+                let from = (at - base) as usize;
+                let data = payload.get(from..from + count as usize).unwrap_or(&[]);
+                match client.start_region_write(target.region, at, data).await {
+                    Ok(pending) => Piece::Write(pending),
+                    Err(e) => Piece::Failed(e.to_string()),
+                }
+            } else {
+                match client.start_region_read(target.region, at, count).await {
+                    Ok(pending) => Piece::Read { pending, at: dest },
+                    Err(e) => Piece::Failed(e.to_string()),
+                }
+            };
+            let failed = matches!(piece, Piece::Failed(_));
+            if tx.send(piece).await.is_err() || failed {
+                return;
+            }
+        }
+    }
+}
+
+/// Where a non-posted request goes.
+struct Target {
+    region: u32,
+    /// Region offset of the first enabled byte.
+    base: u64,
+    runs: Vec<(u32, u32)>,
+    split: AccessSplit,
+    write: bool,
+    local_pba: Option<Vec<u8>>,
+}
+
+/// What to do once a config write has been completed.
+#[derive(Clone, Copy, Debug, Default)]
+struct AfterCompletion {
+    flr: bool,
+    interrupts: bool,
+}
+
+/// Awaits the pieces of one non-posted request and sends its completion(s).
+async fn complete(
+    shared: Arc<Shared>,
+    tlp: Tlp,
+    mut pieces: mpsc::Receiver<Piece>,
+    len: usize,
+    after: AfterCompletion,
+    _permit: OwnedSemaphorePermit,
+) {
+    let deadline = Instant::now() + shared.device_timeout;
+    let mut data = vec![0u8; len];
+    let mut failure: Option<(bool, String)> = None;
+    loop {
+        let piece = match timeout_at(deadline, pieces.recv()).await {
+            Ok(Some(piece)) => piece,
+            Ok(None) => break,
+            Err(_) => {
+                failure = Some((true, "pieces not queued in time".to_owned()));
+                break;
+            }
+        };
+        if failure.is_some() {
+            continue;
+        }
+        let outcome = match piece {
+            Piece::Read { pending, at } => match timeout_at(deadline, pending.wait()).await {
+                Ok(Ok(bytes)) => {
+                    if let Some(dst) = data.get_mut(at..at + bytes.len()) {
+                        dst.copy_from_slice(&bytes);
+                    }
+                    Ok(())
+                }
+                Ok(Err(e)) => Err((false, e.to_string())),
+                Err(_) => Err((true, "no reply".to_owned())),
+            },
+            Piece::Write(pending) => match timeout_at(deadline, pending.wait()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err((false, e.to_string())),
+                Err(_) => Err((true, "no reply".to_owned())),
+            },
+            Piece::Local { data: bytes, at } => {
+                if let Some(dst) = data.get_mut(at..at + bytes.len()) {
+                    dst.copy_from_slice(&bytes);
+                }
+                Ok(())
+            }
+            Piece::Failed(e) => Err((false, e)),
+        };
+        if let Err(f) = outcome {
+            failure = Some(f);
+        }
+    }
+    let (id, link) = {
+        let f = shared.function();
+        (f.id, f.link)
+    };
+    if let Some((timed_out, why)) = failure {
+        let counter =
+            if timed_out { &shared.counters.device_timeouts } else { &shared.counters.device_errors };
+        Counters::inc(counter);
+        warn!(tlp = %tlp, timed_out, error = %why, timeout = ?shared.device_timeout, "server failed the request; answering Completer Abort");
+        shared.complete_with(&tlp, CplStatus::Ca).await;
+    } else {
+        let built: Result<Vec<Tlp>, String> = match &tlp.body {
+            Body::Memory(_) => MemoryRead::from_tlp(&tlp)
+                .and_then(|read| read_completions(&read, id, &data, &link).map(|c| c.collect()))
+                .map_err(|e| e.to_string()),
+            Body::Config(_) | Body::Io(_) if !tlp.has_data() => io_config_dword(&tlp, &data).and_then(|dw| {
+                io_config_read_completion(&tlp, id, dw).map(|c| vec![c]).map_err(|e| e.to_string())
+            }),
+            _ => io_config_write_completion(&tlp, id).map(|c| vec![c]).map_err(|e| e.to_string()),
+        };
+        match built {
+            Ok(completions) => {
+                for completion in completions {
+                    if shared.tx.send(&completion).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(tlp = %tlp, error = %e, "cannot build the completion; answering Completer Abort");
+                shared.complete_with(&tlp, CplStatus::Ca).await;
+            }
+        }
+    }
+    if after.flr {
+        shared.begin_reset(ResetKind::Flr);
+        let _ = shared.control.send(Control::Reset(ResetKind::Flr)).await;
+    } else if after.interrupts {
+        let _ = shared.irq_commands.send(IrqCommand::Reconfigure).await;
+    }
+}
+
+/// The 4 register bytes of an I/O or config read, from the bytes of its enabled span.
+fn io_config_dword(tlp: &Tlp, span: &[u8]) -> Result<[u8; 4], String> {
+    let first_be = match &tlp.body {
+        Body::Config(c) => c.first_be,
+        Body::Io(io) => io.first_be,
+        _ => return Err("not an I/O or config request".to_owned()),
+    };
+    let mut dw = [0u8; 4];
+    let first = (0..4).find(|i| first_be & (1 << i) != 0).unwrap_or(0);
+    for (i, byte) in span.iter().enumerate() {
+        if let Some(slot) = dw.get_mut(first + i) {
+            *slot = *byte;
+        }
+    }
+    Ok(dw)
+}
+
+impl Shared {
+    /// Decodes the span of enabled `runs` of a request at `dw_address`.
+    fn decode_runs(&self, dw_address: u64, runs: &[(u32, u32)], io: bool) -> Option<BarHit> {
+        let (first, _) = *runs.first()?;
+        let &(last, last_len) = runs.last()?;
+        let start = dw_address.checked_add(u64::from(first))?;
+        self.function().decode(start, u64::from(last + last_len - first), io)
+    }
+
+    fn split_for(&self, hit: &BarHit) -> AccessSplit {
+        if hit.prefetchable { self.config.split_prefetchable } else { self.config.split_non_prefetchable }
+    }
+
+    /// QEMU's INTx EOI heuristic: any BAR access while INTx is asserted ends it.
+    async fn bar_accessed(&self) {
+        if self.irq().intx_asserted {
+            let _ = self.irq_commands.send(IrqCommand::IntxEoi).await;
+        }
+    }
+
+    /// A posted write into the MSI-X table updates the bridge's copy (and may unmask).
+    async fn snoop_msix_write(&self, hit: &BarHit, base: u64, runs: &[(u32, u32)], payload: &[u8]) {
+        let Some(msix) = self.function().msix else { return };
+        if hit.region != u32::from(msix.table_bir) {
+            return;
+        }
+        let table = u64::from(msix.table_offset)..u64::from(msix.table_offset) + msix.table_len();
+        let mut touched = false;
+        for &(offset, len) in runs {
+            let at = base + u64::from(offset);
+            if at + u64::from(len) <= table.start || at >= table.end {
+                continue;
+            }
+            if let Some(data) = payload.get(offset as usize..(offset + len) as usize) {
+                // Clip to the table.
+                let skip = table.start.saturating_sub(at) as usize;
+                let from = at.max(table.start) - table.start;
+                if let Some(data) = data.get(skip..) {
+                    let keep = (table.end - (table.start + from)).min(data.len() as u64) as usize;
+                    self.irq().write_table(from, data.get(..keep).unwrap_or(&[]));
+                    touched = true;
+                }
+            }
+        }
+        if touched {
+            let _ = self.irq_commands.send(IrqCommand::Reconfigure).await;
+        }
+    }
+
+    /// A read entirely inside the MSI-X PBA is answered from the bridge's pending bits.
+    fn pba_read(&self, hit: &BarHit, len: u32) -> Option<Vec<u8>> {
+        let msix = self.function().msix?;
+        if hit.region != u32::from(msix.pba_bir) {
+            return None;
+        }
+        let start = u64::from(msix.pba_offset);
+        let inside = hit.offset >= start && hit.offset + u64::from(len) <= start + msix.pba_len();
+        inside.then(|| self.irq().pba_bytes(hit.offset - start, len as usize))
+    }
+
+    /// Answers a non-posted request with a failure status (UR, CA, CRS) and counts it.
+    pub(crate) async fn complete_with(&self, tlp: &Tlp, status: CplStatus) {
+        let id = self.function().id;
+        let counter = match status {
+            CplStatus::Ur => &self.counters.ur_sent,
+            CplStatus::Crs => &self.counters.crs_sent,
+            _ => &self.counters.ca_sent,
+        };
+        match unsuccessful_completion(tlp, id, status) {
+            Ok(completion) => {
+                Counters::inc(counter);
+                debug!(request = %tlp, status = status.name(), "failing request");
+                let _ = self.tx.send(&completion).await;
+            }
+            Err(e) => debug!(request = %tlp, error = %e, "no completion for this request"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_are_naturally_aligned_and_at_most_8_bytes() {
+        assert_eq!(
+            access_pieces(0x3, 14, AccessSplit::Aligned8, 1 << 20),
+            vec![(0x3, 1), (0x4, 4), (0x8, 8), (0x10, 1)]
+        );
+        assert_eq!(access_pieces(0x6, 2, AccessSplit::Aligned8, 8), vec![(0x6, 2)]);
+        assert_eq!(access_pieces(0x0, 10, AccessSplit::Whole, 4), vec![(0, 4), (4, 4), (8, 2)]);
+        assert!(access_pieces(5, 0, AccessSplit::Whole, 4).is_empty());
+    }
+}

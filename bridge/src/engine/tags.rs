@@ -1,0 +1,244 @@
+//! The tag table: one slot per tag the bridge may use for its memory reads (DMA_READ → MRd).
+//!
+//! Completions are delivered synchronously from the link reader ([`TagTable::deliver`] never
+//! waits), so device DMA can always finish even when the request queues are full. A tag whose
+//! read timed out is *quarantined*: it is not handed out again until its final late completion
+//! arrives or a further completion timeout has passed, so a late completion can never be taken
+//! for a newer request that reused the tag.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, oneshot};
+use tracing::{debug, warn};
+
+use tlp::completion::{CompletionError, Progress, ReadReassembly};
+use tlp::{Body, CplStatus, RoutingId, Tlp};
+use transports::link::LinkInstant;
+
+use super::counters::Counters;
+
+/// How one outstanding read ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    Data(Vec<u8>),
+    /// The completer answered with a failure status (UR, CA, CRS or reserved).
+    Status(CplStatus),
+    /// The bridge gave up on it (reset, link down, shutdown).
+    Aborted,
+}
+
+enum Slot {
+    Free,
+    Busy {
+        reassembly: ReadReassembly,
+        done: oneshot::Sender<ReadOutcome>,
+    },
+    /// Timed out or abandoned: reusable at `until`, or once its final completion arrives.
+    Quarantined {
+        until: LinkInstant,
+    },
+}
+
+struct Inner {
+    slots: Vec<Slot>,
+    /// Round-robin start for allocation, so a just-freed tag is not immediately reused.
+    next: usize,
+}
+
+/// Tags 0..=255 in 8-bit mode; 256..=1023 added in 10-bit mode.
+pub struct TagTable {
+    inner: Mutex<Inner>,
+    freed: Notify,
+    counters: Arc<Counters>,
+}
+
+/// Does this completion end its request (a failure status, or it carries the last bytes)?
+fn is_final(tlp: &Tlp, cpl: &tlp::Completion) -> bool {
+    if cpl.status != CplStatus::Sc {
+        return true;
+    }
+    let carried = (tlp.payload.len() as u32).saturating_sub(u32::from(cpl.lower_address & 3));
+    u32::from(cpl.byte_count) <= carried
+}
+
+impl TagTable {
+    pub fn new(counters: Arc<Counters>) -> Self {
+        let slots = (0..=tlp::split::MAX_TAG).map(|_| Slot::Free).collect();
+        TagTable { inner: Mutex::new(Inner { slots, next: 0 }), freed: Notify::new(), counters }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a free tag for a read of `reassembly`; `None` if every usable tag is taken.
+    pub fn allocate(
+        &self,
+        ten_bit: bool,
+        now: LinkInstant,
+        reassembly: ReadReassembly,
+    ) -> Option<(u16, oneshot::Receiver<ReadOutcome>)> {
+        let mut inner = self.lock();
+        let range = if ten_bit { 256..1024 } else { 0..256 };
+        let span = range.len();
+        let start = inner.next;
+        for step in 0..span {
+            let tag = range.start + (start + step) % span;
+            let Some(slot) = inner.slots.get_mut(tag) else { continue };
+            let usable = match slot {
+                Slot::Free => true,
+                Slot::Quarantined { until } => *until <= now,
+                Slot::Busy { .. } => false,
+            };
+            if usable {
+                let (tx, rx) = oneshot::channel();
+                *slot = Slot::Busy { reassembly, done: tx };
+                inner.next = (start + step + 1) % span;
+                return Some((tag as u16, rx));
+            }
+        }
+        None
+    }
+
+    /// Completes when a tag may have been freed. Create (and `enable`) it before trying
+    /// [`TagTable::allocate`] so that a tag freed in between is not missed; callers bound the
+    /// wait with their own timeout.
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
+
+    /// The read on `tag` timed out or was abandoned: quarantine it until `until`.
+    pub fn quarantine(&self, tag: u16, until: LinkInstant) {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.slots.get_mut(usize::from(tag)) {
+            if matches!(slot, Slot::Busy { .. }) {
+                *slot = Slot::Quarantined { until };
+            }
+        }
+    }
+
+    /// Fails every outstanding read (reset, link down, shutdown); their tags are quarantined
+    /// until `until` because their completions may still be on the way.
+    pub fn abort_all(&self, until: LinkInstant) {
+        let mut inner = self.lock();
+        for slot in inner.slots.iter_mut() {
+            if let Slot::Busy { .. } = slot {
+                if let Slot::Busy { done, .. } = std::mem::replace(slot, Slot::Quarantined { until }) {
+                    let _ = done.send(ReadOutcome::Aborted);
+                }
+            }
+        }
+        drop(inner);
+        self.freed.notify_waiters();
+    }
+
+    /// Takes one completion from the link. Never blocks. `our_id` is the bridge's routing ID:
+    /// completions routed to anyone else are unexpected.
+    pub fn deliver(&self, tlp: &Tlp, our_id: RoutingId) {
+        let Body::Completion(cpl) = &tlp.body else { return };
+        let tag = usize::from(cpl.tag);
+        if cpl.requester != our_id {
+            Counters::inc(&self.counters.unexpected_completions);
+            warn!(tlp = %tlp, our_id = %our_id, "completion for another requester dropped");
+            return;
+        }
+        let mut inner = self.lock();
+        let Some(slot) = inner.slots.get_mut(tag) else { return };
+        let freed = match slot {
+            Slot::Free => {
+                Counters::inc(&self.counters.unexpected_completions);
+                warn!(tlp = %tlp, "unexpected completion (tag not outstanding) dropped");
+                false
+            }
+            Slot::Quarantined { .. } => {
+                Counters::inc(&self.counters.late_completions);
+                debug!(tlp = %tlp, "late completion for a timed-out tag dropped");
+                if is_final(tlp, cpl) {
+                    *slot = Slot::Free;
+                    true
+                } else {
+                    false
+                }
+            }
+            Slot::Busy { reassembly, .. } => match reassembly.accept(tlp) {
+                Ok(Progress::More { .. }) => false,
+                Ok(Progress::Done(data)) => {
+                    if let Slot::Busy { done, .. } = std::mem::replace(slot, Slot::Free) {
+                        let _ = done.send(ReadOutcome::Data(data));
+                    }
+                    true
+                }
+                Err(CompletionError::Unsuccessful { status, .. }) => {
+                    if let Slot::Busy { done, .. } = std::mem::replace(slot, Slot::Free) {
+                        let _ = done.send(ReadOutcome::Status(status));
+                    }
+                    true
+                }
+                Err(e) => {
+                    // A completion that breaks the rules is dropped; the read then times out.
+                    Counters::inc(&self.counters.unexpected_completions);
+                    warn!(tlp = %tlp, error = %e, "completion fails the reassembly checks; dropped");
+                    false
+                }
+            },
+        };
+        drop(inner);
+        if freed {
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// Tags in use (busy or quarantined), for tests and diagnostics.
+    pub fn in_use(&self) -> usize {
+        self.lock().slots.iter().filter(|s| !matches!(s, Slot::Free)).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tlp::completion::{MemoryRead, read_completions};
+    use tlp::split::{LinkParams, RequestFields, memory_read_tlp};
+
+    fn table() -> TagTable {
+        TagTable::new(Arc::new(Counters::default()))
+    }
+
+    #[tokio::test]
+    async fn completions_reassemble_and_free_the_tag() {
+        let t = table();
+        let me = RoutingId::new(1, 0, 0);
+        let chunk = tlp::split::SplitChunk { address: 0x1003, len: 200 };
+        let (tag, rx) =
+            t.allocate(false, LinkInstant(0), ReadReassembly::for_chunk(&chunk).unwrap()).unwrap();
+        let fields = RequestFields { requester: me, ..Default::default() };
+        let request = memory_read_tlp(&fields, chunk, tag, 512).unwrap();
+        let read = MemoryRead::from_tlp(&request).unwrap();
+        let data: Vec<u8> = (0..200).map(|i| i as u8).collect();
+        let link = LinkParams::new(128, 512, 64).unwrap();
+        for cpl in read_completions(&read, RoutingId::new(0, 0, 0), &data, &link).unwrap() {
+            t.deliver(&cpl, me);
+        }
+        assert_eq!(rx.await.unwrap(), ReadOutcome::Data(data));
+        assert_eq!(t.in_use(), 0);
+    }
+
+    #[test]
+    fn quarantined_tags_are_not_reused_until_expiry_and_8bit_mode_stays_below_256() {
+        let t = table();
+        let mut held = Vec::new();
+        for _ in 0..256 {
+            let r = ReadReassembly::new(0x1000, 4).unwrap();
+            held.push(t.allocate(false, LinkInstant(0), r).unwrap());
+        }
+        assert!(held.iter().all(|(tag, _)| *tag < 256));
+        assert!(t.allocate(false, LinkInstant(0), ReadReassembly::new(0, 4).unwrap()).is_none());
+        let (tag, _) = &held[0];
+        t.quarantine(*tag, LinkInstant(100));
+        assert!(t.allocate(false, LinkInstant(99), ReadReassembly::new(0, 4).unwrap()).is_none());
+        let (again, _) = t.allocate(false, LinkInstant(100), ReadReassembly::new(0, 4).unwrap()).unwrap();
+        assert_eq!(again, *tag);
+        let (ten, _) = t.allocate(true, LinkInstant(0), ReadReassembly::new(0, 4).unwrap()).unwrap();
+        assert!(ten >= 256);
+    }
+}

@@ -1,0 +1,37 @@
+//! The one outgoing TLP queue: every producer (completions, DMA requests, interrupts, UR/CRS)
+//! sends through [`TxQueue`], which emits the bytes, counts the kind and hands them to the link's
+//! bounded `tx` channel (a full channel is back-pressure from the link). Capture attaches here.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::trace;
+
+use super::counters::Counters;
+
+/// The link went away; nothing can be sent any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the link's transmit queue is closed")]
+pub struct TxClosed;
+
+/// Cheap to clone; every clone feeds the same link queue, in call order per caller.
+#[derive(Clone, Debug)]
+pub struct TxQueue {
+    link: mpsc::Sender<Vec<u8>>,
+    counters: Arc<Counters>,
+}
+
+impl TxQueue {
+    pub fn new(link: mpsc::Sender<Vec<u8>>, counters: Arc<Counters>) -> Self {
+        TxQueue { link, counters }
+    }
+
+    /// Queues one TLP, waiting while the link's queue is full.
+    pub async fn send(&self, tlp: &tlp::Tlp) -> Result<(), TxClosed> {
+        let bytes = tlp.to_bytes();
+        trace!(tlp = %tlp, "tx");
+        self.link.send(bytes).await.map_err(|_| TxClosed)?;
+        self.counters.count_out(tlp.kind_name());
+        Ok(())
+    }
+}
