@@ -44,6 +44,48 @@ pub enum Error {
     /// The client connection is gone (or was never there).
     #[error("no vfio-user client connected")]
     Disconnected,
+
+    // --- sim link (`crate::link`) and reference root complex (`crate::rc`) ---
+    /// A `sim://` / `sim-listen://` address that cannot be used.
+    #[error("invalid sim link address {input:?}: {reason}")]
+    SimAddress { input: String, reason: String },
+
+    /// A sim-link socket operation failed.
+    #[error("sim link I/O failed while {context}: {source}")]
+    SimIo { context: String, source: std::io::Error },
+
+    /// A sim-link frame could not be decoded; `code` is the ERROR code sent to the peer.
+    #[error("malformed sim-link frame: {reason}")]
+    SimFrame { code: u16, reason: String },
+
+    /// The two sides' HELLO messages are incompatible.
+    #[error("sim-link hello mismatch: {problems}")]
+    HelloMismatch { problems: String },
+
+    /// The peer sent an ERROR message and closed the link.
+    #[error("sim-link peer reported error {code}: {message}")]
+    SimPeerError { code: u16, message: String },
+
+    /// A well-formed sim-link message that breaks the protocol at this point.
+    #[error("sim-link protocol violation: {0}")]
+    SimProtocol(String),
+
+    /// A sim-link wait ran out of wall-clock time (a safety net against a hung peer).
+    #[error("sim link: {what} did not happen within {timeout:?} of wall-clock time")]
+    SimTimeout { what: String, timeout: std::time::Duration },
+
+    /// The sim link is closed (orderly or by the peer going away).
+    #[error("sim link closed: {0}")]
+    SimClosed(String),
+
+    /// An rc workload script does not parse.
+    #[error("{file}:{line}: {message}")]
+    Script { file: String, line: usize, message: String },
+
+    /// A root-complex operation failed: enumeration, an expectation, a completion timeout, an
+    /// unexpected completion status. `line` is the script line when one was running.
+    #[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    Rc { line: Option<usize>, message: String },
 }
 
 /// Result alias for this crate.

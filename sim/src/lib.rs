@@ -3,5 +3,7 @@
 
 pub mod device;
 pub mod error;
+pub mod link;
+pub mod rc;
 
 pub use error::{Error, Result};

@@ -1,0 +1,307 @@
+//! The co-simulation link: PCIe TLPs and simulated time over TCP between tlpbridge and a
+//! cycle-level simulator that hosts the root port (see `docs/sim-protocol.md`).
+//!
+//! - [`wire`]: frames and messages (the byte layout).
+//! - Bridge side: [`connect`] / [`listen`] / [`SimListener::accept_bridge`] produce a
+//!   [`transports::link::Link`] on a simulated [`LinkClock`](transports::link::LinkClock) that the
+//!   simulator's TIME messages drive.
+//! - Simulator side: [`SimulatorEnd`], for Rust simulators (the reference root complex) and tests.
+//!
+//! Disconnect behaviour (bridge side): when the simulator goes away — orderly CLOSE, ERROR, or the
+//! TCP connection dropping — the link delivers [`LinkEvent::Down`](transports::link::LinkEvent)
+//! and then closes `rx`; it does not wait for another simulator. A new simulator session starts
+//! its time at 0 again, and a link's clock never runs backwards, so a new session needs a new
+//! `Link` (call [`listen`] again).
+
+mod bridge;
+mod simulator;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tlp::split::LinkParams;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use transports::link::Link;
+
+pub use bridge::BridgeConfig;
+pub use simulator::{BridgeTlp, SimulatorConfig, SimulatorEnd};
+pub use wire::{Hello, Role, SimMode};
+
+use crate::error::{Error, Result};
+
+/// Where a sim link goes: `sim://HOST:PORT` connects to a listening peer, `sim-listen://HOST:PORT`
+/// listens for one peer to connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SimAddress {
+    Connect(String),
+    Listen(String),
+}
+
+impl SimAddress {
+    /// Parses `sim://HOST:PORT` or `sim-listen://HOST:PORT` (IPv6 hosts in brackets).
+    pub fn parse(input: &str) -> Result<SimAddress> {
+        let err = |reason: &str| Error::SimAddress { input: input.to_owned(), reason: reason.to_owned() };
+        let (ctor, rest): (fn(String) -> SimAddress, &str) = if let Some(rest) = input.strip_prefix("sim://")
+        {
+            (SimAddress::Connect, rest)
+        } else if let Some(rest) = input.strip_prefix("sim-listen://") {
+            (SimAddress::Listen, rest)
+        } else {
+            return Err(err("expected sim://HOST:PORT (connect) or sim-listen://HOST:PORT (listen)"));
+        };
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| err("missing :PORT"))?;
+        if host.is_empty() {
+            return Err(err("missing HOST (use 127.0.0.1 or 0.0.0.0)"));
+        }
+        if port.parse::<u16>().is_err() {
+            return Err(err("PORT must be a number 0..=65535"));
+        }
+        Ok(ctor(rest.to_owned()))
+    }
+
+    /// `HOST:PORT`.
+    pub fn host_port(&self) -> &str {
+        match self {
+            SimAddress::Connect(a) | SimAddress::Listen(a) => a,
+        }
+    }
+}
+
+impl std::fmt::Display for SimAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SimAddress::Connect(a) => write!(f, "sim://{a}"),
+            SimAddress::Listen(a) => write!(f, "sim-listen://{a}"),
+        }
+    }
+}
+
+/// The link parameters both sides state in their HELLO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelloParams {
+    pub mode: SimMode,
+    /// Picoseconds per tick ([`wire::ANY_TICK`] on the bridge: accept the simulator's).
+    pub ps_per_tick: u32,
+    pub link: LinkParams,
+    /// [`wire::hello_flags`] bits.
+    pub tag_flags: u16,
+    /// Link latency in ticks ([`wire::ANY_LATENCY`] on the bridge: accept any).
+    pub link_latency_ticks: u32,
+}
+
+impl HelloParams {
+    pub(crate) fn hello(&self, role: Role) -> Hello {
+        Hello {
+            version: wire::PROTOCOL_VERSION,
+            role,
+            mode: self.mode,
+            ps_per_tick: self.ps_per_tick,
+            mps: self.link.max_payload_size(),
+            mrrs: self.link.max_read_request_size(),
+            rcb: self.link.read_completion_boundary(),
+            flags: self.tag_flags,
+            link_latency_ticks: self.link_latency_ticks,
+        }
+    }
+}
+
+/// A bound listening socket that accepts one peer (either role).
+#[derive(Debug)]
+pub struct SimListener {
+    listener: TcpListener,
+}
+
+impl SimListener {
+    pub async fn bind(addr: &str) -> Result<SimListener> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::SimIo { context: format!("listening on {addr}"), source })?;
+        Ok(SimListener { listener })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|source| Error::SimIo { context: "reading the listening address".into(), source })
+    }
+
+    async fn accept(&self, timeout: Option<Duration>) -> Result<TcpStream> {
+        let accept = self.listener.accept();
+        let (stream, peer) = match timeout {
+            Some(t) => tokio::time::timeout(t, accept)
+                .await
+                .map_err(|_| Error::SimTimeout { what: "a peer connecting".into(), timeout: t })?,
+            None => accept.await,
+        }
+        .map_err(|source| Error::SimIo { context: "accepting a connection".into(), source })?;
+        tracing::info!(%peer, "sim link: peer connected");
+        prepare(&stream)?;
+        Ok(stream)
+    }
+
+    /// Waits (without limit: the simulator may take long to build) for a simulator, does the
+    /// hello exchange and returns the bridge's link.
+    pub async fn accept_bridge(&self, config: &BridgeConfig) -> Result<Link> {
+        let stream = self.accept(None).await?;
+        bridge::start(stream, config).await
+    }
+
+    /// Waits up to `config.connect_timeout` for a bridge and does the hello exchange.
+    pub async fn accept_simulator(&self, config: &SimulatorConfig) -> Result<SimulatorEnd> {
+        let stream = self.accept(Some(config.connect_timeout)).await?;
+        SimulatorEnd::start(stream, config).await
+    }
+}
+
+/// Bridge side: connects to a simulator listening at `addr` (`HOST:PORT`).
+pub async fn connect(addr: &str, config: &BridgeConfig) -> Result<Link> {
+    let stream = connect_stream(addr, config.connect_timeout).await?;
+    bridge::start(stream, config).await
+}
+
+/// Bridge side: listens on `addr` and accepts one simulator.
+pub async fn listen(addr: &str, config: &BridgeConfig) -> Result<Link> {
+    SimListener::bind(addr).await?.accept_bridge(config).await
+}
+
+/// Bridge side: [`connect`] or [`listen`] as the address says.
+pub async fn open(address: &SimAddress, config: &BridgeConfig) -> Result<Link> {
+    match address {
+        SimAddress::Connect(a) => connect(a, config).await,
+        SimAddress::Listen(a) => listen(a, config).await,
+    }
+}
+
+pub(crate) async fn connect_stream(addr: &str, timeout: Duration) -> Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| Error::SimTimeout { what: format!("connecting to {addr}"), timeout })?
+        .map_err(|source| Error::SimIo { context: format!("connecting to {addr}"), source })?;
+    prepare(&stream)?;
+    Ok(stream)
+}
+
+fn prepare(stream: &TcpStream) -> Result<()> {
+    // Frames are small and latency-bound; Nagle would hold a TLP back waiting for the next.
+    stream.set_nodelay(true).map_err(|source| Error::SimIo { context: "setting TCP_NODELAY".into(), source })
+}
+
+/// Capacity of the channel between a socket's reader task and its owner.
+const READER_QUEUE: usize = 256;
+
+/// Spawns the task that owns the read half of a connection: it decodes frames into a bounded
+/// queue and stops after end of stream or the first error (which it queues).
+pub(crate) fn spawn_reader(
+    mut read: tokio::net::tcp::OwnedReadHalf,
+) -> (mpsc::Receiver<Result<wire::Message>>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(READER_QUEUE);
+    let task = tokio::spawn(async move {
+        loop {
+            match wire::read_message(&mut read).await {
+                Ok(Some(message)) => {
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// Sends our HELLO, reads the peer's and checks it. On a mismatch the peer is told why in an
+/// ERROR frame before the error is returned.
+pub(crate) async fn handshake(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    incoming: &mut mpsc::Receiver<Result<wire::Message>>,
+    ours: &Hello,
+    timeout: Duration,
+) -> Result<Hello> {
+    write_message(write, &wire::Message::Hello(*ours)).await?;
+    let received = tokio::time::timeout(timeout, incoming.recv())
+        .await
+        .map_err(|_| Error::SimTimeout { what: "the peer's HELLO".into(), timeout })?;
+    let peer = match received {
+        Some(Ok(wire::Message::Hello(peer))) => peer,
+        Some(Ok(wire::Message::Error { code, message })) => {
+            return Err(Error::SimPeerError { code, message });
+        }
+        Some(Ok(other)) => {
+            let e = Error::SimProtocol(format!("expected HELLO first, got {}", other.name()));
+            send_error(write, &e).await;
+            return Err(e);
+        }
+        Some(Err(e)) => {
+            send_error(write, &e).await;
+            return Err(e);
+        }
+        None => return Err(Error::SimClosed("the peer closed the connection before its HELLO".into())),
+    };
+    if let Err(e) = ours.check_peer(&peer) {
+        send_error(write, &e).await;
+        return Err(e);
+    }
+    tracing::info!(?peer, "sim link: hello exchanged");
+    Ok(peer)
+}
+
+pub(crate) async fn write_message(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    message: &wire::Message,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    write
+        .write_all(&message.to_frame())
+        .await
+        .map_err(|source| Error::SimIo { context: format!("sending a {} frame", message.name()), source })
+}
+
+/// The ERROR code that reports `e` to the peer.
+pub(crate) fn error_code_for(e: &Error) -> u16 {
+    match e {
+        Error::SimFrame { code, .. } => *code,
+        Error::HelloMismatch { .. } => wire::error_code::HELLO_MISMATCH,
+        Error::SimProtocol(_) => wire::error_code::PROTOCOL,
+        Error::SimTimeout { .. } => wire::error_code::TIMEOUT,
+        _ => wire::error_code::INTERNAL,
+    }
+}
+
+/// Best effort: tells the peer why we are closing (it may already be gone).
+pub(crate) async fn send_error(write: &mut tokio::net::tcp::OwnedWriteHalf, e: &Error) {
+    let message = wire::Message::Error { code: error_code_for(e), message: e.to_string() };
+    if let Err(send) = write_message(write, &message).await {
+        tracing::debug!(error = %send, "sim link: could not send ERROR to the peer");
+    }
+}
+
+/// Ticks to picoseconds, saturating.
+pub(crate) fn ticks_to_picos(ticks: u64, ps_per_tick: u32) -> u64 {
+    ticks.saturating_mul(u64::from(ps_per_tick))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_both_directions_and_reject_junk() {
+        assert_eq!(
+            SimAddress::parse("sim://127.0.0.1:7000").unwrap(),
+            SimAddress::Connect("127.0.0.1:7000".into())
+        );
+        assert_eq!(SimAddress::parse("sim-listen://[::1]:0").unwrap(), SimAddress::Listen("[::1]:0".into()));
+        assert_eq!(SimAddress::parse("sim://h:1").unwrap().to_string(), "sim://h:1");
+        for bad in ["tcp://h:1", "sim://h", "sim://:1", "sim://h:port", "sim://h:70000"] {
+            assert!(SimAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

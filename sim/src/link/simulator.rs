@@ -1,0 +1,369 @@
+//! The simulator end of a sim link, for simulators written in Rust (the reference root complex)
+//! and for tests.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use transports::link::LinkEvent;
+
+use super::wire::{self, Hello, Message, Role, SimMode};
+use super::{HelloParams, SimListener, connect_stream, handshake, send_error, spawn_reader, write_message};
+use crate::error::{Error, Result};
+
+/// How the simulator side of a sim link is set up.
+#[derive(Clone, Copy, Debug)]
+pub struct SimulatorConfig {
+    /// What the simulator states in its HELLO. `ps_per_tick` must not be [`wire::ANY_TICK`].
+    pub hello: HelloParams,
+    /// Longest wait for the TCP connection (connecting, or a bridge connecting to us).
+    pub connect_timeout: Duration,
+    /// Longest wait for the bridge's HELLO.
+    pub hello_timeout: Duration,
+    /// Lockstep: longest wall-clock wait for a TIME_ACK. A safety net against a hung bridge, not
+    /// part of the simulated behaviour.
+    pub ack_timeout: Duration,
+    /// Most TLPs from the bridge buffered before the simulator takes them with `try_recv`.
+    pub max_buffered: usize,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        SimulatorConfig {
+            hello: HelloParams {
+                mode: SimMode::FreeRunning,
+                ps_per_tick: 1000,
+                link: tlp::split::LinkParams::DEFAULT,
+                tag_flags: wire::hello_flags::EXTENDED_TAG,
+                link_latency_ticks: 0,
+            },
+            connect_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(30),
+            max_buffered: 4096,
+        }
+    }
+}
+
+/// A TLP the bridge sent, with the bridge's time (ticks) when it sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeTlp {
+    pub bytes: Vec<u8>,
+    pub time: u64,
+}
+
+/// Why the connection ended, kept so that every later call reports it.
+#[derive(Clone, Debug)]
+enum Ended {
+    Orderly,
+    PeerError { code: u16, message: String },
+    Failed(String),
+}
+
+impl Ended {
+    fn to_error(&self) -> Error {
+        match self {
+            Ended::Orderly => Error::SimClosed("the bridge closed the link".into()),
+            Ended::PeerError { code, message } => {
+                Error::SimPeerError { code: *code, message: message.clone() }
+            }
+            Ended::Failed(reason) => Error::SimClosed(reason.clone()),
+        }
+    }
+}
+
+/// The simulator's end of a sim link.
+#[derive(Debug)]
+pub struct SimulatorEnd {
+    write: OwnedWriteHalf,
+    incoming: mpsc::Receiver<Result<Message>>,
+    reader_task: JoinHandle<()>,
+    received: VecDeque<BridgeTlp>,
+    peer: Hello,
+    config: SimulatorConfig,
+    now: u64,
+    ended: Option<Ended>,
+    close_sent: bool,
+}
+
+impl Drop for SimulatorEnd {
+    fn drop(&mut self) {
+        self.reader_task.abort();
+    }
+}
+
+impl SimulatorEnd {
+    /// Connects to a bridge listening at `addr` (`HOST:PORT`).
+    pub async fn connect(addr: &str, config: &SimulatorConfig) -> Result<SimulatorEnd> {
+        let stream = connect_stream(addr, config.connect_timeout).await?;
+        Self::start(stream, config).await
+    }
+
+    /// Listens on `addr` and accepts one bridge (waiting up to `config.connect_timeout`).
+    pub async fn listen(addr: &str, config: &SimulatorConfig) -> Result<SimulatorEnd> {
+        SimListener::bind(addr).await?.accept_simulator(config).await
+    }
+
+    pub(super) async fn start(stream: TcpStream, config: &SimulatorConfig) -> Result<SimulatorEnd> {
+        if config.hello.ps_per_tick == wire::ANY_TICK {
+            return Err(Error::SimProtocol(
+                "the simulator must state its picoseconds per tick (not 0)".into(),
+            ));
+        }
+        let (read, mut write) = stream.into_split();
+        let (mut incoming, reader_task) = spawn_reader(read);
+        let ours = config.hello.hello(Role::Simulator);
+        let peer = match handshake(&mut write, &mut incoming, &ours, config.hello_timeout).await {
+            Ok(peer) => peer,
+            Err(e) => {
+                reader_task.abort();
+                return Err(e);
+            }
+        };
+        Ok(SimulatorEnd {
+            write,
+            incoming,
+            reader_task,
+            received: VecDeque::new(),
+            peer,
+            config: *config,
+            now: 0,
+            ended: None,
+            close_sent: false,
+        })
+    }
+
+    /// The bridge's HELLO.
+    pub fn peer_hello(&self) -> &Hello {
+        &self.peer
+    }
+
+    pub fn mode(&self) -> SimMode {
+        self.config.hello.mode
+    }
+
+    pub fn ps_per_tick(&self) -> u32 {
+        self.config.hello.ps_per_tick
+    }
+
+    /// The simulator's current time in ticks (the last `advance_to`).
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    fn check_open(&self) -> Result<()> {
+        match &self.ended {
+            Some(ended) => Err(ended.to_error()),
+            None if self.close_sent => Err(Error::SimClosed("this side already sent CLOSE".into())),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a TLP (raw wire bytes) stamped with the current time.
+    pub async fn send_tlp(&mut self, bytes: &[u8]) -> Result<()> {
+        self.check_open()?;
+        if bytes.len() < 4 || bytes.len() > wire::MAX_TLP_LEN || bytes.len() % 4 != 0 {
+            return Err(Error::SimProtocol(format!(
+                "a TLP is 4..={} bytes in whole DWs, not {} bytes",
+                wire::MAX_TLP_LEN,
+                bytes.len()
+            )));
+        }
+        write_message(&mut self.write, &Message::Tlp { time: self.now, bytes: bytes.to_vec() }).await
+    }
+
+    /// Reports a link event at the current time.
+    pub async fn send_event(&mut self, event: LinkEvent) -> Result<()> {
+        self.check_open()?;
+        write_message(&mut self.write, &Message::Event { time: self.now, event }).await
+    }
+
+    /// Tells the bridge that simulated time has reached `time` ticks. Lockstep: then waits (at most
+    /// `ack_timeout` of wall time) for the bridge's TIME_ACK; TLPs the bridge sent before the
+    /// acknowledgement are buffered for [`SimulatorEnd::try_recv`].
+    pub async fn advance_to(&mut self, time: u64) -> Result<()> {
+        self.check_open()?;
+        if time < self.now {
+            return Err(Error::SimProtocol(format!(
+                "cannot move time back from tick {} to {time}",
+                self.now
+            )));
+        }
+        self.now = time;
+        write_message(&mut self.write, &Message::Time { time }).await?;
+        if self.mode() == SimMode::FreeRunning {
+            return Ok(());
+        }
+        let timeout = self.config.ack_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let message = match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    let e =
+                        Error::SimTimeout { what: format!("the bridge's TIME_ACK for tick {time}"), timeout };
+                    send_error(&mut self.write, &e).await;
+                    self.ended = Some(Ended::Failed(e.to_string()));
+                    return Err(e);
+                }
+            };
+            if let Some(ack) = self.on_message(message).await? {
+                if ack == time {
+                    return Ok(());
+                }
+                let e = Error::SimProtocol(format!("TIME_ACK for tick {ack} while waiting for tick {time}"));
+                return Err(self.fail(e).await);
+            }
+        }
+    }
+
+    /// The next TLP from the bridge without waiting: `Ok(None)` when none has arrived. Once the
+    /// bridge has closed and everything it sent was taken, the close is reported as an error.
+    pub fn try_recv(&mut self) -> Result<Option<BridgeTlp>> {
+        loop {
+            if let Some(tlp) = self.received.pop_front() {
+                return Ok(Some(tlp));
+            }
+            if let Some(ended) = &self.ended {
+                return Err(ended.to_error());
+            }
+            match self.incoming.try_recv() {
+                Ok(message) => {
+                    // Handled synchronously: `on_message` only writes to the socket on errors,
+                    // which `try_recv` reports without telling the peer.
+                    self.on_message_sync(Some(message))?;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return Ok(None),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.on_message_sync(None)?;
+                }
+            }
+        }
+    }
+
+    /// The next TLP from the bridge, waiting up to `timeout` of wall time (`Ok(None)` then).
+    pub async fn recv(&mut self, timeout: Duration) -> Result<Option<BridgeTlp>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(tlp) = self.try_recv()? {
+                return Ok(Some(tlp));
+            }
+            match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+                Ok(message) => {
+                    if self.on_message(message).await?.is_some() {
+                        let e = Error::SimProtocol("TIME_ACK without a pending TIME".into());
+                        return Err(self.fail(e).await);
+                    }
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Orderly close: sends CLOSE and waits (up to `hello_timeout`) for the bridge's CLOSE or end
+    /// of stream. TLPs still arriving meanwhile are dropped.
+    pub async fn close(mut self) -> Result<()> {
+        if self.ended.is_some() {
+            return Ok(());
+        }
+        write_message(&mut self.write, &Message::Close).await?;
+        self.close_sent = true;
+        let timeout = self.config.hello_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+                Ok(Some(Ok(Message::Close))) | Ok(None) => return Ok(()),
+                Ok(Some(Ok(Message::Error { code, message }))) => {
+                    return Err(Error::SimPeerError { code, message });
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return Err(e),
+                Err(_) => return Err(Error::SimTimeout { what: "the bridge's CLOSE".into(), timeout }),
+            }
+        }
+    }
+
+    /// Records a failure, tells the peer, returns the error.
+    async fn fail(&mut self, e: Error) -> Error {
+        send_error(&mut self.write, &e).await;
+        self.ended = Some(Ended::Failed(e.to_string()));
+        e
+    }
+
+    /// Handles one incoming item; `Ok(Some(t))` for a TIME_ACK of tick `t`.
+    async fn on_message(&mut self, message: Option<Result<Message>>) -> Result<Option<u64>> {
+        match self.classify(message) {
+            Ok(ack) => Ok(ack),
+            Err((e, tell_peer)) => {
+                if tell_peer {
+                    send_error(&mut self.write, &e).await;
+                }
+                self.ended = Some(Ended::Failed(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    fn on_message_sync(&mut self, message: Option<Result<Message>>) -> Result<Option<u64>> {
+        self.classify(message).map_err(|(e, _)| {
+            self.ended.get_or_insert_with(|| Ended::Failed(e.to_string()));
+            e
+        })
+    }
+
+    /// `Err((error, tell_peer))`.
+    fn classify(&mut self, message: Option<Result<Message>>) -> Result<Option<u64>, (Error, bool)> {
+        let message = match message {
+            None => {
+                if self.ended.is_none() {
+                    self.ended = Some(Ended::Failed("the bridge disconnected without CLOSE".into()));
+                }
+                return Err((self.ended.as_ref().map(Ended::to_error).unwrap_or(Error::Disconnected), false));
+            }
+            Some(Err(e)) => return Err((e, true)),
+            Some(Ok(m)) => m,
+        };
+        match message {
+            Message::Tlp { time, bytes } => {
+                if self.received.len() >= self.config.max_buffered {
+                    return Err((
+                        Error::SimProtocol(format!(
+                            "the bridge sent more than {} TLPs the simulator has not taken",
+                            self.config.max_buffered
+                        )),
+                        true,
+                    ));
+                }
+                self.received.push_back(BridgeTlp { bytes, time });
+                Ok(None)
+            }
+            Message::TimeAck { time } => {
+                if self.mode() == SimMode::Lockstep {
+                    Ok(Some(time))
+                } else {
+                    Err((Error::SimProtocol("TIME_ACK on a free-running link".into()), true))
+                }
+            }
+            Message::Close => {
+                self.ended = Some(Ended::Orderly);
+                Err((Ended::Orderly.to_error(), false))
+            }
+            Message::Error { code, message } => {
+                let ended = Ended::PeerError { code, message };
+                let e = ended.to_error();
+                self.ended = Some(ended);
+                Err((e, false))
+            }
+            other @ (Message::Hello(_) | Message::Time { .. } | Message::Event { .. }) => Err((
+                Error::SimProtocol(format!(
+                    "the bridge may not send {} after the hello exchange",
+                    other.name()
+                )),
+                true,
+            )),
+        }
+    }
+}
