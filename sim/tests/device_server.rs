@@ -370,3 +370,49 @@ async fn dma_error_reply_and_timeout_set_error_codes() {
     assert_eq!(st >> status::ERROR_CODE_SHIFT, u32::from(error_code::TIMEOUT));
     gate.send(true).unwrap();
 }
+
+#[tokio::test]
+async fn serve_replaces_stale_sockets_refuses_live_ones_and_removes_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev.sock");
+    // A stale socket file: bound, then its listener dropped.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let card = std::sync::Arc::new(sim::device::DmaEngine::new(Default::default()).unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_path = path.clone();
+    let server_card = card.clone();
+    let task = tokio::spawn(async move {
+        sim::device::serve(&server_path, server_card, ServerConfig::default(), async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    // Wait until it accepts connections.
+    let mut connected = None;
+    for _ in 0..500 {
+        if let Ok(stream) = tokio::net::UnixStream::connect(&path).await {
+            connected = Some(stream);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    drop(connected.expect("server listening"));
+    // A second server on the live socket is refused.
+    let second = sim::device::serve(&path, card, ServerConfig::default(), async {}).await;
+    assert!(matches!(second, Err(sim::Error::Listen { .. })), "{second:?}");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert!(!path.exists(), "socket file removed on exit");
+    // A path that is not a socket is never replaced.
+    std::fs::write(&path, b"data").unwrap();
+    let refused = sim::device::serve(
+        &path,
+        std::sync::Arc::new(sim::device::DmaEngine::new(Default::default()).unwrap()),
+        ServerConfig::default(),
+        async {},
+    )
+    .await;
+    assert!(matches!(refused, Err(sim::Error::Listen { .. })));
+    assert_eq!(std::fs::read(&path).unwrap(), b"data");
+}

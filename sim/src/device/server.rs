@@ -421,7 +421,14 @@ pub async fn serve_connection<M: DeviceModel>(
     } else {
         drop(ended_tx);
     }
+    // Declared after the tasks' guard so it runs first: however the connection ends (including
+    // the server future being dropped at shutdown), DMA waiters fail at once and the model hears.
     let _tasks = TaskGuard(tasks);
+    let _connection = ConnectionGuard {
+        bus: bus.clone(),
+        sockets: [Some(main.clone()), dma_socket.clone()],
+        model: model.clone(),
+    };
     model.connected(&bus);
 
     let mut handler = Handler { model: &*model, bus: &bus, config, description };
@@ -457,13 +464,25 @@ pub async fn serve_connection<M: DeviceModel>(
             break Err(e);
         }
     };
-    bus.close();
-    if let Some(socket) = dma_socket {
-        socket.shutdown();
-    }
-    main.shutdown();
-    model.disconnected();
     outcome
+}
+
+/// Ends a connection's resources: closes the bus (DMA fails, eventfds and windows go), shuts the
+/// sockets down and tells the model.
+struct ConnectionGuard<M: DeviceModel> {
+    bus: DeviceBus,
+    sockets: [Option<Arc<MessageSocket>>; 2],
+    model: Arc<M>,
+}
+
+impl<M: DeviceModel> Drop for ConnectionGuard<M> {
+    fn drop(&mut self) {
+        self.bus.close();
+        for socket in self.sockets.iter().flatten() {
+            socket.shutdown();
+        }
+        self.model.disconnected();
+    }
 }
 
 /// Checks the first message: a VERSION command, major 0, no fds, valid JSON. Returns the client
