@@ -432,7 +432,7 @@ pub async fn serve_connection<M: DeviceModel>(
     model.connected(&bus);
 
     let mut handler = Handler { model: &*model, bus: &bus, config, description };
-    let outcome = loop {
+    loop {
         let message = tokio::select! {
             biased;
             message = commands_rx.recv() => message,
@@ -463,8 +463,7 @@ pub async fn serve_connection<M: DeviceModel>(
         if let Err(e) = writer.send(&bytes, &[]).await {
             break Err(e);
         }
-    };
-    outcome
+    }
 }
 
 /// Ends a connection's resources: closes the bus (DMA fails, eventfds and windows go), shuts the
