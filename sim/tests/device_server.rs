@@ -416,3 +416,32 @@ async fn serve_replaces_stale_sockets_refuses_live_ones_and_removes_its_file() {
     assert!(matches!(refused, Err(sim::Error::Listen { .. })));
     assert_eq!(std::fs::read(&path).unwrap(), b"data");
 }
+
+#[tokio::test]
+async fn msi_per_vector_mask_holds_the_interrupt_pending() {
+    let server = start_server(ServerConfig::default());
+    let (client, memory, _gate) = connect(&server, false).await;
+    enable_device(&client).await;
+    let msi = enable_msi(&client).await;
+    let cap = cap_offset(&client, cap_id::MSI).await;
+    write_u32(&client, CONFIG, cap + 0x10, 1).await; // mask vector 0
+    memory.fill(HOST_BASE, &pattern(8, 5));
+    start_copy(&client, HOST_BASE, HOST_BASE + 0x40, 8, msi_vector(0)).await;
+    while read_u32(&client, 0, regs::STATUS).await & status::DONE == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(!eventfd_signalled(&msi));
+    assert_eq!(read_u32(&client, CONFIG, cap + 0x14).await, 1, "pending bit");
+    write_u32(&client, CONFIG, cap + 0x14, 0).await; // pending bits are read-only
+    assert_eq!(read_u32(&client, CONFIG, cap + 0x14).await, 1);
+    write_u32(&client, CONFIG, cap + 0x10, 0).await; // unmask: delivered now
+    assert_eq!(wait_eventfd(&msi).await, 1);
+    assert_eq!(read_u32(&client, CONFIG, cap + 0x14).await, 0);
+    // A vector beyond the enabled count (MME = 0: one vector) is not signalled.
+    start_copy(&client, HOST_BASE, HOST_BASE + 0x40, 8, msi_vector(2)).await;
+    while read_u32(&client, 0, regs::STATUS).await & status::DONE == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(!eventfd_signalled(&msi));
+    assert_eq!(memory.get(HOST_BASE + 0x40, 8), pattern(8, 5));
+}

@@ -447,18 +447,17 @@ impl CardState {
                     debug!("MSI selected but disabled in config space; not signalled");
                     return;
                 }
-                if vector >= u32::from(msi_cap.control.vectors_enabled()) {
-                    warn!(
-                        vector,
-                        enabled = msi_cap.control.vectors_enabled(),
-                        "MSI vector not enabled; not signalled"
-                    );
+                // Software may enable more vectors than the device is capable of; only the
+                // capable ones exist (at most 32, so the shift below stays in range).
+                let enabled = msi_cap.control.vectors_enabled().min(msi_cap.control.vectors_capable());
+                let Some(bit) = 1u32.checked_shl(vector).filter(|_| vector < u32::from(enabled)) else {
+                    warn!(vector, enabled, "MSI vector not enabled; not signalled");
                     return;
-                }
-                let masked = msi_cap.mask_bits.is_some_and(|bits| bits & (1 << vector) != 0);
+                };
+                let masked = msi_cap.mask_bits.is_some_and(|bits| bits & bit != 0);
                 if masked {
                     if let Some(pending) = msi_cap.layout().pending_bits() {
-                        let bits = msi_cap.pending_bits.unwrap_or(0) | (1 << vector);
+                        let bits = msi_cap.pending_bits.unwrap_or(0) | bit;
                         self.set_config_u32(self.caps.msi + pending, bits);
                     }
                     debug!(vector, "MSI vector masked; pending");
