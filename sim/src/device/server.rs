@@ -402,7 +402,7 @@ pub async fn serve_connection<M: DeviceModel>(
         wire::HEADER_LEN + 32 + (config.max_data_xfer_size as usize).max(MAX_IRQ_VECTORS as usize);
 
     let (commands_tx, mut commands_rx) = mpsc::channel::<ReceivedMessage>(config.command_queue_depth);
-    let (ended_tx, mut ended_rx) = mpsc::channel::<String>(2);
+    let (ended_tx, mut ended_rx) = mpsc::channel::<ReaderEnd>(2);
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(
         read_main(
@@ -436,12 +436,12 @@ pub async fn serve_connection<M: DeviceModel>(
         let message = tokio::select! {
             biased;
             message = commands_rx.recv() => message,
-            Some(reason) = ended_rx.recv() => break Err(Error::Protocol(reason)),
+            Some(end) = ended_rx.recv() => break end.into_result(),
         };
         let Some(message) = message else {
             // The main reader stopped: EOF or an error it already reported.
             break match ended_rx.try_recv() {
-                Ok(reason) => Err(Error::Protocol(reason)),
+                Ok(end) => end.into_result(),
                 Err(_) => Ok(()),
             };
         };
@@ -521,6 +521,23 @@ fn server_caps_json(config: &ServerConfig, twin: bool) -> String {
     serde_json::json!({ "capabilities": caps }).to_string()
 }
 
+/// Why a socket reader stopped.
+enum ReaderEnd {
+    /// The client closed the socket: an orderly disconnect.
+    Closed,
+    /// The client broke the protocol or the socket failed.
+    Broken(String),
+}
+
+impl ReaderEnd {
+    fn into_result(self) -> Result<(), Error> {
+        match self {
+            ReaderEnd::Closed => Ok(()),
+            ReaderEnd::Broken(reason) => Err(Error::Protocol(reason)),
+        }
+    }
+}
+
 /// The transport's text for a framing problem (its `Malformed` wording is written for clients).
 fn transport_problem(error: &transports::Error) -> String {
     match error {
@@ -534,7 +551,7 @@ async fn read_main(
     socket: Arc<MessageSocket>,
     bus: DeviceBus,
     commands: mpsc::Sender<ReceivedMessage>,
-    ended: mpsc::Sender<String>,
+    ended: mpsc::Sender<ReaderEnd>,
     replies_expected: bool,
     max_message: usize,
     max_fds: usize,
@@ -544,14 +561,17 @@ async fn read_main(
             Ok(Some(message)) => message,
             Ok(None) => return,
             Err(e) => {
-                let _ = ended.try_send(format!("main socket: {}", transport_problem(&e)));
+                let _ = ended.try_send(ReaderEnd::Broken(format!("main socket: {}", transport_problem(&e))));
                 return;
             }
         };
         match message.header.message_type {
             MessageType::Reply if replies_expected => bus.deliver_reply(message),
             MessageType::Reply => {
-                let _ = ended.try_send(format!("{} on the main socket in twin-socket mode", message.header));
+                let _ = ended.try_send(ReaderEnd::Broken(format!(
+                    "{} on the main socket in twin-socket mode",
+                    message.header
+                )));
                 return;
             }
             MessageType::Command => {
@@ -567,7 +587,7 @@ async fn read_main(
 async fn read_twin(
     socket: Arc<MessageSocket>,
     bus: DeviceBus,
-    ended: mpsc::Sender<String>,
+    ended: mpsc::Sender<ReaderEnd>,
     max_message: usize,
 ) {
     loop {
@@ -576,18 +596,19 @@ async fn read_twin(
                 bus.deliver_reply(message)
             }
             Ok(Some(message)) => {
-                let _ = ended.try_send(format!(
+                let _ = ended.try_send(ReaderEnd::Broken(format!(
                     "{} sent on the twin socket, which carries only DMA replies",
                     message.header
-                ));
+                )));
                 return;
             }
             Ok(None) => {
-                let _ = ended.try_send("the client closed the twin socket".to_owned());
+                info!("the client closed the twin socket");
+                let _ = ended.try_send(ReaderEnd::Closed);
                 return;
             }
             Err(e) => {
-                let _ = ended.try_send(format!("twin socket: {}", transport_problem(&e)));
+                let _ = ended.try_send(ReaderEnd::Broken(format!("twin socket: {}", transport_problem(&e))));
                 return;
             }
         }
