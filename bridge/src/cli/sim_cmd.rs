@@ -9,6 +9,8 @@ use sim::device::{DmaEngine, DmaEngineConfig, ServerConfig};
 
 use super::EXIT_BAD_INPUT;
 
+mod rc;
+
 #[derive(Debug, clap::Args)]
 pub struct SimArgs {
     #[command(subcommand)]
@@ -19,6 +21,9 @@ pub struct SimArgs {
 enum SimCommand {
     /// Run the sample vfio-user device (a DMA-engine card) until SIGTERM/Ctrl-C.
     Device(DeviceArgs),
+    /// Run the reference root complex: enumerate the device behind a bridge over the sim link
+    /// and run a workload script (docs/rc-script.md).
+    Rc(rc::RcArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,6 +54,7 @@ struct DeviceArgs {
 pub fn run(args: SimArgs) -> ExitCode {
     match args.command {
         SimCommand::Device(args) => run_device(args),
+        SimCommand::Rc(args) => rc::run(args),
     }
 }
 

@@ -12,6 +12,7 @@ mod enumerate;
 mod io;
 mod memory;
 mod report;
+mod run;
 mod script;
 
 pub use complex::{Counters, IrqEvent, MSIX_WINDOW_OFFSET, RcConfig, RootComplex};
@@ -21,4 +22,5 @@ pub use memory::HostMemory;
 pub use report::{
     BarReport, CapabilityReport, Enumeration, IrqKind, IrqReport, LatencyStats, Report, RomReport, StepReport,
 };
+pub use run::run_over_sim_link;
 pub use script::{Command, MAX_HOST_SPAN, Pattern, Script, Span, Step, Target, run_script};

@@ -159,3 +159,93 @@ pub struct Report {
     pub ps_per_cycle: u32,
     pub final_cycle: u64,
 }
+
+impl std::fmt::Display for Report {
+    /// The human-readable report `tlpbridge sim rc` prints without `--json`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let simulated_ps = self.final_cycle.saturating_mul(u64::from(self.ps_per_cycle));
+        writeln!(
+            f,
+            "{}: {} steps, final cycle {} ({} ns simulated)",
+            if self.passed { "PASS" } else { "FAIL" },
+            self.steps.len(),
+            self.final_cycle,
+            simulated_ps / 1000
+        )?;
+        if let Some(e) = &self.enumeration {
+            writeln!(
+                f,
+                "device {} {:04x}:{:04x} class {:06x} subsystem {:04x}:{:04x}, MPS {} MRRS {}, interrupts {}",
+                e.bdf,
+                e.vendor_id,
+                e.device_id,
+                e.class_code,
+                e.subsystem_vendor_id,
+                e.subsystem_id,
+                e.mps.map_or("-".to_owned(), |v| v.to_string()),
+                e.mrrs.map_or("-".to_owned(), |v| v.to_string()),
+                e.interrupts
+            )?;
+            for bar in &e.bars {
+                let pf = if bar.prefetchable { " prefetchable" } else { "" };
+                writeln!(
+                    f,
+                    "  BAR{} {}{pf} at {:#x}, {:#x} bytes",
+                    bar.slot, bar.kind, bar.address, bar.size
+                )?;
+            }
+            if let Some(rom) = &e.rom {
+                writeln!(f, "  ROM at {:#x}, {:#x} bytes (decode disabled)", rom.address, rom.size)?;
+            }
+            let caps: Vec<String> = e
+                .capabilities
+                .iter()
+                .chain(&e.extended_capabilities)
+                .map(|c| format!("{}@{:#x}", c.name, c.offset))
+                .collect();
+            writeln!(f, "  capabilities: {}", if caps.is_empty() { "none".into() } else { caps.join(", ") })?;
+        }
+        for step in &self.steps {
+            writeln!(
+                f,
+                "line {:>4} {} {} ({} cycles): {}",
+                step.line,
+                if step.passed { "ok  " } else { "FAIL" },
+                step.command,
+                step.cycles,
+                step.detail
+            )?;
+        }
+        let counts = |m: &BTreeMap<String, u64>| -> String {
+            if m.is_empty() {
+                return "none".into();
+            }
+            m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        };
+        writeln!(f, "TLPs sent: {}; received: {}", counts(&self.tlps_sent), counts(&self.tlps_received))?;
+        writeln!(
+            f,
+            "DMA: {} reads ({} bytes), {} writes ({} bytes), {} unsupported; {} malformed TLPs, {} unexpected completions",
+            self.dma_read_requests,
+            self.dma_read_bytes,
+            self.dma_write_requests,
+            self.dma_write_bytes,
+            self.unsupported_requests,
+            self.malformed_received,
+            self.unexpected_completions
+        )?;
+        if let (Some(min), Some(mean), Some(max)) =
+            (self.latency.min_cycles, self.mean_latency_cycles, self.latency.max_cycles)
+        {
+            writeln!(
+                f,
+                "request latency: {} requests, min {min} / mean {mean} / max {max} cycles",
+                self.latency.count
+            )?;
+        }
+        if let Some(error) = &self.error {
+            writeln!(f, "error: {error}")?;
+        }
+        Ok(())
+    }
+}

@@ -266,6 +266,15 @@ fn parse_span(s: &str) -> Result<Span, String> {
     n.checked_mul(scale).map(Span::Picos).ok_or_else(|| format!("{s} is too long"))
 }
 
+impl std::str::FromStr for Span {
+    type Err = String;
+
+    /// `N` (cycles), `Ncycles`, or `N` with a unit: `ps`, `ns`, `us`, `ms`, `s`.
+    fn from_str(s: &str) -> Result<Span, String> {
+        parse_span(s)
+    }
+}
+
 impl Span {
     /// In cycles of `ps_per_cycle` picoseconds (rounded up).
     pub fn cycles(self, ps_per_cycle: u32) -> u64 {
