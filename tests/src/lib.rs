@@ -6,6 +6,7 @@
 //! - [`tlpbridge_bin`]: the path of an up-to-date `tlpbridge` binary for tests outside the
 //!   `bridge` package.
 //! - [`TestDir`]: a per-test temporary directory, short enough for UNIX socket paths.
+//! - [`run_bounded`]: run a short command to completion with a timeout, output captured.
 //!
 //! See `docs/peers.md` for how the peers are built and found.
 
@@ -14,6 +15,7 @@ mod process;
 mod temp_dir;
 mod tlpbridge_bin;
 
+pub use process::{CommandOutput, run_bounded};
 pub use temp_dir::TestDir;
 pub use tlpbridge_bin::tlpbridge_bin;
 

@@ -11,27 +11,27 @@ use crate::HarnessError;
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// What a finished command printed (stdout and stderr, interleaved) and how it exited.
-pub(crate) struct CommandOutput {
+pub struct CommandOutput {
     pub status: ExitStatus,
     pub output: String,
 }
 
 /// Runs `command` to completion with its output in an anonymous file (so a chatty command cannot
 /// block on a full pipe), killing it if it takes longer than `timeout`.
-pub(crate) fn run_bounded(
+pub fn run_bounded(
     mut command: Command,
     what: &str,
     timeout: Duration,
 ) -> Result<CommandOutput, HarnessError> {
     let wait_err = |source| HarnessError::Wait { what: what.to_owned(), source };
-    let mut log = tempfile::tempfile().map_err(HarnessError::TempDir)?;
+    let log = tempfile::tempfile().map_err(HarnessError::TempDir)?;
     let log_for_stderr = log.try_clone().map_err(wait_err)?;
     let log_for_stdout = log.try_clone().map_err(wait_err)?;
     command.stdin(Stdio::null()).stdout(log_for_stdout).stderr(log_for_stderr);
     let program = command.get_program().into();
     let mut child = command.spawn().map_err(|source| HarnessError::Spawn { program, source })?;
     let status = wait_bounded(&mut child, what, timeout)?;
-    Ok(CommandOutput { status, output: read_log(&mut log) })
+    Ok(CommandOutput { status, output: read_log(&log) })
 }
 
 /// Waits for `child` to exit, killing and reaping it if `timeout` passes first.
@@ -57,7 +57,7 @@ pub(crate) fn wait_bounded(
 }
 
 /// Everything written to `log` so far, lossily decoded; diagnostics only.
-pub(crate) fn read_log(log: &mut File) -> String {
+pub(crate) fn read_log(mut log: &File) -> String {
     let mut bytes = Vec::new();
     let read = log.seek(SeekFrom::Start(0)).and_then(|_| log.read_to_end(&mut bytes));
     match read {
