@@ -135,14 +135,19 @@ pub fn spawn(
     options: Options,
 ) -> (transports::link::RootPortEnd, Arc<Mutex<Observed>>, tokio::task::JoinHandle<()>) {
     let (link, rp) = memory_pair(MemoryClock::Simulated, 1024);
+    let (observed, task) = spawn_on(link, options);
+    (rp, observed, task)
+}
+
+/// The endpoint serving the bridge side of any link (in-memory or the TCP sim link).
+pub fn spawn_on(link: Link, options: Options) -> (Arc<Mutex<Observed>>, tokio::task::JoinHandle<()>) {
     let (config, msi, msix, pcie) = build_config(options);
     let observed = Arc::new(Mutex::new(Observed::default()));
     let mut regs = vec![0u8; 0x1000];
     regs[0..4].copy_from_slice(&ID_REGISTER.to_le_bytes());
     let endpoint =
         Endpoint { link, options, config, regs, msi, msix, pcie, copy: None, observed: observed.clone() };
-    let task = tokio::spawn(endpoint.run());
-    (rp, observed, task)
+    (observed, tokio::spawn(endpoint.run()))
 }
 
 impl Endpoint {
