@@ -71,6 +71,14 @@ impl Default for RcConfig {
 /// Offset of the MSI-X target inside the interrupt window.
 pub const MSIX_WINDOW_OFFSET: u64 = 0x10;
 const WINDOW_LEN: u64 = 0x1000;
+/// Most completions waiting for their due cycle: a device cannot make the root complex queue
+/// more than this (beyond it, further reads are dropped and counted unsupported).
+const MAX_SCHEDULED: usize = 1 << 16;
+/// Interrupts kept in the log for the report (all are still counted for `wait-irq`).
+const MAX_IRQ_LOG: usize = 1 << 16;
+/// Highest MSI and MSI-X vector numbers (32 MSI vectors, 2048 MSI-X table entries).
+const MAX_MSI_VECTOR: u32 = 31;
+const MAX_MSIX_VECTOR: u32 = 2047;
 
 /// Counters for the report.
 #[derive(Clone, Debug, Default)]
@@ -316,13 +324,13 @@ impl<I: RootPortIo> RootComplex<I> {
             }
             let value = u32::from_le_bytes(data);
             let (kind, vector) = match address - window {
-                0 => (IrqKind::Msi, value & 0xffff),
-                MSIX_WINDOW_OFFSET => (IrqKind::Msix, value),
+                0 if value & 0xffff <= MAX_MSI_VECTOR => (IrqKind::Msi, value & 0xffff),
+                MSIX_WINDOW_OFFSET if value <= MAX_MSIX_VECTOR => (IrqKind::Msix, value),
                 other => {
                     tracing::warn!(
                         offset = other,
                         value,
-                        "rc: write to the interrupt window at an unknown offset"
+                        "rc: interrupt window write that names no vector, ignored"
                     );
                     return;
                 }
@@ -366,6 +374,11 @@ impl<I: RootPortIo> RootComplex<I> {
             return;
         }
         let due = self.now().saturating_add(self.config.completion_latency);
+        if self.scheduled.len() >= MAX_SCHEDULED {
+            self.counters.unsupported_requests += 1;
+            tracing::error!(address, len, "rc: {MAX_SCHEDULED} completions already queued; DMA read dropped");
+            return;
+        }
         match read_completions(&read, self.config.rc_id, &data, &self.config.link) {
             Ok(completions) => {
                 self.counters.dma_read_requests += 1;
@@ -384,6 +397,9 @@ impl<I: RootPortIo> RootComplex<I> {
     /// Answers a non-posted request with UR (posted ones are only counted).
     fn reject(&mut self, tlp: &Tlp) {
         self.counters.unsupported_requests += 1;
+        if self.scheduled.len() >= MAX_SCHEDULED {
+            return;
+        }
         if let Ok(cpl) = unsuccessful_completion(tlp, self.config.rc_id, CplStatus::Ur) {
             let due = self.now().saturating_add(self.config.completion_latency);
             self.scheduled.push_back((due, cpl));
@@ -412,8 +428,11 @@ impl<I: RootPortIo> RootComplex<I> {
     fn raise(&mut self, kind: IrqKind, vector: u32) {
         let cycle = self.now();
         tracing::debug!(?kind, vector, cycle, "rc: interrupt");
-        *self.pending_irqs.entry((kind, vector)).or_default() += 1;
-        self.irq_log.push(IrqEvent { kind, vector, cycle });
+        let pending = self.pending_irqs.entry((kind, vector)).or_default();
+        *pending = pending.saturating_add(1);
+        if self.irq_log.len() < MAX_IRQ_LOG {
+            self.irq_log.push(IrqEvent { kind, vector, cycle });
+        }
     }
 
     /// Waits for the completions of `tags`, stepping time; the completion timeout counts cycles.

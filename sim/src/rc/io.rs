@@ -53,7 +53,9 @@ impl RootPortIo for SimulatorEnd {
 
 /// The in-memory root-port end of [`transports::link::memory_pair`] (simulated clock), driven
 /// in cycles of `ps_per_cycle`. In lockstep, `advance_to` waits (up to `ack_timeout` of wall
-/// time) until the engine side has counted every input it was sent as handled.
+/// time) until the engine side has counted every input it was sent as handled. This end drains
+/// the bridge's TLPs only between steps, so the pair's capacity must hold every TLP the bridge
+/// side sends within one step (otherwise the bridge side blocks and the step times out).
 #[derive(Debug)]
 pub struct MemoryRootPort {
     end: RootPortEnd,
