@@ -24,6 +24,7 @@ use tracing::{Instrument, debug, debug_span, error, info, warn};
 use super::caps::{self, ClientCapabilities, PROPOSED_MAJOR, PROPOSED_MINOR, ServerCapabilities, TwinSocket};
 use super::dma::{DmaDirection, DmaError, DmaHandler, DmaWindow, DmaWindowTable};
 use super::socket::{MAX_FDS_PER_MESSAGE, MessageSocket, ReceivedMessage};
+use super::tap::{MessageTap, SocketRole};
 use super::wire::{
     self, Command, DeviceInfoRepr, DmaAccessRepr, DmaMapRepr, DmaUnmapRepr, HeaderRepr, IrqInfoRepr,
     IrqSetRepr, MessageType, RegionAccessRepr, RegionCap, RegionInfoRepr, VersionRepr, device_flags,
@@ -76,6 +77,8 @@ pub struct ClientConfig {
     pub dma_handler_timeout: Duration,
     /// Depth of each socket's outgoing queue.
     pub send_queue_depth: usize,
+    /// Sees every message on the main and twin sockets, VERSION included (capture).
+    pub tap: Option<Arc<dyn MessageTap>>,
 }
 
 impl Default for ClientConfig {
@@ -91,6 +94,7 @@ impl Default for ClientConfig {
             max_concurrent_dma: 16,
             dma_handler_timeout: Duration::from_secs(5),
             send_queue_depth: 256,
+            tap: None,
         }
     }
 }
@@ -898,18 +902,24 @@ impl Client {
     }
 
     async fn start<H: DmaHandler>(
-        socket: MessageSocket,
+        mut socket: MessageSocket,
         config: ClientConfig,
         handler: H,
     ) -> Result<(Client, EventReceiver), Error> {
+        if let Some(tap) = &config.tap {
+            socket.set_tap(tap.clone(), SocketRole::Main);
+        }
         let client_caps = ClientCapabilities {
             max_msg_fds: config.max_msg_fds,
             max_data_xfer_size: config.max_data_xfer_size,
             twin_socket: config.twin_socket,
         };
-        let (negotiated, twin) = negotiate(&socket, client_caps, config.request_timeout)
+        let (negotiated, mut twin) = negotiate(&socket, client_caps, config.request_timeout)
             .instrument(debug_span!("vfio_user_negotiate"))
             .await?;
+        if let (Some(twin), Some(tap)) = (twin.as_mut(), &config.tap) {
+            twin.set_tap(tap.clone(), SocketRole::Twin);
+        }
         if config.twin_socket && twin.is_none() {
             warn!(
                 "vfio-user server did not grant a twin socket: server DMA shares the main socket, \

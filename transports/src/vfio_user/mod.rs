@@ -5,11 +5,13 @@
 //! - [`socket`]: message framing with SCM_RIGHTS fds.
 //! - [`dma`]: the DMA handler trait and the window table.
 //! - [`client`]: the client itself.
+//! - [`tap`]: observing raw messages (capture).
 
 pub mod caps;
 pub mod client;
 pub mod dma;
 pub mod socket;
+pub mod tap;
 pub mod wire;
 
 pub use caps::{ClientCapabilities, ServerCapabilities, TwinSocket};
@@ -18,4 +20,5 @@ pub use client::{
     Negotiated, PendingRegionRead, PendingRegionWrite, RegionInfo,
 };
 pub use dma::{DmaDirection, DmaError, DmaHandler, DmaWindow, DmaWindowTable, NoDma};
+pub use tap::{MessageTap, SocketRole, TapDirection};
 pub use wire::{Command, RegionCap, SparseArea};

@@ -14,6 +14,9 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, s
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
+use std::sync::Arc;
+
+use super::tap::{MessageTap, SocketRole, TapDirection};
 use super::wire::{HEADER_LEN, Header, HeaderRepr};
 use crate::error::Error;
 
@@ -33,6 +36,8 @@ pub struct ReceivedMessage {
 #[derive(Debug)]
 pub struct MessageSocket {
     stream: UnixStream,
+    /// Sees every whole message sent or received (capture).
+    tap: Option<(Arc<dyn MessageTap>, SocketRole)>,
 }
 
 fn io_error(context: &'static str) -> impl FnOnce(io::Error) -> Error {
@@ -41,7 +46,12 @@ fn io_error(context: &'static str) -> impl FnOnce(io::Error) -> Error {
 
 impl MessageSocket {
     pub fn new(stream: UnixStream) -> Self {
-        Self { stream }
+        Self { stream, tap: None }
+    }
+
+    /// Reports every message this socket sends or receives from now on to `tap`, as `role`.
+    pub fn set_tap(&mut self, tap: Arc<dyn MessageTap>, role: SocketRole) {
+        self.tap = Some((tap, role));
     }
 
     /// Wraps an already-connected socket fd (must be called inside a tokio runtime).
@@ -50,7 +60,7 @@ impl MessageSocket {
         std_stream.set_nonblocking(true).map_err(io_error("making the socket non-blocking"))?;
         let stream =
             UnixStream::from_std(std_stream).map_err(io_error("registering the socket with tokio"))?;
-        Ok(Self { stream })
+        Ok(Self { stream, tap: None })
     }
 
     /// Sends one whole message; `fds` go with its first bytes.
@@ -80,6 +90,9 @@ impl MessageSocket {
             }
             fds_pending = false;
             sent += written;
+        }
+        if let Some((tap, role)) = &self.tap {
+            tap.message(TapDirection::Sent, *role, message, fds.len());
         }
         Ok(())
     }
@@ -163,6 +176,12 @@ impl MessageSocket {
             }
             filled += bytes;
         }
+        if let Some((tap, role)) = &self.tap {
+            let mut whole = Vec::with_capacity(HEADER_LEN + payload.len());
+            whole.extend_from_slice(&header_bytes);
+            whole.extend_from_slice(&payload);
+            tap.message(TapDirection::Received, *role, &whole, fds.len());
+        }
         Ok(Some(ReceivedMessage { header, payload, fds }))
     }
 
@@ -190,6 +209,42 @@ mod tests {
         assert_eq!(received.header.id, 7);
         assert_eq!(received.payload.len(), 20);
         assert_eq!(received.fds.len(), 2);
+    }
+
+    type Seen = (TapDirection, SocketRole, Vec<u8>, usize);
+
+    #[derive(Debug, Default)]
+    struct RecordingTap {
+        seen: std::sync::Mutex<Vec<Seen>>,
+    }
+
+    impl MessageTap for RecordingTap {
+        fn message(&self, direction: TapDirection, socket: SocketRole, message: &[u8], fds: usize) {
+            self.seen.lock().unwrap().push((direction, socket, message.to_vec(), fds));
+        }
+    }
+
+    #[tokio::test]
+    async fn tap_sees_whole_messages_both_ways_with_fd_counts() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let tap = Arc::new(RecordingTap::default());
+        let (mut a, mut b) = (MessageSocket::new(a), MessageSocket::new(b));
+        a.set_tap(tap.clone(), SocketRole::Main);
+        b.set_tap(tap.clone(), SocketRole::Twin);
+        let message =
+            encode_message(9, Command::RegionRead, MessageType::Command, false, None, &[7u8; 16]).unwrap();
+        let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.send(&message, &[r.as_fd()]).await.unwrap();
+        let received = b.recv(1024, 16).await.unwrap().unwrap();
+        assert_eq!(received.header.id, 9);
+        let seen = tap.seen.lock().unwrap();
+        assert_eq!(
+            *seen,
+            vec![
+                (TapDirection::Sent, SocketRole::Main, message.clone(), 1),
+                (TapDirection::Received, SocketRole::Twin, message, 1),
+            ]
+        );
     }
 
     #[tokio::test]
