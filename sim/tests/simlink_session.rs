@@ -209,3 +209,20 @@ async fn bridge_closing_tx_sends_close() {
     let err = sim.recv(WAIT).await.unwrap_err();
     assert_eq!(err.to_string(), "sim link closed: the bridge closed the link");
 }
+
+#[tokio::test]
+async fn open_kind_reads_options_from_the_address() {
+    let listener = SimListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("{}?mode=lockstep&mps=256", listener.local_addr().unwrap());
+    let sim_config = sim_config(SimMode::Lockstep);
+    let (link, sim) =
+        tokio::join!(sim::link::open_kind("sim", &address), listener.accept_simulator(&sim_config));
+    let (mut link, mut sim) = (link.unwrap(), sim.unwrap());
+    assert_eq!(sim.peer_hello().mode, SimMode::Lockstep);
+    assert_eq!(sim.peer_hello().mps, 256);
+    assert!(matches!(next(&mut link).await, Some(LinkInput::Event { event: LinkEvent::Up, .. })));
+    link.progress.handled_one();
+    sim.advance_to(1).await.unwrap();
+    let err = sim::link::open_kind("serial", "x:1").await.unwrap_err().to_string();
+    assert!(err.contains("sim (connect) and sim-listen (listen)"), "{err}");
+}

@@ -79,6 +79,77 @@ impl std::fmt::Display for SimAddress {
     }
 }
 
+/// Splits a bridge-side address `HOST:PORT[?OPTIONS]` into `HOST:PORT` and the [`BridgeConfig`]
+/// the options give, starting from `base`. Options (`&`-separated, for registries that only pass
+/// an address string): `mode=lockstep|free`, `mps=N`, `mrrs=N`, `rcb=64|128`, `tick-ps=N`
+/// (0 = accept the simulator's), `tags=5|8|10`, `latency=N` (ticks), `capacity=N`.
+pub fn parse_bridge_address(address: &str, base: BridgeConfig) -> Result<(String, BridgeConfig)> {
+    let err = |reason: String| Error::SimAddress { input: address.to_owned(), reason };
+    let (host_port, query) = match address.split_once('?') {
+        Some((h, q)) => (h, q),
+        None => (address, ""),
+    };
+    SimAddress::parse(&format!("sim://{host_port}"))
+        .map_err(|_| err("expected HOST:PORT[?OPTIONS]".into()))?;
+    let mut config = base;
+    let (mut mps, mut mrrs, mut rcb) = (
+        config.hello.link.max_payload_size(),
+        config.hello.link.max_read_request_size(),
+        config.hello.link.read_completion_boundary(),
+    );
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) =
+            pair.split_once('=').ok_or_else(|| err(format!("option {pair:?} is not KEY=VALUE")))?;
+        let number = || value.parse::<u32>().map_err(|_| err(format!("{key}={value}: not a number")));
+        let size = || u16::try_from(number()?).map_err(|_| err(format!("{key}={value}: too large")));
+        match key {
+            "mode" => {
+                config.hello.mode = match value {
+                    "lockstep" => SimMode::Lockstep,
+                    "free" | "free-running" => SimMode::FreeRunning,
+                    _ => return Err(err(format!("mode={value}: expected lockstep or free"))),
+                }
+            }
+            "mps" => mps = size()?,
+            "mrrs" => mrrs = size()?,
+            "rcb" => rcb = size()?,
+            "tick-ps" => config.hello.ps_per_tick = number()?,
+            "latency" => config.hello.link_latency_ticks = number()?,
+            "capacity" => config.capacity = number()?.max(1) as usize,
+            "tags" => {
+                config.hello.tag_flags = match value {
+                    "5" => 0,
+                    "8" => wire::hello_flags::EXTENDED_TAG,
+                    "10" => wire::hello_flags::EXTENDED_TAG | wire::hello_flags::TEN_BIT_TAG,
+                    _ => return Err(err(format!("tags={value}: expected 5, 8 or 10"))),
+                }
+            }
+            _ => {
+                return Err(err(format!(
+                    "unknown option {key:?} (mode, mps, mrrs, rcb, tick-ps, tags, latency, capacity)"
+                )));
+            }
+        }
+    }
+    config.hello.link = LinkParams::new(mps, mrrs, rcb).map_err(|e| err(e.to_string()))?;
+    Ok((host_port.to_owned(), config))
+}
+
+/// Bridge side, for a link registry that hands over a kind and an address string: kind `sim`
+/// connects, `sim-listen` listens; the address is `HOST:PORT[?OPTIONS]` as
+/// [`parse_bridge_address`] reads it, on top of [`BridgeConfig::default`].
+pub async fn open_kind(kind: &str, address: &str) -> Result<Link> {
+    let (host_port, config) = parse_bridge_address(address, BridgeConfig::default())?;
+    match kind {
+        "sim" => connect(&host_port, &config).await,
+        "sim-listen" => listen(&host_port, &config).await,
+        other => Err(Error::SimAddress {
+            input: format!("{other}://{address}"),
+            reason: "the sim link kinds are sim (connect) and sim-listen (listen)".into(),
+        }),
+    }
+}
+
 /// The link parameters both sides state in their HELLO.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HelloParams {
@@ -302,6 +373,25 @@ mod tests {
         assert_eq!(SimAddress::parse("sim://h:1").unwrap().to_string(), "sim://h:1");
         for bad in ["tcp://h:1", "sim://h", "sim://:1", "sim://h:port", "sim://h:70000"] {
             assert!(SimAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bridge_address_options_set_the_hello() {
+        let (addr, config) = parse_bridge_address(
+            "127.0.0.1:7000?mode=lockstep&mps=256&rcb=128&tags=10&tick-ps=500",
+            BridgeConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(addr, "127.0.0.1:7000");
+        assert_eq!(config.hello.mode, SimMode::Lockstep);
+        assert_eq!(config.hello.link, LinkParams::new(256, 512, 128).unwrap());
+        assert_eq!(config.hello.tag_flags, wire::hello_flags::ALL);
+        assert_eq!(config.hello.ps_per_tick, 500);
+        let (_, plain) = parse_bridge_address("h:1", BridgeConfig::default()).unwrap();
+        assert_eq!(plain.hello, BridgeConfig::default().hello);
+        for bad in ["h:1?mps=100", "h:1?mode=fast", "h:1?colour=red", "h:1?mps", "h", "h:1?tags=9"] {
+            assert!(parse_bridge_address(bad, BridgeConfig::default()).is_err(), "{bad}");
         }
     }
 }

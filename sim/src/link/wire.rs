@@ -438,13 +438,14 @@ impl Message {
             }
             kind::EVENT => {
                 exact(12)?;
-                let event = match payload[8] {
+                let (code, reserved) = (payload.get(8).copied(), payload.get(9..12));
+                let event = match code.unwrap_or(0) {
                     event_code::LINK_UP => LinkEvent::Up,
                     event_code::LINK_DOWN => LinkEvent::Down,
                     event_code::HOT_RESET => LinkEvent::HotReset,
                     other => return Err(malformed(format!("EVENT code {other} is not 1, 2 or 3"))),
                 };
-                if payload[9..12] != [0, 0, 0] {
+                if reserved != Some(&[0, 0, 0][..]) {
                     return Err(malformed("EVENT reserved bytes 9..12 are not zero".into()));
                 }
                 Ok(Message::Event { time: le64(payload, 0), event })
