@@ -18,6 +18,7 @@ use nix::errno::Errno;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use tlpbridge_tests::TestDir;
 use tlpbridge_tests::peers::{self, QemuDevice};
+use transports::Error;
 use transports::vfio_user::{Client, ClientConfig, DmaMode, NoDma};
 
 /// Bounds every wait in these tests.
@@ -86,6 +87,9 @@ async fn edu_identification_factorial_and_intx() {
 
     assert_eq!(client.config_read(0, 4).await.unwrap(), [0x34, 0x12, 0xe8, 0x11], "1234:11e8");
     assert_eq!(client.region_info(0).await.unwrap().size, 1 << 20);
+    // Until BAR0 is placed and Memory Space enabled, QEMU's server refuses BAR accesses.
+    let refused = client.region_read(0, EDU_ID, 4).await;
+    assert!(matches!(refused, Err(Error::Server { errno: 22, .. })), "{refused:?}");
     enable_bar0(&client).await;
 
     assert_eq!(read_u32(&client, 0, EDU_ID).await, 0x0100_00ed);
