@@ -1,2 +1,6 @@
-//! Links to real root-port hardware: serial/UART with reliable framing, UDP in NetTLP format and
-//! byte-stream device files, plus an FPGA-side emulator for tests. Filled in by the FPGA-link work.
+//! Links to real root-port hardware: a serial port or a pair of stream device files carrying the
+//! reliable framing of `docs/fpga-link.md`, and UDP in NetTLP format; plus an FPGA-side emulator
+//! (`tlpbridge fpga emulate`) that hosts the reference root complex.
+
+pub mod dll;
+pub mod framing;
