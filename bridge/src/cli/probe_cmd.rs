@@ -221,10 +221,10 @@ async fn gather(client: &Client, path: &Path, timeout: Duration) -> Result<Probe
         irqs.push(IrqReport::new(index, irq.count, flags));
     }
 
-    let config_len = regions
-        .iter()
-        .find(|r| r.index == region_index::CONFIG && r.flags.readable)
-        .map_or(0, |r| config_image_len(r.size));
+    // The READ flag is not consulted: libvfio-user (2022) reports the config region without
+    // flags yet serves reads of it, and QEMU's client reads it regardless too.
+    let config_len =
+        regions.iter().find(|r| r.index == region_index::CONFIG).map_or(0, |r| config_image_len(r.size));
     let config = client
         .config_read(0, config_len as usize)
         .await
