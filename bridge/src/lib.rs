@@ -1,3 +1,4 @@
 //! The tlpbridge engine: routing, BAR decode, tag table, timeouts, interrupts, resets, capture.
+pub mod capture;
 pub mod engine;
 pub mod probe_report;

@@ -1,7 +1,9 @@
 //! Command-line front end: one module per subcommand.
 
 mod demo_cmd;
+mod pcap_cmd;
 mod probe_cmd;
+mod run_cmd;
 mod sim_cmd;
 mod tlp_cmd;
 
@@ -27,10 +29,14 @@ pub struct Cli {
 enum Command {
     /// Decode and encode TLPs.
     Tlp(tlp_cmd::TlpArgs),
+    /// Bridge a vfio-user server to a root-port link until Ctrl-C (docs/run.md).
+    Run(run_cmd::RunArgs),
     /// Connect to a vfio-user server and describe the device behind it.
     Probe(probe_cmd::ProbeArgs),
     /// Run the built-in end-to-end demonstration.
     Demo(demo_cmd::DemoArgs),
+    /// Read packet captures (--pcap files and NetTLP traces).
+    Pcap(pcap_cmd::PcapArgs),
     /// Co-simulation tools: the sample vfio-user device and the reference root complex.
     Sim(sim_cmd::SimArgs),
 }
@@ -39,9 +45,11 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         match self.command {
             Command::Tlp(args) => tlp_cmd::run(args),
+            Command::Run(args) => run_cmd::run(args),
             Command::Probe(args) => probe_cmd::run(args),
             Command::Demo(args) => demo_cmd::run(args),
             Command::Sim(args) => sim_cmd::run(args),
+            Command::Pcap(args) => pcap_cmd::run(args),
         }
     }
 }

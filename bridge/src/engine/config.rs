@@ -81,6 +81,8 @@ pub struct EngineConfig {
     pub max_reads_per_dma: usize,
     /// How long shutdown waits for in-flight requests before abandoning them.
     pub shutdown_grace: Duration,
+    /// Records every TLP on the link and every vfio-user message (`--pcap`).
+    pub capture: Option<crate::capture::CaptureHandle>,
 }
 
 impl Default for EngineConfig {
@@ -102,6 +104,7 @@ impl Default for EngineConfig {
             max_concurrent_dma: 16,
             max_reads_per_dma: 64,
             shutdown_grace: Duration::from_secs(1),
+            capture: None,
         }
     }
 }

@@ -152,7 +152,8 @@ impl Engine {
             device_timeout: config.device_timeout(simulated),
             config: config.clone(),
             tags: TagTable::new(counters.clone()),
-            tx: TxQueue::new(link.tx.clone(), counters.clone()),
+            tx: TxQueue::new(link.tx.clone(), counters.clone())
+                .with_capture(config.capture.clone(), clock.clone()),
             counters,
             clock,
             max_xfer: AtomicU32::new(0),
@@ -338,6 +339,7 @@ async fn connect(
         max_concurrent_dma: config.max_concurrent_dma,
         // A DMA read may need many completion timeouts' worth of MRds.
         dma_handler_timeout: Duration::from_secs(60),
+        tap: config.capture.clone().map(|c| Arc::new(c) as Arc<dyn transports::vfio_user::MessageTap>),
         ..ClientConfig::default()
     };
     match server {

@@ -23,10 +23,11 @@ use tlp::completion::{
     unsuccessful_completion,
 };
 use tlp::{Body, CfgType, CplStatus, Limits, MemOp, Tlp};
-use transports::link::{LinkEvent, LinkInput};
+use transports::link::{LinkEvent, LinkInput, LinkInstant};
 use transports::vfio_user::{Client, PendingRegionRead, PendingRegionWrite};
 
 use super::config::AccessSplit;
+use crate::capture::{Direction, TlpFlags};
 use super::counters::Counters;
 use super::function::{BarHit, CONFIG_REGION};
 use super::interrupts::IrqCommand;
@@ -75,7 +76,7 @@ impl LinkReader {
             match input {
                 None => return ReaderExit::LinkClosed,
                 Some(LinkInput::Event { event, time }) => self.event(event, time).await,
-                Some(LinkInput::Tlp(received)) => self.tlp(&received.bytes).await,
+                Some(LinkInput::Tlp(received)) => self.tlp(&received.bytes, received.time).await,
             }
         }
     }
@@ -92,21 +93,32 @@ impl LinkReader {
         }
     }
 
-    async fn tlp(&mut self, bytes: &[u8]) {
+    /// Records an incoming TLP (when capturing).
+    fn capture(&self, bytes: &[u8], time: LinkInstant, flags: TlpFlags) {
+        if let Some(capture) = &self.shared.config.capture {
+            capture.tlp(Direction::Inbound, time, flags, bytes);
+        }
+    }
+
+    async fn tlp(&mut self, bytes: &[u8], time: LinkInstant) {
         let shared = &self.shared;
+        let malformed = TlpFlags { malformed: true, ..TlpFlags::default() };
         let tlp = match Tlp::parse(bytes) {
             Ok(tlp) => tlp,
             Err(e) => {
+                self.capture(bytes, time, malformed);
                 Counters::inc(&shared.counters.malformed);
                 warn!(error = %e, hex = %hex(bytes), "malformed TLP dropped");
                 return;
             }
         };
         if let Err(v) = tlp.validate(&Limits::default()) {
+            self.capture(bytes, time, TlpFlags { poisoned: tlp.ep, ..malformed });
             Counters::inc(&shared.counters.malformed);
             warn!(rule = v.rule.name(), section = v.rule.spec_section(), detail = %v.detail, tlp = %tlp, hex = %hex(bytes), "malformed TLP dropped");
             return;
         }
+        self.capture(bytes, time, TlpFlags { poisoned: tlp.ep, ..TlpFlags::default() });
         shared.counters.count_in(tlp.kind_name());
         if tlp.ep && !matches!(tlp.body, Body::Completion(_)) {
             Counters::inc(&shared.counters.poisoned);

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::trace;
 
+use transports::link::LinkClock;
+
 use super::counters::Counters;
+use crate::capture::{CaptureHandle, Direction, TlpFlags};
 
 /// The link went away; nothing can be sent any more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -19,17 +22,29 @@ pub struct TxClosed;
 pub struct TxQueue {
     link: mpsc::Sender<Vec<u8>>,
     counters: Arc<Counters>,
+    /// Outgoing TLPs are recorded when queued, stamped with the link's clock.
+    capture: Option<(CaptureHandle, LinkClock)>,
 }
 
 impl TxQueue {
     pub fn new(link: mpsc::Sender<Vec<u8>>, counters: Arc<Counters>) -> Self {
-        TxQueue { link, counters }
+        TxQueue { link, counters, capture: None }
+    }
+
+    /// Records every TLP sent from now on (when `capture` is set).
+    pub fn with_capture(mut self, capture: Option<CaptureHandle>, clock: LinkClock) -> Self {
+        self.capture = capture.map(|c| (c, clock));
+        self
     }
 
     /// Queues one TLP, waiting while the link's queue is full.
     pub async fn send(&self, tlp: &tlp::Tlp) -> Result<(), TxClosed> {
         let bytes = tlp.to_bytes();
         trace!(tlp = %tlp, "tx");
+        if let Some((capture, clock)) = &self.capture {
+            let flags = TlpFlags { poisoned: tlp.ep, ..TlpFlags::default() };
+            capture.tlp(Direction::Outbound, clock.now(), flags, &bytes);
+        }
         self.link.send(bytes).await.map_err(|_| TxClosed)?;
         self.counters.count_out(tlp.kind_name());
         Ok(())
