@@ -22,7 +22,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -41,7 +41,8 @@ use transports::link::LinkInstant;
 use transports::vfio_user::{MessageTap, SocketRole, TapDirection};
 
 pub use format::{Direction, TlpFlags, VfioSocket};
-use format::{INTERFACE_TLP, INTERFACE_VFIO_USER, TlpHeaderRepr, VfioUserHeaderRepr};
+use format::{INTERFACE_TLP, INTERFACE_VFIO_USER};
+pub use format::{TlpHeaderRepr, VfioUserHeaderRepr};
 
 /// What went wrong writing or reading a capture.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +103,29 @@ impl Default for CaptureConfig {
     }
 }
 
+/// What to do when the writer's queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// The data path: drop the record and count it.
+    DropIfFull,
+    /// Offline tools: wait for room.
+    Wait,
+}
+
+fn tlp_record(header: &TlpHeaderRepr, bytes: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(format::tlp_header::LEN + bytes.len());
+    header.emit(&mut data);
+    data.extend_from_slice(bytes);
+    data
+}
+
+fn vfio_user_record(header: &VfioUserHeaderRepr, message: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(format::vfio_user_header::LEN + message.len());
+    header.emit(&mut data);
+    data.extend_from_slice(message);
+    data
+}
+
 /// A record on its way to the writer: interface, wall time, pseudo-header + bytes.
 struct QueuedRecord {
     interface: u32,
@@ -151,31 +175,42 @@ impl CaptureHandle {
             flags: TlpFlags { simulated_time: self.inner.simulated, ..flags },
             link_time_ps: link_time.as_picos(),
         };
-        let mut data = Vec::with_capacity(format::tlp_header::LEN + bytes.len());
-        header.emit(&mut data);
-        data.extend_from_slice(bytes);
-        self.queue(INTERFACE_TLP, direction, data);
+        self.queue(INTERFACE_TLP, direction, tlp_record(&header, bytes), Delivery::DropIfFull);
     }
 
     /// Records one vfio-user message (header and payload as on the socket).
     pub fn vfio_user(&self, direction: Direction, socket: VfioSocket, fds: usize, message: &[u8]) {
         let header = VfioUserHeaderRepr { direction, socket, fds: u8::try_from(fds).unwrap_or(u8::MAX) };
-        let mut data = Vec::with_capacity(format::vfio_user_header::LEN + message.len());
-        header.emit(&mut data);
-        data.extend_from_slice(message);
-        self.queue(INTERFACE_VFIO_USER, direction, data);
+        self.queue(
+            INTERFACE_VFIO_USER,
+            header.direction,
+            vfio_user_record(&header, message),
+            Delivery::DropIfFull,
+        );
     }
 
-    fn queue(&self, interface: u32, direction: Direction, data: Vec<u8>) {
+    /// Writes a TLP record with exactly this pseudo-header, waiting for room in the queue: for
+    /// offline tools (`tlpbridge pcap write`), never for the data path.
+    pub fn write_tlp_waiting(&self, header: &TlpHeaderRepr, bytes: &[u8]) {
+        self.queue(INTERFACE_TLP, header.direction, tlp_record(header, bytes), Delivery::Wait);
+    }
+
+    /// Writes a vfio-user record, waiting for room in the queue (offline tools only).
+    pub fn write_vfio_user_waiting(&self, header: &VfioUserHeaderRepr, message: &[u8]) {
+        self.queue(INTERFACE_VFIO_USER, header.direction, vfio_user_record(header, message), Delivery::Wait);
+    }
+
+    fn queue(&self, interface: u32, direction: Direction, data: Vec<u8>, delivery: Delivery) {
         let slot = interface as usize;
         if let Some(offered) = self.inner.counts.offered.get(slot) {
             offered.fetch_add(1, Ordering::Relaxed);
         }
-        let record = QueuedRecord { interface, wall_ns: wall_ns(), direction, data };
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.inner.queue.try_send(WriterInput::Record(record))
-            && let Some(dropped) = self.inner.counts.dropped.get(slot)
-        {
+        let record = WriterInput::Record(QueuedRecord { interface, wall_ns: wall_ns(), direction, data });
+        let lost = match delivery {
+            Delivery::DropIfFull => self.inner.queue.try_send(record).is_err(),
+            Delivery::Wait => self.inner.queue.send(record).is_err(),
+        };
+        if lost && let Some(dropped) = self.inner.counts.dropped.get(slot) {
             dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

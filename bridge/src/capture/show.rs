@@ -50,6 +50,8 @@ pub struct TlpRecord {
 #[derive(Clone, Debug)]
 pub struct VfioUserRecord {
     pub header: VfioUserHeaderRepr,
+    /// The whole message as captured.
+    pub bytes: Vec<u8>,
     pub message: Result<VfioMessage, String>,
 }
 
@@ -125,9 +127,11 @@ pub fn decode(record: &RawRecord) -> Content {
             Err(e) => Content::Other { reason: e.to_string() },
         },
         format::LINKTYPE_VFIO_USER => match VfioUserHeaderRepr::parse(&record.data) {
-            Ok((header, bytes)) => {
-                Content::VfioUser(VfioUserRecord { header, message: decode_vfio_message(bytes) })
-            }
+            Ok((header, bytes)) => Content::VfioUser(VfioUserRecord {
+                header,
+                bytes: bytes.to_vec(),
+                message: decode_vfio_message(bytes),
+            }),
             Err(e) => Content::Other { reason: e.to_string() },
         },
         format::LINKTYPE_ETHERNET => {
@@ -255,7 +259,7 @@ pub fn analyze(records: &[RawRecord]) -> Vec<ShownRecord> {
                     }
                 }
             }
-            Content::VfioUser(VfioUserRecord { header, message: Ok(m) }) => match m.header.message_type {
+            Content::VfioUser(VfioUserRecord { header, message: Ok(m), .. }) => match m.header.message_type {
                 MessageType::Command if !m.header.no_reply => {
                     commands
                         .insert((header.socket, header.direction, m.header.id), (raw.number, raw.time_ns));
@@ -475,6 +479,7 @@ pub fn to_json(record: &ShownRecord) -> Value {
         Content::VfioUser(v) => {
             j.insert("socket".into(), json!(v.header.socket.name()));
             j.insert("fds".into(), json!(v.header.fds));
+            j.insert("bytes".into(), json!(tlp::json::bytes_to_hex(&v.bytes)));
             match &v.message {
                 Ok(m) => {
                     j.insert("kind".into(), json!(m.header.command.to_string()));

@@ -1,11 +1,15 @@
 //! `tlpbridge pcap show`: decode a capture (ours, or a NetTLP trace) with our own decoders.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bridge::capture::read::read_capture;
 use bridge::capture::show::{Filter, analyze, to_json, to_line};
+use bridge::capture::{
+    Capture, CaptureConfig, Direction, TlpFlags, TlpHeaderRepr, VfioSocket, VfioUserHeaderRepr,
+};
+use serde_json::Value;
 
 use super::EXIT_BAD_INPUT;
 
@@ -35,15 +39,123 @@ enum PcapCommand {
         /// The capture file.
         file: PathBuf,
     },
+    /// Write a capture from JSON lines on stdin: the objects `pcap show --json` prints (only
+    /// `interface`, `direction`, `bytes` and, for TLPs, `link_id`, `link_time_ps`, `flags`, for
+    /// vfio-user messages `socket` and `fds` are read), so test vectors for the dissector and
+    /// edited captures can be made by hand. Exits 2 on the first line that is not such a record.
+    Write {
+        /// The capture file to create.
+        file: PathBuf,
+    },
 }
 
 pub fn run(args: PcapArgs) -> ExitCode {
     match args.command {
         PcapCommand::Show { json, filter, file } => show(&file, json, filter.as_deref()),
+        PcapCommand::Write { file } => write(&file),
     }
 }
 
-fn show(file: &std::path::Path, json: bool, filter: Option<&str>) -> ExitCode {
+/// One input line as a record to write.
+enum InputRecord {
+    Tlp(TlpHeaderRepr, Vec<u8>),
+    VfioUser(VfioUserHeaderRepr, Vec<u8>),
+}
+
+fn parse_input_line(line: &str) -> Result<InputRecord, String> {
+    let value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let field = |name: &str| value.get(name).filter(|v| !v.is_null());
+    let text = |name: &str| -> Result<&str, String> {
+        field(name).and_then(Value::as_str).ok_or_else(|| format!("\"{name}\" must be a string"))
+    };
+    let number = |name: &str, default: u64| -> Result<u64, String> {
+        match field(name) {
+            None => Ok(default),
+            Some(v) => v.as_u64().ok_or_else(|| format!("\"{name}\" must be a non-negative integer")),
+        }
+    };
+    let direction = match text("direction")? {
+        "in" => Direction::Inbound,
+        "out" => Direction::Outbound,
+        other => return Err(format!("direction {other:?} is neither \"in\" nor \"out\"")),
+    };
+    let bytes = tlp::json::hex_to_bytes(text("bytes")?).map_err(|e| format!("bytes: {e}"))?;
+    match text("interface")? {
+        "tlp" => {
+            let mut flags = TlpFlags::default();
+            if let Some(list) = field("flags") {
+                for flag in list.as_array().ok_or("\"flags\" must be an array of names")? {
+                    match flag.as_str() {
+                        Some("malformed") => flags.malformed = true,
+                        Some("poisoned") => flags.poisoned = true,
+                        Some("retransmitted") => flags.retransmitted = true,
+                        Some("simulated-time") => flags.simulated_time = true,
+                        _ => return Err(format!("unknown flag {flag}")),
+                    }
+                }
+            }
+            let link_id = u8::try_from(number("link_id", 0)?).map_err(|_| "link_id must be 0..=255")?;
+            let link_time_ps = number("link_time_ps", 0)?;
+            Ok(InputRecord::Tlp(TlpHeaderRepr { direction, link_id, flags, link_time_ps }, bytes))
+        }
+        "vfio-user" => {
+            let socket = match field("socket").and_then(Value::as_str).unwrap_or("main") {
+                "main" => VfioSocket::Main,
+                "twin" => VfioSocket::Twin,
+                other => return Err(format!("socket {other:?} is neither \"main\" nor \"twin\"")),
+            };
+            let fds = u8::try_from(number("fds", 0)?).map_err(|_| "fds must be 0..=255")?;
+            Ok(InputRecord::VfioUser(VfioUserHeaderRepr { direction, socket, fds }, bytes))
+        }
+        other => Err(format!("interface {other:?} is neither \"tlp\" nor \"vfio-user\"")),
+    }
+}
+
+fn write(file: &Path) -> ExitCode {
+    let config = CaptureConfig {
+        link_kind: "file".to_owned(),
+        link_description: "records written by tlpbridge pcap write".to_owned(),
+        ..CaptureConfig::default()
+    };
+    let (handle, writer) = match Capture::create(file, config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let mut status = ExitCode::SUCCESS;
+    for (index, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                eprintln!("error: reading stdin: {e}");
+                status = ExitCode::from(EXIT_BAD_INPUT);
+                break;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_input_line(&line) {
+            Ok(InputRecord::Tlp(header, bytes)) => handle.write_tlp_waiting(&header, &bytes),
+            Ok(InputRecord::VfioUser(header, bytes)) => handle.write_vfio_user_waiting(&header, &bytes),
+            Err(e) => {
+                eprintln!("error: stdin line {}: {e}", index + 1);
+                status = ExitCode::from(EXIT_BAD_INPUT);
+                break;
+            }
+        }
+    }
+    drop(handle);
+    if let Err(e) = writer.finish() {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    status
+}
+
+fn show(file: &Path, json: bool, filter: Option<&str>) -> ExitCode {
     let filter = match filter.map(Filter::parse).transpose() {
         Ok(f) => f.unwrap_or_default(),
         Err(e) => {
