@@ -65,7 +65,12 @@ fn build_tlpbridge() -> Result<PathBuf, HarnessError> {
         reason: source.to_string(),
     })?;
     let (target_dir, profile) = target_dir_and_profile(&exe)?;
-    let workspace_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    // Cargo sets CARGO_MANIFEST_DIR when it runs the test too; prefer that to the compile-time
+    // value, which names wherever this library happened to be compiled from.
+    let package_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let workspace_manifest = package_dir.join("../Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
