@@ -66,10 +66,16 @@ pub const MAX_CREDITS: u16 = 0x7FFF;
 pub enum Delivery {
     /// The handshake finished; the peer's parameters.
     Up(Hello),
-    Tlp { tlp: Vec<u8>, timestamp: Option<u64> },
+    Tlp {
+        tlp: Vec<u8>,
+        timestamp: Option<u64>,
+    },
     /// The link went down: `lost` TLPs this side had accepted were not acknowledged by the peer
     /// and are dropped; `reason` says why.
-    Down { lost: usize, reason: DownReason },
+    Down {
+        lost: usize,
+        reason: DownReason,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,7 +256,20 @@ impl Dll {
             return Err(SendError::QueueFull);
         }
         self.queued.push_back((tlp, timestamp));
+        self.note_stall();
         Ok(())
+    }
+
+    /// Counts the start of each wait for credit with TLPs queued.
+    fn note_stall(&mut self) {
+        if !self.queued.is_empty() && !self.has_credit() {
+            if !self.stalled {
+                self.stalled = true;
+                self.stats.credit_stalls += 1;
+            }
+        } else {
+            self.stalled = false;
+        }
     }
 
     /// The next thing received, in order. Taking a TLP frees its buffer (the credit goes back
@@ -376,7 +395,11 @@ impl Dll {
 
     fn on_hello(&mut self, now: Duration, h: Hello) {
         if h.version != VERSION {
-            tracing::warn!(version = h.version, ours = VERSION, "fpga link: HELLO with another version ignored");
+            tracing::warn!(
+                version = h.version,
+                ours = VERSION,
+                "fpga link: HELLO with another version ignored"
+            );
             return;
         }
         if h.credits == 0 || h.keepalive_ms == 0 {
@@ -438,6 +461,7 @@ impl Dll {
         // Credit limits only grow (mod 2^16); an older one is stale.
         if (credit_limit.wrapping_sub(self.tx_credit_limit) as i16) > 0 {
             self.tx_credit_limit = credit_limit;
+            self.note_stall();
         }
         if nak {
             self.stats.naks_received += 1;
@@ -500,13 +524,9 @@ impl Dll {
             return None;
         }
         if !self.has_credit() {
-            if !self.stalled {
-                self.stalled = true;
-                self.stats.credit_stalls += 1;
-            }
+            self.note_stall();
             return None;
         }
-        self.stalled = false;
         let (tlp, timestamp) = self.queued.pop_front()?;
         let seq = self.next_tx_seq;
         self.next_tx_seq = seq.wrapping_add(1);
@@ -519,6 +539,7 @@ impl Dll {
         }
         self.replay.push_back(Unacked { seq, wire: wire.clone() });
         self.replay_cursor = self.replay.len();
+        self.note_stall();
         Some(wire)
     }
 
@@ -530,17 +551,20 @@ impl Dll {
         Duration::from_millis(u64::from(self.config.hello.keepalive_ms))
     }
 
-    /// When [`Dll::on_timer`] next has work.
-    pub fn poll_timeout(&self) -> Duration {
+    /// When [`Dll::on_timer`] next has work (`None`: only after new input). Deadlines whose
+    /// frame is already waiting to be sent are left out, so a slow writer causes no busy loop.
+    pub fn poll_timeout(&self) -> Option<Duration> {
         if !self.up {
-            return self.next_hello;
+            return (!self.hello_pending).then_some(self.next_hello);
         }
-        let mut at = self.last_tx + self.own_keepalive();
-        at = at.min(self.last_rx + self.peer_keepalive() * self.config.missed_keepalives);
+        let mut at = self.last_rx + self.peer_keepalive() * self.config.missed_keepalives;
+        if !self.ack_pending && !self.nak_pending {
+            at = at.min(self.last_tx + self.own_keepalive());
+        }
         if let Some(started) = self.replay_started {
             at = at.min(started + self.config.replay_timeout);
         }
-        at
+        Some(at)
     }
 
     /// Runs the timers: HELLO resend, replay timeout, keep-alive, link-down detection.
@@ -583,7 +607,11 @@ mod tests {
     impl Pair {
         fn new(credits_a: u16, credits_b: u16) -> Self {
             let now = Duration::ZERO;
-            Pair { a: Dll::new(DllConfig::new(credits_a), now), b: Dll::new(DllConfig::new(credits_b), now), now }
+            Pair {
+                a: Dll::new(DllConfig::new(credits_a), now),
+                b: Dll::new(DllConfig::new(credits_b), now),
+                now,
+            }
         }
 
         /// Moves every frame once each way; `fault(frame_index, bytes)` may change a frame.
@@ -742,6 +770,9 @@ mod tests {
         p.exchange(&mut |_| {});
         assert!(p.a.is_up() && p.b.is_up());
         let d = drain(&mut p.b);
-        assert!(matches!(d.as_slice(), [Delivery::Down { reason: DownReason::PeerReset, .. }, Delivery::Up(_)]));
+        assert!(matches!(
+            d.as_slice(),
+            [Delivery::Down { reason: DownReason::PeerReset, .. }, Delivery::Up(_)]
+        ));
     }
 }

@@ -100,12 +100,22 @@ impl Hello {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FrameRepr<'a> {
     Hello(Hello),
-    Tlp { seq: u16, timestamp: Option<u64>, tlp: &'a [u8] },
+    Tlp {
+        seq: u16,
+        timestamp: Option<u64>,
+        tlp: &'a [u8],
+    },
     /// `seq`: the last sequence number received in order; `credit_limit`: the total number of TLP
     /// frames (mod 2^16) the peer may have sent since the link came up.
-    Ack { seq: u16, credit_limit: u16 },
+    Ack {
+        seq: u16,
+        credit_limit: u16,
+    },
     /// As ACK, and: resend everything after `seq`.
-    Nak { seq: u16, credit_limit: u16 },
+    Nak {
+        seq: u16,
+        credit_limit: u16,
+    },
 }
 
 /// Why a frame was rejected.
@@ -162,7 +172,11 @@ impl<'a> FrameRepr<'a> {
                         .get(field::TLP_TIMESTAMP)
                         .and_then(|b| b.try_into().ok())
                         .map(u64::from_be_bytes)
-                        .ok_or(FrameError::Length { kind: ty, expected: field::TLP_TS_DATA, actual: body.len() })?;
+                        .ok_or(FrameError::Length {
+                            kind: ty,
+                            expected: field::TLP_TS_DATA,
+                            actual: body.len(),
+                        })?;
                     (Some(ts), field::TLP_TS_DATA)
                 } else {
                     (None, field::TLP_DATA)
@@ -330,24 +344,25 @@ mod tests {
         assert_eq!(
             FrameRepr::Hello(hello).to_wire(),
             [
-                0x03, 0x01, 0x01, 0x02, 0x01, 0x02, 0x02, 0x03, 0x40, 0x08, 0x04, 0x08, 0x10, 0x24, 0x06, 0x64,
-                0x82, 0x7e, 0xf7, 0x63, 0x00
+                0x03, 0x01, 0x01, 0x02, 0x01, 0x02, 0x02, 0x03, 0x40, 0x08, 0x04, 0x08, 0x10, 0x24, 0x06,
+                0x64, 0x82, 0x7e, 0xf7, 0x63, 0x00
             ]
         );
-        let tlp = [0x40, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x0f, 0x80, 0x00, 0x00, 0x10, 0x78, 0x56, 0x34, 0x12];
+        let tlp =
+            [0x40, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x0f, 0x80, 0x00, 0x00, 0x10, 0x78, 0x56, 0x34, 0x12];
         assert_eq!(
             FrameRepr::Tlp { seq: 0, timestamp: None, tlp: &tlp }.to_wire(),
             [
-                0x02, 0x02, 0x01, 0x02, 0x40, 0x01, 0x02, 0x01, 0x01, 0x01, 0x03, 0x0f, 0x80, 0x01, 0x0a, 0x10,
-                0x78, 0x56, 0x34, 0x12, 0xa6, 0x65, 0x1f, 0x3f, 0x00
+                0x02, 0x02, 0x01, 0x02, 0x40, 0x01, 0x02, 0x01, 0x01, 0x01, 0x03, 0x0f, 0x80, 0x01, 0x0a,
+                0x10, 0x78, 0x56, 0x34, 0x12, 0xa6, 0x65, 0x1f, 0x3f, 0x00
             ]
         );
         assert_eq!(
             FrameRepr::Tlp { seq: 0x0102, timestamp: Some(1_000_000), tlp: &tlp }.to_wire(),
             [
-                0x04, 0x03, 0x01, 0x02, 0x01, 0x01, 0x01, 0x01, 0x05, 0x0f, 0x42, 0x40, 0x40, 0x01, 0x02, 0x01,
-                0x01, 0x01, 0x03, 0x0f, 0x80, 0x01, 0x0a, 0x10, 0x78, 0x56, 0x34, 0x12, 0x5b, 0xbd, 0xb6, 0xee,
-                0x00
+                0x04, 0x03, 0x01, 0x02, 0x01, 0x01, 0x01, 0x01, 0x05, 0x0f, 0x42, 0x40, 0x40, 0x01, 0x02,
+                0x01, 0x01, 0x01, 0x03, 0x0f, 0x80, 0x01, 0x0a, 0x10, 0x78, 0x56, 0x34, 0x12, 0x5b, 0xbd,
+                0xb6, 0xee, 0x00
             ]
         );
     }
@@ -391,7 +406,10 @@ mod tests {
         wire.extend(FrameRepr::Ack { seq: 3, credit_limit: 4 }.to_wire());
         let out = decode_all(&wire);
         assert!(matches!(out[0], Err(FrameError::Crc { .. }) | Err(FrameError::Cobs(_))));
-        assert_eq!(FrameRepr::parse(out[1].as_ref().unwrap()).unwrap(), FrameRepr::Ack { seq: 3, credit_limit: 4 });
+        assert_eq!(
+            FrameRepr::parse(out[1].as_ref().unwrap()).unwrap(),
+            FrameRepr::Ack { seq: 3, credit_limit: 4 }
+        );
     }
 
     #[test]
