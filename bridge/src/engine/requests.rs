@@ -27,11 +27,11 @@ use transports::link::{LinkEvent, LinkInput, LinkInstant};
 use transports::vfio_user::{Client, PendingRegionRead, PendingRegionWrite};
 
 use super::config::AccessSplit;
-use crate::capture::{Direction, TlpFlags};
 use super::counters::Counters;
 use super::function::{BarHit, CONFIG_REGION};
 use super::interrupts::IrqCommand;
 use super::{Control, ResetKind, Shared};
+use crate::capture::{Direction, TlpFlags};
 
 /// A request from the root port with its place in the posted order.
 #[derive(Debug)]
