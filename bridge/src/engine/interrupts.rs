@@ -238,22 +238,20 @@ impl InterruptTask {
     }
 
     fn desired_mode(&self) -> Mode {
-        let f = self.shared.function();
-        if f.msix.is_some_and(|m| m.enabled) && self.msix.is_some() {
-            Mode::Msix
-        } else if let (Some(m), Some(fds)) = (f.msi, self.msi.as_ref()) {
-            if m.control.enabled() {
-                Mode::Msi(m.vectors_enabled().min(fds.fds.len() as u32))
-            } else {
-                self.intx_mode()
-            }
-        } else {
-            self.intx_mode()
+        let (msix_enabled, msi, pin) = {
+            let f = self.shared.function();
+            (f.msix.is_some_and(|m| m.enabled), f.msi, f.interrupt_pin)
+        };
+        let intx = if self.intx.is_some() && pin != 0 { Mode::Intx } else { Mode::None };
+        if msix_enabled && self.msix.is_some() {
+            return Mode::Msix;
         }
-    }
-
-    fn intx_mode(&self) -> Mode {
-        if self.intx.is_some() && self.shared.function().interrupt_pin != 0 { Mode::Intx } else { Mode::None }
+        match (msi, self.msi.as_ref()) {
+            (Some(m), Some(fds)) if m.control.enabled() => {
+                Mode::Msi(m.vectors_enabled().min(fds.fds.len() as u32))
+            }
+            _ => intx,
+        }
     }
 
     async fn reconfigure(&mut self) {

@@ -257,11 +257,15 @@ impl Engine {
             np_rx,
             posted_done_rx,
         ));
+        let (bars, msi, msix) = {
+            let f = shared.function();
+            (f.bars.clone(), f.msi.is_some(), f.msix.is_some())
+        };
         info!(
             link = %link.info.description,
-            bars = ?shared.function().bars,
-            msi = shared.function().msi.is_some(),
-            msix = shared.function().msix.is_some(),
+            ?bars,
+            msi,
+            msix,
             device_timeout = ?shared.device_timeout,
             completion_timeout = ?shared.cpl_timeout,
             "bridge running"

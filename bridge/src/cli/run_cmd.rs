@@ -1,0 +1,199 @@
+//! `tlpbridge run`: bridge a vfio-user server to a root-port link until Ctrl-C (`docs/run.md`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bridge::engine::{DmaWindows, Engine, EngineConfig, LinkRegistry, LinkSpec, ServerEndpoint};
+use transports::vfio_user::DmaWindow;
+
+use super::EXIT_BAD_INPUT;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The vfio-user server's UNIX socket (waited for up to --connect-timeout).
+    #[arg(long, value_name = "PATH")]
+    server: PathBuf,
+    /// The root-port link, KIND://ADDRESS (docs/run.md lists the kinds).
+    #[arg(long, value_name = "LINK")]
+    link: LinkSpec,
+    /// Max_Payload_Size to start with, bytes (128..4096); the host's Device Control writes win.
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = parse_size)]
+    mps: u16,
+    /// Max_Read_Request_Size to start with, bytes (128..4096).
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = parse_size)]
+    mrrs: u16,
+    /// Read Completion Boundary of the bridge's completions, 64 or 128.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = parse_rcb)]
+    rcb: u16,
+    /// Completion timeout for the device's DMA reads on the link's clock, e.g. 50ms.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    cpl_timeout: Option<Duration>,
+    /// Longest wait for the server before a request is answered with Completer Abort.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    device_timeout: Option<Duration>,
+    /// A DMA window START:SIZE (hex with 0x or decimal; SIZE may end in K, M, G, T); repeat
+    /// for several. Without it one window [0, 8 TiB) is mapped.
+    #[arg(long, value_name = "START:SIZE", value_parser = parse_window, conflicts_with = "no_dma")]
+    dma_window: Vec<DmaWindow>,
+    /// Map no DMA window (for servers that cannot take DMA_MAP without fd, e.g. usbvfiod).
+    #[arg(long)]
+    no_dma: bool,
+    /// Routing ID before the host's first configuration write, BB:DD.F; its function number
+    /// is the one the bridge answers.
+    #[arg(long, value_name = "BB:DD.F")]
+    bdf: Option<tlp::RoutingId>,
+    /// Use 10-bit tags when the host enables them.
+    #[arg(long)]
+    ten_bit_tags: bool,
+    /// Pass accesses to non-prefetchable BARs and config space whole instead of naturally
+    /// aligned pieces of at most 8 bytes.
+    #[arg(long)]
+    whole_accesses: bool,
+    /// How long to wait for the server's socket to appear.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+}
+
+fn parse_size(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(v) if v.is_power_of_two() && (128..=4096).contains(&v) => Ok(v),
+        _ => Err(format!("{text:?} is not one of 128, 256, 512, 1024, 2048, 4096")),
+    }
+}
+
+fn parse_rcb(text: &str) -> Result<u16, String> {
+    match text {
+        "64" => Ok(64),
+        "128" => Ok(128),
+        _ => Err(format!("{text:?} is not 64 or 128")),
+    }
+}
+
+/// `500us`, `50ms`, `5s`, `1m`; a bare number is seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration such as 500us, 50ms, 5s or 1m");
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "us" => Duration::from_micros(n),
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() { Err(format!("{text:?}: the duration must be non-zero")) } else { Ok(d) }
+}
+
+fn parse_u64(text: &str) -> Result<u64, String> {
+    let (digits, scale) = match text.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&text[..i], 1u64 << 10),
+        Some((i, 'M')) => (&text[..i], 1 << 20),
+        Some((i, 'G')) => (&text[..i], 1 << 30),
+        Some((i, 'T')) => (&text[..i], 1 << 40),
+        _ => (text, 1),
+    };
+    let value = match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => digits.parse(),
+    }
+    .map_err(|_| format!("{text:?} is not a number"))?;
+    value.checked_mul(scale).ok_or_else(|| format!("{text:?} does not fit in 64 bits"))
+}
+
+fn parse_window(text: &str) -> Result<DmaWindow, String> {
+    let (start, size) = text.split_once(':').ok_or_else(|| format!("{text:?} is not START:SIZE"))?;
+    let (start, size) = (parse_u64(start)?, parse_u64(size)?);
+    if size == 0 || start.checked_add(size).is_none() {
+        return Err(format!("{text:?}: the window is empty or runs past the 64-bit address space"));
+    }
+    Ok(DmaWindow::read_write(start, size))
+}
+
+pub fn run(args: RunArgs) -> ExitCode {
+    let config = EngineConfig {
+        initial_id: args.bdf.unwrap_or_default(),
+        mps: args.mps,
+        mrrs: args.mrrs,
+        rcb: args.rcb,
+        completion_timeout: args.cpl_timeout,
+        device_timeout: args.device_timeout,
+        ten_bit_tags: args.ten_bit_tags,
+        split_non_prefetchable: if args.whole_accesses {
+            bridge::engine::AccessSplit::Whole
+        } else {
+            bridge::engine::AccessSplit::Aligned8
+        },
+        dma_windows: if args.no_dma {
+            DmaWindows::Disabled
+        } else if args.dma_window.is_empty() {
+            DmaWindows::Default
+        } else {
+            DmaWindows::List(args.dma_window.clone())
+        },
+        connect_window: args.connect_timeout,
+        ..EngineConfig::default()
+    };
+    if let Err(e) = config.validate() {
+        eprintln!("tlpbridge run: {e}");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tlpbridge run: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let link = match LinkRegistry::builtin().open(&args.link).await {
+            Ok(link) => link,
+            Err(e) => {
+                eprintln!("tlpbridge run: {e}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        };
+        let mut engine = match Engine::start(link, ServerEndpoint::Path(args.server.clone()), config).await {
+            Ok(engine) => engine,
+            Err(e) => {
+                eprintln!("tlpbridge run: {e}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        };
+        let outcome = tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT: stopping");
+                None
+            }
+            reason = engine.stopped() => Some(reason),
+        };
+        let counters = engine.shutdown().await;
+        tracing::info!(counters = %counters, "tlpbridge run finished");
+        match outcome {
+            None => ExitCode::SUCCESS,
+            Some(reason) => {
+                eprintln!("tlpbridge run: {reason}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_sizes_and_durations_parse() {
+        assert_eq!(parse_window("0x1000_0000:1M").ok(), None);
+        assert_eq!(parse_window("0x10000000:1M").unwrap(), DmaWindow::read_write(0x1000_0000, 1 << 20));
+        assert_eq!(parse_window("0:8T").unwrap().size, 8 << 40);
+        assert!(parse_window("5:0").is_err());
+        assert!(parse_window("0xffffffffffffffff:2").is_err());
+        assert_eq!(parse_duration("50ms").unwrap(), Duration::from_millis(50));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_size("100").is_err());
+        assert_eq!(parse_rcb("128").unwrap(), 128);
+    }
+}

@@ -1,0 +1,343 @@
+//! The engine driven over an in-memory link as a root port would, against the test device.
+
+mod support;
+
+use std::time::Duration;
+
+use bridge::engine::{DmaWindows, EngineConfig};
+use support::*;
+use tlp::{Body, CfgType, CplStatus, RoutingId};
+use transports::vfio_user::DmaWindow;
+
+fn config() -> EngineConfig {
+    EngineConfig { device_timeout: Some(Duration::from_secs(5)), ..EngineConfig::default() }
+}
+
+fn completer(cpl: &tlp::Tlp) -> RoutingId {
+    match &cpl.body {
+        Body::Completion(c) => c.completer,
+        _ => panic!("not a completion"),
+    }
+}
+
+#[tokio::test]
+async fn enumeration_captures_the_id_and_mmio_of_every_width_reaches_the_bars() {
+    let Setup { engine, mut rc, device } = setup(config()).await;
+    rc.enumerate().await;
+    // The function captured bus 1, device 0 from the CfgWr0s.
+    let cpl = rc.cfg_read_cpl(0, 0xf).await;
+    assert_eq!(completer(&cpl), RoutingId::new(1, 0, 0));
+    // Config read with partial byte enables: only the enabled bytes come back.
+    let cpl = rc.cfg_read_cpl(0, 0b0100).await;
+    assert_eq!(cpl.payload, vec![0, 0, 0x34, 0]);
+
+    for (offset, data) in [
+        (0x00u64, vec![0x11u8]),
+        (0x02, vec![0x22, 0x23]),
+        (0x04, vec![1, 2, 3, 4]),
+        (0x08, (0..8).collect()),
+        (0x13, (0..13).collect()),
+    ] {
+        rc.mem_write(BAR0_ADDRESS + offset, &data).await;
+        let (read, _) = rc.mem_read(BAR0_ADDRESS + offset, data.len() as u32).await;
+        assert_eq!(read, data, "offset {offset:#x}");
+    }
+    // Non-prefetchable BAR: every access naturally aligned and at most 8 bytes.
+    let accesses = device.lock().unwrap().accesses.clone();
+    for a in accesses.iter().filter(|a| a.region == 0 || a.region == 7) {
+        assert!(a.count <= 8 && a.offset % u64::from(a.count) == 0, "{a:?}");
+    }
+    // Prefetchable BAR: a 1 KiB read is one access, answered with CplDs split at RCB/MPS.
+    let data: Vec<u8> = (0..1024u32).map(|i| (i * 3) as u8).collect();
+    rc.mem_write(BAR2_ADDRESS + 0x40, &data).await;
+    let (read, cpls) = rc.mem_read(BAR2_ADDRESS + 0x40, 1024).await;
+    assert_eq!(read, data);
+    assert_eq!(cpls.len(), 8, "1 KiB at MPS 128 aligned to RCB");
+    assert!(cpls.iter().all(|c| c.payload.len() <= 128));
+    let bar2: Vec<_> = device.lock().unwrap().accesses.iter().filter(|a| a.region == 2).cloned().collect();
+    assert_eq!(bar2.last().map(|a| a.count), Some(1024));
+    let snap = engine.shutdown().await;
+    assert_eq!(snap.ur_sent, 0);
+    assert!(snap.received("CfgWr0") >= 6);
+}
+
+#[tokio::test]
+async fn non_contiguous_byte_enables_touch_only_enabled_bytes() {
+    let Setup { engine, mut rc, device } = setup(config()).await;
+    rc.enumerate().await;
+    rc.mem_write(BAR0_ADDRESS, &[0xaa; 8]).await;
+    // This read is ordered after the write, so the write reached the device before the log is cleared.
+    assert_eq!(rc.mem_read(BAR0_ADDRESS, 8).await.0, vec![0xaa; 8]);
+    let request = {
+        let mut r = rc.mem_read_tlp(BAR0_ADDRESS, 8);
+        if let Body::Memory(m) = &mut r.body {
+            m.first_be = 0b1001;
+            m.last_be = 0b0101;
+        }
+        r
+    };
+    device.lock().unwrap().accesses.clear();
+    rc.send(&request).await;
+    let cpl = rc.next_completion().await;
+    assert_eq!(status(&cpl), CplStatus::Sc);
+    assert_eq!(cpl.payload, vec![0xaa, 0, 0, 0xaa, 0xaa, 0, 0xaa, 0]);
+    let offsets: Vec<(u64, u32)> =
+        device.lock().unwrap().accesses.iter().map(|a| (a.offset, a.count)).collect();
+    assert_eq!(offsets, vec![(0, 1), (3, 1), (4, 1), (6, 1)]);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn misses_type1_and_other_functions_get_ur_posted_misses_are_dropped() {
+    let Setup { engine, mut rc, .. } = setup(config()).await;
+    // Memory space not enabled yet: a read is a miss.
+    let (request, _) = (rc.mem_read_tlp(BAR0_ADDRESS, 4), ());
+    rc.send(&request).await;
+    assert_eq!(status(&rc.next_completion().await), CplStatus::Ur);
+    rc.enumerate().await;
+    let request = rc.mem_read_tlp(0x1234_0000, 4);
+    rc.send(&request).await;
+    assert_eq!(status(&rc.next_completion().await), CplStatus::Ur);
+    rc.mem_write(0x1234_0000, &[1, 2, 3, 4]).await;
+    let t1 = rc.config_request(RoutingId::new(2, 0, 0), CfgType::Type1, 0, None, 0xf);
+    rc.send(&t1).await;
+    assert_eq!(status(&rc.next_completion().await), CplStatus::Ur);
+    let other = rc.config_request(RoutingId::new(1, 0, 3), CfgType::Type0, 0, None, 0xf);
+    rc.send(&other).await;
+    assert_eq!(status(&rc.next_completion().await), CplStatus::Ur);
+    // A read behind the posted miss still works (the engine did not stall).
+    assert_eq!(rc.cfg_read(0).await, 0x1234_1af4);
+    let snap = engine.shutdown().await;
+    assert_eq!(snap.ur_sent, 4);
+    assert_eq!(snap.posted_misses, 1);
+}
+
+#[tokio::test]
+async fn server_errors_and_slowness_become_completer_abort() {
+    let config = EngineConfig { device_timeout: Some(Duration::from_millis(100)), ..EngineConfig::default() };
+    let Setup { engine, mut rc, device } = setup(config).await;
+    rc.enumerate().await;
+    let request = rc.mem_read_tlp(BAR0_ADDRESS + REG_ERROR, 4);
+    rc.send(&request).await;
+    assert_eq!(status(&rc.next_completion().await), CplStatus::Ca);
+    device.lock().unwrap().slow_reply = Duration::from_millis(400);
+    let request = rc.mem_read_tlp(BAR0_ADDRESS + REG_SLOW, 4);
+    rc.send(&request).await;
+    assert_eq!(status(&rc.next_completion().await), CplStatus::Ca);
+    let snap = engine.shutdown().await;
+    assert_eq!(snap.ca_sent, 2);
+    assert_eq!((snap.device_errors, snap.device_timeouts), (1, 1));
+}
+
+#[tokio::test]
+async fn device_dma_of_many_sizes_at_odd_addresses_with_interleaved_completions() {
+    let Setup { engine, mut rc, device } = setup(config()).await;
+    rc.enumerate().await;
+    rc.host.lock().unwrap().policy = ReadPolicy::Interleaved;
+    for (offset, len) in [(1u64, 1u32), (3, 7), (0xffd, 9), (0x123, 4096), (0x7, 70_001), (0x3, 1 << 20)] {
+        let errno = rc.device_dma(1, HOST_BASE + offset, len).await;
+        assert_eq!(errno, 0, "read of {len} at +{offset:#x}");
+        let expected = rc.host.lock().unwrap().memory[offset as usize..][..len as usize].to_vec();
+        assert!(device.lock().unwrap().bar2[..len as usize] == expected[..], "read of {len} at +{offset:#x}");
+    }
+    assert!(rc.host.lock().unwrap().max_mrd_len <= 512, "MRRS respected");
+    // DMA write: device BAR2 → host memory.
+    let pattern: Vec<u8> = (0..5000u32).map(|i| (i % 249) as u8).collect();
+    rc.mem_write(BAR2_ADDRESS, &pattern[..4096]).await;
+    rc.mem_write(BAR2_ADDRESS + 4096, &pattern[4096..]).await;
+    assert_eq!(rc.device_dma(2, HOST_BASE + 0x1001, 5000).await, 0);
+    assert_eq!(rc.host.lock().unwrap().memory[0x1001..0x1001 + 5000], pattern[..]);
+    assert_eq!(engine.tags_in_use(), 0);
+    let snap = engine.shutdown().await;
+    assert_eq!(snap.dma_bytes_written, 5000);
+    assert_eq!(snap.unexpected_completions, 0);
+}
+
+#[tokio::test]
+async fn completion_timeout_fails_the_dma_and_quarantines_the_tag_until_the_late_completion() {
+    let config = EngineConfig { completion_timeout: Some(Duration::from_millis(30)), ..config() };
+    let Setup { engine, mut rc, .. } = setup(config).await;
+    rc.enumerate().await;
+    rc.host.lock().unwrap().policy = ReadPolicy::Hold;
+    assert_eq!(rc.device_dma(1, HOST_BASE + 0x10, 64).await, nix::errno::Errno::ETIMEDOUT as u32);
+    assert_eq!(engine.tags_in_use(), 1, "the timed-out tag stays quarantined");
+    let late = rc.host.lock().unwrap().held.pop().unwrap();
+    let read = tlp::completion::MemoryRead::from_tlp(&late).unwrap();
+    let data = vec![0u8; read.byte_count() as usize];
+    for cpl in tlp::completion::read_completions(&read, RC_ID, &data, &rc.link).unwrap() {
+        rc.send(&cpl).await;
+    }
+    // A completion nobody asked for.
+    let mut stray = tlp::completion::read_completions(&read, RC_ID, &data, &rc.link).unwrap().next().unwrap();
+    if let Body::Completion(c) = &mut stray.body {
+        c.tag = 0x77;
+    }
+    rc.send(&stray).await;
+    let counters = engine.counters();
+    eventually(|| counters.snapshot().unexpected_completions == 1).await;
+    assert_eq!(engine.tags_in_use(), 0);
+    rc.host.lock().unwrap().policy = ReadPolicy::InOrder;
+    assert_eq!(rc.device_dma(1, HOST_BASE, 16).await, 0);
+    let snap = engine.shutdown().await;
+    assert_eq!((snap.completion_timeouts, snap.late_completions), (1, 1));
+}
+
+#[tokio::test]
+async fn dma_is_refused_without_bus_master_outside_windows_and_on_ur() {
+    let windows = DmaWindows::List(vec![DmaWindow::read_write(HOST_BASE, HOST_SIZE as u64)]);
+    let Setup { engine, mut rc, device } = setup(EngineConfig { dma_windows: windows, ..config() }).await;
+    assert_eq!(device.lock().unwrap().dma_maps, vec![(HOST_BASE, HOST_SIZE as u64)]);
+    rc.enumerate().await;
+    assert_eq!(rc.device_dma(1, HOST_BASE + HOST_SIZE as u64, 4).await, nix::errno::Errno::EFAULT as u32);
+    rc.host.lock().unwrap().policy = ReadPolicy::Ur;
+    assert_eq!(rc.device_dma(1, HOST_BASE, 4).await, nix::errno::Errno::EFAULT as u32);
+    rc.cfg_write(0x04, 0x0002).await; // memory space only, no bus mastering
+    assert_eq!(rc.device_dma(1, HOST_BASE, 4).await, nix::errno::Errno::EPERM as u32);
+    let snap = engine.shutdown().await;
+    assert_eq!((snap.dma_refused_bme, snap.dma_failed_status), (1, 1));
+}
+
+#[tokio::test]
+async fn msi_is_sent_with_the_programmed_address_and_data_and_held_while_masked() {
+    let Setup { engine, mut rc, device } = setup(config()).await;
+    rc.enumerate().await;
+    let cap = u16::from(MSI_CAP as u8);
+    rc.cfg_write(cap + 4, MSI_ADDRESS as u32).await;
+    rc.cfg_write(cap + 8, 0).await;
+    rc.cfg_write(cap + 0xc, 0x4440).await;
+    // Enable with 4 vectors (MME = 2).
+    rc.cfg_write(cap, ((1 | (2 << 4)) << 16) | 0x5).await;
+    eventually(|| device.lock().unwrap().irq_fds[1].len() == 4).await;
+    rc.mem_write(BAR0_ADDRESS + REG_IRQ, &((1u32 << 16) | 2).to_le_bytes()).await;
+    eventually(|| !rc.host.lock().unwrap().interrupts.is_empty()).await;
+    assert_eq!(rc.host.lock().unwrap().interrupts[0], (MSI_ADDRESS, 0x4442));
+    // Mask vector 3, fire it, nothing; unmask, delivered.
+    rc.cfg_write(cap + 0x10, 1 << 3).await;
+    rc.mem_write(BAR0_ADDRESS + REG_IRQ, &((1u32 << 16) | 3).to_le_bytes()).await;
+    let counters = engine.counters();
+    eventually(|| counters.snapshot().interrupts_masked == 1).await;
+    assert_eq!(rc.host.lock().unwrap().interrupts.len(), 1);
+    rc.cfg_write(cap + 0x10, 0).await;
+    eventually(|| rc.host.lock().unwrap().interrupts.len() == 2).await;
+    assert_eq!(rc.host.lock().unwrap().interrupts[1], (MSI_ADDRESS, 0x4443));
+    // INTx was disabled on the server when MSI took over.
+    assert!(device.lock().unwrap().irq_sets.iter().any(|s| s.0 == 0 && s.3 == 0));
+    let snap = engine.shutdown().await;
+    assert_eq!(snap.msi_sent, 2);
+}
+
+#[tokio::test]
+async fn msix_entries_function_mask_and_pba() {
+    let Setup { engine, mut rc, device } = setup(config()).await;
+    rc.enumerate().await;
+    // Enable MSI-X with the function masked.
+    rc.cfg_write(MSIX_CAP, (0xc000u32 << 16) | 0x7011).await;
+    eventually(|| device.lock().unwrap().irq_fds[2].len() == 4).await;
+    let entry = |data: u32, masked: bool| {
+        let mut e = Vec::new();
+        e.extend_from_slice(&((MSI_ADDRESS + 0x10) as u32).to_le_bytes());
+        e.extend_from_slice(&0u32.to_le_bytes());
+        e.extend_from_slice(&data.to_le_bytes());
+        e.extend_from_slice(&u32::from(masked).to_le_bytes());
+        e
+    };
+    rc.mem_write(BAR0_ADDRESS + MSIX_TABLE + 2 * 16, &entry(0x99, false)).await;
+    rc.mem_write(BAR0_ADDRESS + REG_IRQ, &((2u32 << 16) | 2).to_le_bytes()).await;
+    let counters = engine.counters();
+    eventually(|| counters.snapshot().interrupts_masked == 1).await;
+    let (pba, _) = rc.mem_read(BAR0_ADDRESS + MSIX_PBA, 8).await;
+    assert_eq!(pba, vec![0b100, 0, 0, 0, 0, 0, 0, 0]);
+    // Clear the function mask: the pending vector is delivered.
+    rc.cfg_write(MSIX_CAP, (0x8000u32 << 16) | 0x7011).await;
+    eventually(|| rc.host.lock().unwrap().interrupts.len() == 1).await;
+    assert_eq!(rc.host.lock().unwrap().interrupts[0], (MSI_ADDRESS + 0x10, 0x99));
+    let (pba, _) = rc.mem_read(BAR0_ADDRESS + MSIX_PBA, 8).await;
+    assert_eq!(pba, vec![0; 8]);
+    let snap = engine.shutdown().await;
+    assert_eq!(snap.msix_sent, 1);
+}
+
+#[tokio::test]
+async fn intx_asserts_once_and_deasserts_with_unmask_on_the_next_bar_access() {
+    let Setup { engine, mut rc, device } = setup(config()).await;
+    rc.enumerate().await;
+    eventually(|| device.lock().unwrap().irq_fds[0].len() == 1).await;
+    rc.mem_write(BAR0_ADDRESS + REG_IRQ, &0u32.to_le_bytes()).await;
+    eventually(|| rc.host.lock().unwrap().messages.len() == 1).await;
+    let names: Vec<_> = rc
+        .host
+        .lock()
+        .unwrap()
+        .messages
+        .iter()
+        .map(|m| match &m.body {
+            Body::Message(m) => m.code.name().unwrap_or("?"),
+            _ => "?",
+        })
+        .collect();
+    assert_eq!(names, vec!["Assert_INTA"]);
+    let _ = rc.mem_read(BAR0_ADDRESS, 4).await;
+    eventually(|| rc.host.lock().unwrap().messages.len() == 2).await;
+    eventually(|| {
+        device
+            .lock()
+            .unwrap()
+            .irq_sets
+            .iter()
+            .any(|s| s.0 == 0 && s.1 & transports::vfio_user::wire::irq_set_flags::ACTION_UNMASK != 0)
+    })
+    .await;
+    let snap = engine.shutdown().await;
+    assert_eq!(snap.intx_asserted, 1);
+}
+
+#[tokio::test]
+async fn flr_resets_the_device_and_the_bar_map() {
+    let Setup { engine, mut rc, device } = setup(config()).await;
+    rc.enumerate().await;
+    let devctl = PCIE_CAP + 8;
+    rc.cfg_write(devctl, 0x8000 | 0x2000).await;
+    eventually(|| device.lock().unwrap().resets == 1).await;
+    let counters = engine.counters();
+    eventually(|| counters.snapshot().resets == 1).await;
+    // Until the host re-programs, config works (after CRS, if any) and the BARs decode nothing.
+    let id = loop {
+        let cpl = rc.cfg_read_cpl(0, 0xf).await;
+        if status(&cpl) == CplStatus::Sc {
+            break cpl;
+        }
+    };
+    assert_eq!(completer(&id), RoutingId::new(1, 0, 0), "FLR keeps the captured bus/device");
+    let request = rc.mem_read_tlp(BAR0_ADDRESS, 4);
+    rc.send(&request).await;
+    assert_eq!(status(&rc.next_completion().await), CplStatus::Ur);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_and_poisoned_tlps_are_dropped_and_counted() {
+    let Setup { engine, mut rc, .. } = setup(config()).await;
+    rc.enumerate().await;
+    rc.send_raw(vec![0xff, 0, 0]).await;
+    rc.send_raw(vec![0x00, 0x00, 0x00, 0x01, 0, 0, 0, 0x0f, 0, 0, 0x10, 0x02]).await; // address bits
+    let mut poisoned = rc.mem_read_tlp(BAR0_ADDRESS, 4);
+    poisoned.ep = true;
+    rc.send(&poisoned).await;
+    assert_eq!(rc.cfg_read(0).await, 0x1234_1af4);
+    let snap = engine.shutdown().await;
+    assert_eq!(snap.malformed, 2);
+    assert_eq!(snap.poisoned, 1);
+}
+
+#[tokio::test]
+async fn a_read_after_posted_writes_sees_them() {
+    let Setup { engine, mut rc, .. } = setup(config()).await;
+    rc.enumerate().await;
+    for i in 0..64u32 {
+        rc.mem_write(BAR2_ADDRESS + u64::from(i) * 4, &i.to_le_bytes()).await;
+    }
+    let (read, _) = rc.mem_read(BAR2_ADDRESS, 256).await;
+    let expected: Vec<u8> = (0..64u32).flat_map(|i| i.to_le_bytes()).collect();
+    assert_eq!(read, expected);
+    engine.shutdown().await;
+}
