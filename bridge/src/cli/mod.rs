@@ -4,7 +4,6 @@ mod demo_cmd;
 mod pcap_cmd;
 mod probe_cmd;
 mod run_cmd;
-mod run_cmd;
 mod sim_cmd;
 mod tlp_cmd;
 
@@ -32,8 +31,6 @@ enum Command {
     Tlp(tlp_cmd::TlpArgs),
     /// Bridge a vfio-user server to a root-port link until Ctrl-C (docs/run.md).
     Run(run_cmd::RunArgs),
-    /// Bridge a vfio-user server to a root-port link until Ctrl-C (docs/run.md).
-    Run(run_cmd::RunArgs),
     /// Connect to a vfio-user server and describe the device behind it.
     Probe(probe_cmd::ProbeArgs),
     /// Run the built-in end-to-end demonstration.
@@ -48,7 +45,6 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         match self.command {
             Command::Tlp(args) => tlp_cmd::run(args),
-            Command::Run(args) => run_cmd::run(args),
             Command::Run(args) => run_cmd::run(args),
             Command::Probe(args) => probe_cmd::run(args),
             Command::Demo(args) => demo_cmd::run(args),
