@@ -111,6 +111,31 @@ fn parse_window(text: &str) -> Result<DmaWindow, String> {
     Ok(DmaWindow::read_write(start, size))
 }
 
+/// Waits until `path` exists and is a UNIX socket (without connecting: some servers serve one
+/// client and exit when it leaves).
+async fn wait_for_socket(path: &std::path::Path, window: Duration) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => return Ok(()),
+            Ok(_) => {
+                return Err(format!(
+                    "{} is not a UNIX socket; --server must name the vfio-user server's socket",
+                    path.display()
+                ));
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "no vfio-user server socket at {} after {window:?} ({e}); start the server or fix --server",
+                    path.display()
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 pub fn run(args: RunArgs) -> ExitCode {
     let config = EngineConfig {
         initial_id: args.bdf.unwrap_or_default(),
@@ -147,6 +172,12 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Checked before the link is opened: a listening link may wait a long time for its peer,
+        // and a wrong --server should not be discovered only after that.
+        if let Err(e) = wait_for_socket(&args.server, args.connect_timeout).await {
+            eprintln!("tlpbridge run: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
         let link = match LinkRegistry::builtin().open(&args.link).await {
             Ok(link) => link,
             Err(e) => {

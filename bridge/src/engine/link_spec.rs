@@ -63,6 +63,16 @@ pub struct LinkKind {
 /// Kinds the project plans or provides elsewhere; absent ones get "not available in this build".
 pub const KNOWN_KINDS: [&str; 6] = ["sim", "sim-listen", "serial", "nettlp", "stream", "udp"];
 
+/// `sim` and `sim-listen`: the co-simulation link over TCP (`sim::link`).
+fn open_sim(spec: &LinkSpec) -> OpenFuture {
+    let spec = spec.clone();
+    Box::pin(async move {
+        sim::link::open_kind(&spec.kind, &spec.address)
+            .await
+            .map_err(|e| BridgeError::LinkOpen { spec: spec.to_string(), reason: e.to_string() })
+    })
+}
+
 /// The link kinds a build can open.
 #[derive(Clone, Default)]
 pub struct LinkRegistry {
@@ -72,8 +82,18 @@ pub struct LinkRegistry {
 impl LinkRegistry {
     /// The kinds built into this binary. Link implementations add themselves here.
     pub fn builtin() -> Self {
-        // No kind that talks to a real or simulated root port is part of this build yet.
-        LinkRegistry::default()
+        let mut registry = LinkRegistry::default();
+        registry.register(LinkKind {
+            name: "sim",
+            address_help: "HOST:PORT[?OPTIONS]: connect to a co-simulator listening there (docs/sim-link.md)",
+            open: open_sim,
+        });
+        registry.register(LinkKind {
+            name: "sim-listen",
+            address_help: "HOST:PORT[?OPTIONS]: listen there for the co-simulator to connect (docs/sim-link.md)",
+            open: open_sim,
+        });
+        registry
     }
 
     /// Adds (or replaces) a kind.
@@ -118,6 +138,15 @@ mod tests {
     use super::*;
     use transports::link::{MemoryClock, memory_pair};
 
+    #[tokio::test]
+    async fn sim_kinds_are_registered_and_report_open_errors() {
+        let registry = LinkRegistry::builtin();
+        let names: Vec<_> = registry.kinds().iter().map(|k| k.name).collect();
+        assert_eq!(names, vec!["sim", "sim-listen"]);
+        let err = registry.open(&"sim://127.0.0.1:1?mode=bogus".parse().unwrap()).await.unwrap_err();
+        assert!(matches!(err, BridgeError::LinkOpen { .. }), "{err}");
+    }
+
     #[test]
     fn specs_parse_and_bad_ones_say_why() {
         let spec: LinkSpec = "SIM://127.0.0.1:7000".parse().unwrap();
@@ -132,7 +161,10 @@ mod tests {
     async fn registry_opens_registered_kinds_and_names_missing_ones() {
         let mut registry = LinkRegistry::builtin();
         let err = registry.open(&"serial:///dev/ttyUSB0".parse().unwrap()).await.unwrap_err();
-        assert_eq!(err.to_string(), "link kind `serial` is not available in this build (available: none)");
+        assert_eq!(
+            err.to_string(),
+            "link kind `serial` is not available in this build (available: sim, sim-listen)"
+        );
         let err = registry.open(&"bogus://x".parse().unwrap()).await.unwrap_err();
         assert!(err.to_string().contains("unknown link kind `bogus`"));
         fn open_memory(_: &LinkSpec) -> OpenFuture {
