@@ -95,6 +95,10 @@ pub fn read_capture(path: &Path) -> Result<CaptureFile, CaptureError> {
 fn truncation(e: &PcapError) -> String {
     match e {
         PcapError::IncompleteBuffer => "the file ends inside a block (the writer was killed?)".to_owned(),
+        PcapError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the file ends inside a block (the writer was killed?)".to_owned()
+        }
+        PcapError::IoError(io) => format!("reading failed: {io}"),
         other => other.to_string(),
     }
 }
