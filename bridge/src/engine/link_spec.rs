@@ -85,12 +85,12 @@ impl LinkRegistry {
         let mut registry = LinkRegistry::default();
         registry.register(LinkKind {
             name: "sim",
-            address_help: "HOST:PORT[?OPTIONS]: connect to a co-simulator listening there (docs/sim-link.md)",
+            address_help: "HOST:PORT[?OPTIONS]: connect to a co-simulator listening there (docs/sim-protocol.md)",
             open: open_sim,
         });
         registry.register(LinkKind {
             name: "sim-listen",
-            address_help: "HOST:PORT[?OPTIONS]: listen there for the co-simulator to connect (docs/sim-link.md)",
+            address_help: "HOST:PORT[?OPTIONS]: listen there for the co-simulator to connect (docs/sim-protocol.md)",
             open: open_sim,
         });
         registry
