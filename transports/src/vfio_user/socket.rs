@@ -65,6 +65,11 @@ impl MessageSocket {
 
     /// Sends one whole message; `fds` go with its first bytes.
     pub async fn send(&self, message: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        // Reported before the first byte goes out: the peer's reply may be received (and
+        // reported by the reader task) before this send returns.
+        if let Some((tap, role)) = &self.tap {
+            tap.message(TapDirection::Sent, *role, message, fds.len());
+        }
         let raw_fds: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
         let socket_fd = self.stream.as_raw_fd();
         let mut sent = 0usize;
@@ -90,9 +95,6 @@ impl MessageSocket {
             }
             fds_pending = false;
             sent += written;
-        }
-        if let Some((tap, role)) = &self.tap {
-            tap.message(TapDirection::Sent, *role, message, fds.len());
         }
         Ok(())
     }

@@ -1,8 +1,9 @@
 //! Observing every vfio-user message as raw bytes, for packet capture.
 //!
 //! A [`MessageTap`] set in `ClientConfig::tap` sees each whole message (header and payload, as on
-//! the socket) once it has been sent or received, on the socket's own task. The fds that travel
-//! with a message are not bytes on the stream; only their count is reported.
+//! the socket) on the socket's own task: a sent message just before its first byte is written (so
+//! it is always reported before the reply to it), a received one once it is complete. The fds
+//! that travel with a message are not bytes on the stream; only their count is reported.
 
 use std::fmt;
 
