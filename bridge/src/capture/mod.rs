@@ -90,6 +90,18 @@ pub struct CaptureConfig {
     pub flush_interval: Duration,
 }
 
+impl CaptureConfig {
+    /// Interface name, description and clock from the link the bridge runs on; writer defaults.
+    pub fn for_link(link: &transports::link::Link) -> Self {
+        CaptureConfig {
+            link_kind: link.info.kind.clone(),
+            link_description: link.info.description.clone(),
+            clock: if link.clock.is_simulated() { LinkClockKind::Simulated } else { LinkClockKind::Wall },
+            ..CaptureConfig::default()
+        }
+    }
+}
+
 impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {

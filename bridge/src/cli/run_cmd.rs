@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use bridge::capture::{Capture, CaptureConfig, CaptureWriter};
 use bridge::engine::{DmaWindows, Engine, EngineConfig, LinkRegistry, LinkSpec, ServerEndpoint};
 use transports::vfio_user::DmaWindow;
 
@@ -50,6 +51,10 @@ pub struct RunArgs {
     /// aligned pieces of at most 8 bytes.
     #[arg(long)]
     whole_accesses: bool,
+    /// Record every TLP on the link and every vfio-user message in this pcapng file
+    /// (docs/capture-format.md; read it with `tlpbridge pcap show` or Wireshark).
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
     /// How long to wait for the server's socket to appear.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
@@ -172,6 +177,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let mut config = config;
         // Checked before the link is opened: a listening link may wait a long time for its peer,
         // and a wrong --server should not be discovered only after that.
         if let Err(e) = wait_for_socket(&args.server, args.connect_timeout).await {
@@ -185,10 +191,24 @@ pub fn run(args: RunArgs) -> ExitCode {
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
         };
+        let capture = match &args.pcap {
+            None => None,
+            Some(path) => match Capture::create(path, CaptureConfig::for_link(&link)) {
+                Ok((handle, writer)) => {
+                    config.capture = Some(handle);
+                    Some(writer)
+                }
+                Err(e) => {
+                    eprintln!("tlpbridge run: {e}");
+                    return ExitCode::from(EXIT_BAD_INPUT);
+                }
+            },
+        };
         let mut engine = match Engine::start(link, ServerEndpoint::Path(args.server.clone()), config).await {
             Ok(engine) => engine,
             Err(e) => {
                 eprintln!("tlpbridge run: {e}");
+                finish_capture(capture).await;
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
         };
@@ -201,6 +221,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         };
         let counters = engine.shutdown().await;
         tracing::info!(counters = %counters, "tlpbridge run finished");
+        finish_capture(capture).await;
         match outcome {
             None => ExitCode::SUCCESS,
             Some(reason) => {
@@ -209,6 +230,22 @@ pub fn run(args: RunArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// Writes the capture's statistics and closes it (off the async threads: the writer thread
+/// drains its bounded queue first); reports lost records.
+async fn finish_capture(writer: Option<CaptureWriter>) {
+    let Some(writer) = writer else { return };
+    match tokio::task::spawn_blocking(move || writer.finish()).await {
+        Ok(Ok(summary)) if summary.dropped() > 0 => eprintln!(
+            "tlpbridge run: the capture lost {} of {} records (the writer fell behind)",
+            summary.dropped(),
+            summary.dropped() + summary.tlp_records + summary.vfio_user_records
+        ),
+        Ok(Ok(summary)) => tracing::info!(?summary, "capture complete"),
+        Ok(Err(e)) => eprintln!("tlpbridge run: {e}"),
+        Err(e) => eprintln!("tlpbridge run: finishing the capture: {e}"),
+    }
 }
 
 #[cfg(test)]
