@@ -125,7 +125,8 @@ pub struct FunctionState {
     pub ten_bit_tags_allowed: bool,
     /// Raw bytes of the registers the bridge snoops (BARs, ROM, capabilities), 256 bytes.
     shadow: Vec<u8>,
-    pristine: Box<Option<FunctionState>>,
+    /// The state right after `new`, restored by `reset`.
+    pristine: Option<Box<FunctionState>>,
 }
 
 impl FunctionState {
@@ -209,28 +210,25 @@ impl FunctionState {
             ready: false,
             ten_bit_tags_allowed: ten_bit,
             shadow: vec![0; cs::PCI_CONFIG_LEN],
-            pristine: Box::new(None),
+            pristine: None,
         };
         let mut state = state;
-        state.pristine = Box::new(Some(state.clone()));
+        state.pristine = Some(Box::new(state.clone()));
         Ok(state)
     }
 
     /// Back to the reset values (FLR, hot reset, link down). `keep_id`: FLR keeps the captured
-    /// bus/device number; a conventional reset clears it.
+    /// bus/device number; a conventional reset clears it. Link parameters return to the
+    /// configured start values.
     pub fn reset(&mut self, keep_id: bool) {
-        let Some(pristine) = self.pristine.as_ref().clone() else { return };
+        let Some(pristine) = self.pristine.take() else { return };
         let (id, captured) = (self.id, self.id_captured);
-        let link = self.link;
-        let keep_pristine = std::mem::replace(&mut self.pristine, Box::new(None));
-        *self = pristine;
-        self.pristine = keep_pristine;
+        *self = (*pristine).clone();
+        self.pristine = Some(pristine);
         if keep_id {
             self.id = id;
             self.id_captured = captured;
         }
-        // MPS/MRRS/RCB return to the configured start values, which the pristine copy holds.
-        let _ = link;
     }
 
     pub fn memory_enabled(&self) -> bool {
@@ -398,5 +396,80 @@ impl FunctionState {
                 self.link = params;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// BAR0 mem32 4 KiB, BAR1 I/O 256 B, BAR2 mem64 prefetchable 1 MiB, ROM 64 KiB, MSI at
+    /// 0x40 (64-bit, per-vector masking), PCIe v2 at 0x70.
+    fn state() -> FunctionState {
+        let mut config = vec![0u8; 256];
+        config[0x06] = 0x10;
+        config[0x14] = 0x01;
+        config[0x18] = 0x0c;
+        config[0x34] = 0x40;
+        config[0x3d] = 1;
+        config[0x40..0x44].copy_from_slice(&[0x05, 0x70, 0x84, 0x01]);
+        config[0x70..0x74].copy_from_slice(&[0x10, 0x00, 0x02, 0x00]);
+        let layout = DeviceLayout { config, region_sizes: [0x1000, 0x100, 0x10_0000, 0, 0, 0, 0x1_0000] };
+        FunctionState::new(&layout, RoutingId::new(0, 0, 0), LinkParams::DEFAULT, true).unwrap()
+    }
+
+    #[test]
+    fn bars_decode_only_when_programmed_and_enabled() {
+        let mut f = state();
+        assert_eq!(f.bars.len(), 3);
+        f.snoop_config_write(0x10, &0xfebf_f123u32.to_le_bytes());
+        f.snoop_config_write(0x14, &0x0000_c001u32.to_le_bytes());
+        f.snoop_config_write(0x18, &0x0000_000cu32.to_le_bytes());
+        f.snoop_config_write(0x1c, &0x0000_0008u32.to_le_bytes());
+        f.snoop_config_write(0x30, &0xfff0_0001u32.to_le_bytes());
+        assert_eq!(f.decode(0xfebf_f000, 4, false), None, "memory space still disabled");
+        f.snoop_config_write(0x04, &[0x03, 0x00]);
+        assert_eq!(
+            f.decode(0xfebf_f010, 4, false),
+            Some(BarHit { region: 0, offset: 0x10, prefetchable: false })
+        );
+        assert_eq!(f.decode(0xfebf_fffe, 4, false), None, "crosses the end of BAR0");
+        assert_eq!(f.decode(0xc004, 2, true), Some(BarHit { region: 1, offset: 4, prefetchable: false }));
+        assert_eq!(
+            f.decode(0x8_0000_1000, 8, false),
+            Some(BarHit { region: 2, offset: 0x1000, prefetchable: true })
+        );
+        assert_eq!(
+            f.decode(0xfff0_0010, 4, false),
+            Some(BarHit { region: ROM_REGION, offset: 0x10, prefetchable: true })
+        );
+        // Byte write to the Command register's low byte only.
+        f.snoop_config_write(0x04, &[0x01]);
+        assert_eq!(f.decode(0xfebf_f010, 4, false), None);
+    }
+
+    #[test]
+    fn msi_devctl_and_flr_are_snooped_and_reset_keeps_the_id_only_for_flr() {
+        let mut f = state();
+        f.capture_id(RoutingId::new(3, 4, 0));
+        f.snoop_config_write(0x44, &0xfee0_1000u32.to_le_bytes());
+        f.snoop_config_write(0x4c, &0x4321u16.to_le_bytes());
+        let effects = f.snoop_config_write(0x42, &(0x0001u16 | (1 << 4)).to_le_bytes());
+        assert!(effects.interrupts_changed);
+        let msi = f.msi.unwrap();
+        assert!(msi.control.enabled());
+        assert_eq!((msi.address, msi.data, msi.vectors_enabled()), (0xfee0_1000, 0x4321, 2));
+        assert!(msi.control.is_64bit(), "read-only bits survive a write of 0");
+        let effects = f.snoop_config_write(0x78, &(0x8000u16 | (1 << 5) | (3 << 12)).to_le_bytes());
+        assert!(effects.flr);
+        assert_eq!((f.link.max_payload_size(), f.link.max_read_request_size()), (256, 1024));
+        f.snoop_config_write(0x98, &(1u16 << 12).to_le_bytes());
+        assert!(f.ten_bit_tags());
+        f.reset(true);
+        assert_eq!(f.id, RoutingId::new(3, 4, 0));
+        assert!(f.msi.is_some_and(|m| !m.control.enabled()));
+        assert_eq!(f.link, LinkParams::DEFAULT);
+        f.reset(false);
+        assert_eq!(f.id, RoutingId::new(0, 0, 0));
     }
 }
