@@ -170,3 +170,214 @@ fn dissector_agrees_with_pcap_show_on_every_tlp_kind_and_vfio_user_messages() {
     assert!(matched.iter().filter(|r| r["kind"] == "CplD").count() >= 2, "both split CplDs matched");
     assert!(compared > 1000, "only {compared} field values compared");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Captures from `tlpbridge run --pcap` over the sim link: the sample device behind the bridge,
+// the reference root complex in front, running a DMA copy.
+// ---------------------------------------------------------------------------------------------
+
+/// Kills (SIGKILL) and reaps a child process when dropped, so no test leaves one behind.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(bin: &std::path::Path, args: &[&str], log: &std::path::Path) -> Running {
+    let log = std::fs::File::create(log).unwrap();
+    Running(
+        Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tlpbridge"),
+    )
+}
+
+/// The child's exit status, or `None` if it still runs after `timeout`.
+fn wait_exit(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+const COPY_SCRIPT: &str = "\
+enumerate
+expect-id 1234:7e57
+read32 bar0 expect 0xd3a00001
+fill host 0x1010 256 pattern inc
+write32 bar0+0x08 0x1010
+write32 bar0+0x0c 0
+write32 bar0+0x10 0x3000
+write32 bar0+0x14 0
+write32 bar0+0x18 256
+write32 bar0+0x24 0x5
+write32 bar0+0x1c 1
+wait-irq msix 0 timeout 1ms
+check host 0x3000 256 equals host 0x1010
+read32 bar0+0x20 expect 0x2
+";
+
+/// The sample device and `tlpbridge run --pcap` listening for the root complex.
+struct Bench {
+    _device: Running,
+    bridge: Running,
+    port: u16,
+    capture: std::path::PathBuf,
+    bridge_log: std::path::PathBuf,
+}
+
+fn start_bridge(bin: &std::path::Path, dir: &tlpbridge_tests::TestDir, name: &str) -> Bench {
+    let socket = dir.socket_path(&format!("{name}.sock")).unwrap_or_else(|e| panic!("{e}"));
+    let device = spawn(
+        bin,
+        &["sim", "device", "--socket", socket.to_str().unwrap()],
+        &dir.join(format!("{name}-device.log")),
+    );
+    let port = free_port();
+    let capture = dir.join(format!("{name}.pcapng"));
+    let bridge_log = dir.join(format!("{name}-run.log"));
+    let bridge = spawn(
+        bin,
+        &[
+            "run",
+            "--server",
+            socket.to_str().unwrap(),
+            "--link",
+            &format!("sim-listen://127.0.0.1:{port}"),
+            "--pcap",
+            capture.to_str().unwrap(),
+        ],
+        &bridge_log,
+    );
+    Bench { _device: device, bridge, port, capture, bridge_log }
+}
+
+fn run_rc(
+    bin: &std::path::Path,
+    dir: &tlpbridge_tests::TestDir,
+    port: u16,
+) -> tlpbridge_tests::CommandOutput {
+    let script = dir.join("copy.rcs");
+    std::fs::write(&script, COPY_SCRIPT).unwrap();
+    let mut rc = Command::new(bin);
+    rc.args(["sim", "rc", "--mode", "free", "--pace-us", "10", "--wait-s", "30", "--link"])
+        .arg(format!("sim://127.0.0.1:{port}"))
+        .arg("--script")
+        .arg(&script);
+    tlpbridge_tests::run_bounded(rc, "tlpbridge sim rc", std::time::Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_bridge_run_with_pcap_captures_both_sides_and_the_dissector_agrees() {
+    let bin = tlpbridge_tests::tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tlpbridge_tests::TestDir::new("capture-run").unwrap_or_else(|e| panic!("{e}"));
+    let mut bench = start_bridge(&bin, &dir, "run");
+    let rc = run_rc(&bin, &dir, bench.port);
+    assert!(rc.status.success(), "sim rc failed:\n{}", rc.output);
+    // The root complex closing the link ends the bridge, which then finishes the capture.
+    let status = wait_exit(&mut bench.bridge.0, std::time::Duration::from_secs(60));
+    assert!(
+        status.is_some(),
+        "the bridge did not stop after the link closed:\n{}",
+        std::fs::read_to_string(&bench.bridge_log).unwrap_or_default()
+    );
+
+    let records = tshark::show_json(&bin, &bench.capture);
+    let tlps: Vec<&Value> = records.iter().filter(|r| r["interface"] == "tlp").collect();
+    assert!(tlps.len() > 100, "{} TLP records", tlps.len());
+    // The sim link runs on simulated time: every TLP record says so.
+    assert!(tlps.iter().all(|r| r["flags"].as_array().unwrap().contains(&json!("simulated-time"))));
+    let seen =
+        |kind: &str, direction: &str| tlps.iter().any(|r| r["kind"] == kind && r["direction"] == direction);
+    for (kind, direction) in [
+        ("CfgRd0", "in"),
+        ("CfgWr0", "in"),
+        ("CplD", "out"),
+        ("MRd", "in"),
+        ("MWr", "in"),
+        ("MRd", "out"),
+        ("CplD", "in"),
+        ("MWr", "out"),
+    ] {
+        assert!(seen(kind, direction), "no {kind} {direction}");
+    }
+    for r in &tlps {
+        if r["kind"].as_str().is_some_and(|k| k.starts_with("Cpl")) {
+            assert!(r["request_record"].is_u64(), "unmatched completion {r}");
+        }
+    }
+    let vfio: Vec<&Value> = records.iter().filter(|r| r["interface"] == "vfio-user").collect();
+    assert_eq!(vfio[0]["kind"], "VERSION");
+    assert!(vfio.iter().any(|r| r["socket"] == "twin" && r["kind"] == "DMA_READ"));
+    assert!(vfio.iter().any(|r| r["direction"] == "in") && vfio.iter().any(|r| r["direction"] == "out"));
+
+    if let Some(tshark_bin) = tshark::tshark_or_skip("a_bridge_run_with_pcap (dissector part)") {
+        tshark::assert_dissector_agrees(&tshark_bin, &bin, &bench.capture);
+    }
+}
+
+#[test]
+fn a_capture_from_a_sigkilled_bridge_still_opens() {
+    let bin = tlpbridge_tests::tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tlpbridge_tests::TestDir::new("capture-kill").unwrap_or_else(|e| panic!("{e}"));
+    let bench = start_bridge(&bin, &dir, "kill");
+    let script = dir.join("copy.rcs");
+    std::fs::write(&script, COPY_SCRIPT).unwrap();
+    let _rc = spawn(
+        &bin,
+        &[
+            "sim",
+            "rc",
+            "--mode",
+            "free",
+            "--pace-us",
+            "10",
+            "--link",
+            &format!("sim://127.0.0.1:{}", bench.port),
+            "--script",
+            script.to_str().unwrap(),
+        ],
+        &dir.join("kill-rc.log"),
+    );
+    // Wait until the bridge has written a good part of the run, then SIGKILL it mid-flight.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let shown = loop {
+        let out = Command::new(&bin).args(["pcap", "show", "--json"]).arg(&bench.capture).output().unwrap();
+        let n = String::from_utf8_lossy(&out.stdout).lines().count();
+        if out.status.success() && n >= 60 {
+            break n;
+        }
+        assert!(std::time::Instant::now() < deadline, "the capture never reached 60 records");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    drop(bench); // SIGKILL: no chance to finish the file.
+
+    let out =
+        Command::new(&bin).args(["pcap", "show", "--json"]).arg(dir.join("kill.pcapng")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let records: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(records.len() >= shown, "{} records after the kill, {shown} before", records.len());
+    assert!(records.iter().all(|r| r.get("error").is_none()), "every surviving record decodes");
+}
