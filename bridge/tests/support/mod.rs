@@ -65,6 +65,8 @@ pub struct Device {
     pub resets: usize,
     pub dma_maps: Vec<(u64, u64)>,
     pub slow_reply: Duration,
+    /// Notified: the server closes its sockets (a crashed server).
+    pub hangup: Arc<tokio::sync::Notify>,
 }
 
 fn config_space() -> Vec<u8> {
@@ -131,9 +133,14 @@ async fn send_error(socket: &MessageSocket, request: &HeaderRepr, errno: u32) {
 /// Starts the device server on a socketpair; returns the engine's end.
 pub fn spawn_server(device: Arc<Mutex<Device>>) -> OwnedFd {
     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-    let main = MessageSocket::from_owned_fd(OwnedFd::from(b)).unwrap();
-    tokio::spawn(serve(main, device));
+    serve_on(OwnedFd::from(b), device);
     OwnedFd::from(a)
+}
+
+/// Serves the device on the server end of a socketpair.
+pub fn serve_on(server_end: OwnedFd, device: Arc<Mutex<Device>>) {
+    let main = MessageSocket::from_owned_fd(server_end).unwrap();
+    tokio::spawn(serve(main, device));
 }
 
 async fn serve(main: MessageSocket, device: Arc<Mutex<Device>>) {
@@ -154,8 +161,13 @@ async fn serve(main: MessageSocket, device: Arc<Mutex<Device>>) {
     let _ = version;
     let twin = MessageSocket::from_owned_fd(OwnedFd::from(ours)).unwrap();
     let mut next_id = 0x100u16;
+    let hangup = device.lock().unwrap().hangup.clone();
     loop {
-        let Ok(Some(message)) = main.recv(1 << 26, 16).await else { return };
+        let received = tokio::select! {
+            _ = hangup.notified() => return,
+            received = main.recv(1 << 26, 16) => received,
+        };
+        let Ok(Some(message)) = received else { return };
         handle(&main, &twin, &device, message, &mut next_id).await;
     }
 }
@@ -405,6 +417,7 @@ pub struct Host {
     pub messages: Vec<Tlp>,
     pub mrds: usize,
     pub max_mrd_len: u32,
+    pub tags_seen: Vec<u16>,
 }
 
 /// The root-port side of the test.
@@ -425,9 +438,14 @@ pub struct Setup {
 
 /// Engine + device server + root complex on an in-memory wall-clock link.
 pub async fn setup(config: EngineConfig) -> Setup {
+    setup_with_clock(config, MemoryClock::Wall).await
+}
+
+/// Engine + device server + root complex on an in-memory link with the given clock.
+pub async fn setup_with_clock(config: EngineConfig, clock: MemoryClock) -> Setup {
     let device = Device::new();
     let fd = spawn_server(device.clone());
-    let (link, mut rp) = memory_pair(MemoryClock::Wall, 256);
+    let (link, mut rp) = memory_pair(clock, 256);
     let engine = tokio::time::timeout(STEP, Engine::start(link, ServerEndpoint::Socket(fd), config))
         .await
         .expect("engine start hangs")
@@ -440,6 +458,7 @@ pub async fn setup(config: EngineConfig) -> Setup {
         messages: Vec::new(),
         mrds: 0,
         max_mrd_len: 0,
+        tags_seen: Vec::new(),
     }));
     let (cpl_tx, completions) = mpsc::channel(4096);
     let from_bridge = std::mem::replace(&mut rp.from_bridge, mpsc::channel(1).1);
@@ -478,6 +497,7 @@ async fn host_task(
                 let policy = {
                     let mut h = host.lock().unwrap();
                     h.mrds += 1;
+                    h.tags_seen.push(m.tag);
                     h.max_mrd_len = h.max_mrd_len.max(u32::from(tlp.length_dw()) * 4);
                     h.policy
                 };
@@ -565,6 +585,12 @@ async fn answer_interleaved(
 }
 
 impl RootComplex {
+    /// Moves simulated time forward by `d` (simulated links only).
+    pub fn advance(&self, d: Duration) {
+        let driver = self.rp.sim_clock.as_ref().expect("not a simulated link");
+        driver.advance_to(driver.now().saturating_add(d));
+    }
+
     pub async fn send(&self, tlp: &Tlp) {
         self.rp.send_tlp(tlp.to_bytes()).await.unwrap();
     }
