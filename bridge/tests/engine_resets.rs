@@ -163,7 +163,7 @@ async fn ten_bit_tags_are_used_once_the_host_enables_them_and_mrrs_follows_devic
     assert!(rc.host.lock().unwrap().tags_seen.iter().all(|&t| t < 256));
     rc.cfg_write(PCIE_CAP + 0x28, 1 << 12).await;
     // Device Control: MPS 256, MRRS 128.
-    rc.cfg_write(PCIE_CAP + 8, (1 << 5) | (0 << 12)).await;
+    rc.cfg_write(PCIE_CAP + 8, 1 << 5).await; // MPS code 1 = 256, MRRS code 0 = 128
     rc.host.lock().unwrap().tags_seen.clear();
     assert_eq!(rc.device_dma(1, HOST_BASE, 1024).await, 0);
     let tags = rc.host.lock().unwrap().tags_seen.clone();
