@@ -445,6 +445,12 @@ pub async fn setup(config: EngineConfig) -> Setup {
 pub async fn setup_with_clock(config: EngineConfig, clock: MemoryClock) -> Setup {
     let device = Device::new();
     let fd = spawn_server(device.clone());
+    let (engine, rc) = setup_on(config, clock, fd).await;
+    Setup { engine, rc, device }
+}
+
+/// Engine + root complex for a server already listening on `fd`'s peer.
+pub async fn setup_on(config: EngineConfig, clock: MemoryClock, fd: OwnedFd) -> (Engine, RootComplex) {
     let (link, mut rp) = memory_pair(clock, 256);
     let engine = tokio::time::timeout(STEP, Engine::start(link, ServerEndpoint::Socket(fd), config))
         .await
@@ -466,7 +472,7 @@ pub async fn setup_with_clock(config: EngineConfig, clock: MemoryClock) -> Setup
     let link = LinkParams::new(128, 512, 64).unwrap();
     tokio::spawn(host_task(from_bridge, rp.clone(), host.clone(), cpl_tx, link));
     let rc = RootComplex { to_bridge: rp.to_bridge.clone(), completions, host, link, tag: 0, rp };
-    Setup { engine, rc, device }
+    (engine, rc)
 }
 
 async fn host_task(
