@@ -18,7 +18,7 @@ use transports::vfio_user::{DmaError, DmaHandler};
 
 use super::Shared;
 use super::counters::Counters;
-use super::tags::ReadOutcome;
+use super::tags::{ReadOutcome, TagWidth};
 
 /// The engine's DMA handler; cheap to clone.
 #[derive(Clone)]
@@ -43,18 +43,18 @@ impl Drop for Outstanding<'_> {
 }
 
 impl DmaBridge {
-    fn check_bus_master(&self) -> Result<(RequestFields, tlp::split::LinkParams, bool), DmaError> {
+    fn check_bus_master(&self) -> Result<(RequestFields, tlp::split::LinkParams, TagWidth), DmaError> {
         let f = self.shared.function();
         if !f.bus_master() {
             Counters::inc(&self.shared.counters.dma_refused_bme);
             debug!("device DMA refused: Bus Master Enable is clear");
             return Err(DmaError::BusMasterDisabled);
         }
-        Ok((RequestFields { requester: f.id, tc: 0, attr: tlp::Attr::default() }, f.link, f.ten_bit_tags()))
+        Ok((RequestFields { requester: f.id, tc: 0, attr: tlp::Attr::default() }, f.link, f.tag_width()))
     }
 
     async fn read(&self, address: u64, len: usize) -> Result<Vec<u8>, DmaError> {
-        let (fields, link, ten_bit) = self.check_bus_master()?;
+        let (fields, link, width) = self.check_bus_master()?;
         let shared = &*self.shared;
         let mrrs = link.max_read_request_size();
         let mut chunks = memory_read_requests(address, len as u64, mrrs)
@@ -71,7 +71,7 @@ impl DmaBridge {
                 tokio::pin!(freed);
                 freed.as_mut().enable();
                 let now = shared.clock.now();
-                match shared.tags.allocate(ten_bit, now, reassembly) {
+                match shared.tags.allocate(width, now, reassembly) {
                     Some((tag, rx)) => {
                         chunks.next();
                         outstanding.reads.push_back((tag, rx, now.saturating_add(shared.cpl_timeout)));

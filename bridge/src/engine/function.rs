@@ -113,6 +113,8 @@ pub struct FunctionState {
     pub link_control_offset: Option<u16>,
     pub device_control_2_offset: Option<u16>,
     pub device_control: DeviceControl,
+    /// The host has written Device Control since reset.
+    pub device_control_written: bool,
     pub link_control: LinkControl,
     pub device_control_2: DeviceControl2,
     /// Interrupt Pin (1..=4 = INTA..INTD, 0 = none).
@@ -203,6 +205,7 @@ impl FunctionState {
             link_control_offset: pcie.as_ref().map(|p| p.link_control_offset()),
             device_control_2_offset: pcie.as_ref().and_then(|p| p.device_control_2_offset()),
             device_control: DeviceControl(0),
+            device_control_written: false,
             link_control: LinkControl(0),
             device_control_2: DeviceControl2(0),
             interrupt_pin: view.interrupt_pin(),
@@ -246,6 +249,18 @@ impl FunctionState {
     /// 10-bit tags: allowed by configuration and enabled by the host.
     pub fn ten_bit_tags(&self) -> bool {
         self.ten_bit_tags_allowed && self.device_control_2.ten_bit_tag_requester()
+    }
+
+    /// The tags the bridge may use for its reads.
+    pub fn tag_width(&self) -> super::tags::TagWidth {
+        use super::tags::TagWidth;
+        if self.ten_bit_tags() {
+            TagWidth::Ten
+        } else if self.device_control_written && !self.device_control.extended_tag() {
+            TagWidth::Five
+        } else {
+            TagWidth::Eight
+        }
     }
 
     /// Records the bus and device number a CfgWr0 was addressed with (§2.2.6.2: a function
@@ -370,6 +385,7 @@ impl FunctionState {
                 let value = DeviceControl(self.shadow_u16(reg));
                 effects.flr = value.initiate_flr();
                 self.device_control = DeviceControl(value.0 & !DeviceControl::INITIATE_FLR);
+                self.device_control_written = true;
                 self.update_link_params();
             }
         }

@@ -521,8 +521,9 @@ fn io_config_dword(tlp: &Tlp, span: &[u8]) -> Result<[u8; 4], String> {
 impl Shared {
     /// Decodes the span of enabled `runs` of a request at `dw_address`.
     fn decode_runs(&self, dw_address: u64, runs: &[(u32, u32)], io: bool) -> Option<BarHit> {
-        let (first, _) = *runs.first()?;
-        let &(last, last_len) = runs.last()?;
+        // A zero-length request (no byte enabled) addresses its first DW.
+        let (first, _) = runs.first().copied().unwrap_or((0, 1));
+        let (last, last_len) = runs.last().copied().unwrap_or((0, 1));
         let start = dw_address.checked_add(u64::from(first))?;
         self.function().decode(start, u64::from(last + last_len - first), io)
     }

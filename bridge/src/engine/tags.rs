@@ -17,6 +17,28 @@ use transports::link::LinkInstant;
 
 use super::counters::Counters;
 
+/// Which tags a requester may use (PCIe §2.2.6.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagWidth {
+    /// Extended Tag Field Enable written as 0: tags 0..=31.
+    Five,
+    /// Tags 0..=255 (the default: Extended Tag Field Enable is set at reset on current devices).
+    Eight,
+    /// 10-Bit Tag Requester Enable set: tags 256..=1023 (Tag\[9:8\] ≠ 00b, so a completer
+    /// that truncates to 8 bits cannot alias an 8-bit tag).
+    Ten,
+}
+
+impl TagWidth {
+    fn range(self) -> std::ops::Range<usize> {
+        match self {
+            TagWidth::Five => 0..32,
+            TagWidth::Eight => 0..256,
+            TagWidth::Ten => 256..1024,
+        }
+    }
+}
+
 /// How one outstanding read ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadOutcome {
@@ -45,7 +67,7 @@ struct Inner {
     next: usize,
 }
 
-/// Tags 0..=255 in 8-bit mode; 256..=1023 added in 10-bit mode.
+/// One slot per 10-bit tag value; [`TagWidth`] selects which are handed out.
 pub struct TagTable {
     inner: Mutex<Inner>,
     freed: Notify,
@@ -74,12 +96,12 @@ impl TagTable {
     /// Takes a free tag for a read of `reassembly`; `None` if every usable tag is taken.
     pub fn allocate(
         &self,
-        ten_bit: bool,
+        width: TagWidth,
         now: LinkInstant,
         reassembly: ReadReassembly,
     ) -> Option<(u16, oneshot::Receiver<ReadOutcome>)> {
         let mut inner = self.lock();
-        let range = if ten_bit { 256..1024 } else { 0..256 };
+        let range = width.range();
         let span = range.len();
         let start = inner.next;
         for step in 0..span {
@@ -210,7 +232,7 @@ mod tests {
         let me = RoutingId::new(1, 0, 0);
         let chunk = tlp::split::SplitChunk { address: 0x1003, len: 200 };
         let (tag, rx) =
-            t.allocate(false, LinkInstant(0), ReadReassembly::for_chunk(&chunk).unwrap()).unwrap();
+            t.allocate(TagWidth::Eight, LinkInstant(0), ReadReassembly::for_chunk(&chunk).unwrap()).unwrap();
         let fields = RequestFields { requester: me, ..Default::default() };
         let request = memory_read_tlp(&fields, chunk, tag, 512).unwrap();
         let read = MemoryRead::from_tlp(&request).unwrap();
@@ -229,16 +251,23 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..256 {
             let r = ReadReassembly::new(0x1000, 4).unwrap();
-            held.push(t.allocate(false, LinkInstant(0), r).unwrap());
+            held.push(t.allocate(TagWidth::Eight, LinkInstant(0), r).unwrap());
         }
         assert!(held.iter().all(|(tag, _)| *tag < 256));
-        assert!(t.allocate(false, LinkInstant(0), ReadReassembly::new(0, 4).unwrap()).is_none());
+        assert!(t.allocate(TagWidth::Eight, LinkInstant(0), ReadReassembly::new(0, 4).unwrap()).is_none());
         let (tag, _) = &held[0];
         t.quarantine(*tag, LinkInstant(100));
-        assert!(t.allocate(false, LinkInstant(99), ReadReassembly::new(0, 4).unwrap()).is_none());
-        let (again, _) = t.allocate(false, LinkInstant(100), ReadReassembly::new(0, 4).unwrap()).unwrap();
+        assert!(t.allocate(TagWidth::Eight, LinkInstant(99), ReadReassembly::new(0, 4).unwrap()).is_none());
+        let (again, _) =
+            t.allocate(TagWidth::Eight, LinkInstant(100), ReadReassembly::new(0, 4).unwrap()).unwrap();
         assert_eq!(again, *tag);
-        let (ten, _) = t.allocate(true, LinkInstant(0), ReadReassembly::new(0, 4).unwrap()).unwrap();
+        let (ten, _) = t.allocate(TagWidth::Ten, LinkInstant(0), ReadReassembly::new(0, 4).unwrap()).unwrap();
         assert!(ten >= 256);
+        // 5-bit mode: only tags 0..=31 count.
+        t.quarantine(held[40].0, LinkInstant(50));
+        let five = |now| t.allocate(TagWidth::Five, LinkInstant(now), ReadReassembly::new(0, 4).unwrap());
+        assert!(five(100).is_none(), "tag 40 is not a 5-bit tag");
+        t.quarantine(held[1].0, LinkInstant(50));
+        assert_eq!(five(100).unwrap().0, held[1].0);
     }
 }
