@@ -341,3 +341,43 @@ async fn a_read_after_posted_writes_sees_them() {
     assert_eq!(read, expected);
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn io_bar_reads_and_writes_honour_byte_enables() {
+    let Setup { engine, mut rc, device } = setup(config()).await;
+    rc.enumerate().await;
+    let write = rc.io_request(BAR1_IO_ADDRESS + 8, 0b0110, Some([1, 2, 3, 4]));
+    rc.send(&write).await;
+    let cpl = rc.next_completion().await;
+    assert_eq!((status(&cpl), cpl.kind_name()), (CplStatus::Sc, "Cpl"));
+    assert_eq!(device.lock().unwrap().bar1[8..12], [0, 2, 3, 0]);
+    let read = rc.io_request(BAR1_IO_ADDRESS + 8, 0b1111, None);
+    rc.send(&read).await;
+    let cpl = rc.next_completion().await;
+    assert_eq!(cpl.payload, vec![0, 2, 3, 0]);
+    // Outside the I/O BAR: UR.
+    let miss = rc.io_request(0xd000, 0b1111, None);
+    rc.send(&miss).await;
+    assert_eq!(status(&rc.next_completion().await), CplStatus::Ur);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn many_reads_in_flight_complete_by_tag() {
+    let Setup { engine, mut rc, .. } = setup(config()).await;
+    rc.enumerate().await;
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    rc.mem_write(BAR2_ADDRESS, &data).await;
+    let mut expected = std::collections::HashMap::new();
+    for i in 0..48u64 {
+        let request = rc.mem_read_tlp(BAR2_ADDRESS + i * 64, 64);
+        expected.insert(request.tag().unwrap(), i);
+        rc.send(&request).await;
+    }
+    while !expected.is_empty() {
+        let cpl = rc.next_completion().await;
+        let i = expected.remove(&cpl.tag().unwrap()).expect("one completion per tag");
+        assert_eq!(cpl.payload, data[(i * 64) as usize..][..64]);
+    }
+    engine.shutdown().await;
+}

@@ -24,6 +24,8 @@ pub const STEP: Duration = Duration::from_secs(10);
 
 pub const BAR0_SIZE: u64 = 0x1000;
 pub const BAR2_SIZE: u64 = 0x20_0000;
+pub const BAR1_SIZE: u64 = 0x100;
+pub const BAR1_IO_ADDRESS: u32 = 0xc000;
 pub const MSI_CAP: u16 = 0x40;
 pub const MSIX_CAP: u16 = 0x60;
 pub const PCIE_CAP: u16 = 0x70;
@@ -58,6 +60,7 @@ pub struct Device {
     pub config: Vec<u8>,
     pub bar0: Vec<u8>,
     pub bar2: Vec<u8>,
+    pub bar1: Vec<u8>,
     pub accesses: Vec<Access>,
     pub irq_fds: [Vec<Option<OwnedFd>>; 3],
     /// (index, flags, start, count, fds)
@@ -77,6 +80,7 @@ fn config_space() -> Vec<u8> {
     put(&mut c, 0x06, &0x0010u16.to_le_bytes()); // capabilities list
     put(&mut c, 0x0b, &[0x08]); // base class: system peripheral
     put(&mut c, 0x10, &0u32.to_le_bytes()); // BAR0: mem32
+    put(&mut c, 0x14, &1u32.to_le_bytes()); // BAR1: I/O
     put(&mut c, 0x18, &0x0000_000cu32.to_le_bytes()); // BAR2: mem64 prefetchable
     put(&mut c, 0x34, &[MSI_CAP as u8]);
     put(&mut c, 0x3d, &[1]); // INTA
@@ -102,6 +106,7 @@ impl Device {
             config: config_space(),
             bar0: vec![0; BAR0_SIZE as usize],
             bar2: vec![0; BAR2_SIZE as usize],
+            bar1: vec![0; BAR1_SIZE as usize],
             irq_fds: [Vec::new(), Vec::new(), Vec::new()],
             ..Default::default()
         }))
@@ -111,6 +116,7 @@ impl Device {
 fn region_size(index: u32) -> u64 {
     match index {
         0 => BAR0_SIZE,
+        1 => BAR1_SIZE,
         2 => BAR2_SIZE,
         7 => 256,
         _ => 0,
@@ -268,7 +274,9 @@ fn config_write(config: &mut [u8], offset: usize, data: &[u8]) {
     let written = u64::from(read(config, 0x18)) | (u64::from(read(config, 0x1c)) << 32);
     let bar2 = bar_value_after_write(BarKind::Mem64, true, BAR2_SIZE, written);
     config[0x18..0x20].copy_from_slice(&bar2.to_le_bytes());
-    for unimplemented in [0x14usize, 0x20, 0x24, 0x30] {
+    let bar1 = bar_value_after_write(BarKind::Io, false, BAR1_SIZE, u64::from(read(config, 0x14)));
+    config[0x14..0x18].copy_from_slice(&(bar1 as u32).to_le_bytes());
+    for unimplemented in [0x20usize, 0x24, 0x30] {
         config[unimplemented..unimplemented + 4].fill(0);
     }
 }
@@ -286,7 +294,7 @@ async fn region_access(
     let data = view.trailing().to_vec();
     let write = header.command == Command::RegionWrite;
     let (offset, count) = (access.offset as usize, access.count as usize);
-    if !matches!(access.region, 0 | 2 | 7) {
+    if !matches!(access.region, 0 | 1 | 2 | 7) {
         return send_error(main, header, 22).await;
     }
     let mut action = None;
@@ -308,6 +316,7 @@ async fn region_access(
             }
             let backing = match access.region {
                 0 => Some(&mut dev.bar0),
+                1 => Some(&mut dev.bar1),
                 2 => Some(&mut dev.bar2),
                 _ => None,
             };
@@ -688,7 +697,33 @@ impl RootComplex {
         self.cfg_write(0x10, BAR0_ADDRESS as u32).await;
         self.cfg_write(0x18, BAR2_ADDRESS as u32).await;
         self.cfg_write(0x1c, (BAR2_ADDRESS >> 32) as u32).await;
-        self.cfg_write(0x04, 0x0006).await;
+        self.cfg_write(0x14, BAR1_IO_ADDRESS).await;
+        self.cfg_write(0x04, 0x0007).await;
+    }
+
+    /// IORd (`data` None) or IOWr of one DW at `address` with `be`.
+    pub fn io_request(&mut self, address: u32, be: u8, data: Option<[u8; 4]>) -> Tlp {
+        let tag = self.next_tag();
+        Tlp {
+            prefixes: Vec::new(),
+            tc: 0,
+            attr: tlp::Attr::default(),
+            ln: false,
+            th: false,
+            ep: false,
+            at: 0,
+            length: 1,
+            body: Body::Io(tlp::IoRequest {
+                write: data.is_some(),
+                requester: RC_ID,
+                tag,
+                first_be: be,
+                last_be: 0,
+                address,
+            }),
+            payload: data.map(|d| d.to_vec()).unwrap_or_default(),
+            digest: None,
+        }
     }
 
     pub fn mem_read_tlp(&mut self, address: u64, len: u32) -> Tlp {
