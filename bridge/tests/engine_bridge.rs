@@ -381,3 +381,49 @@ async fn many_reads_in_flight_complete_by_tag() {
     }
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_valid_two_dw_byte_enable_pattern_reads_and_writes_only_enabled_bytes() {
+    let Setup { engine, mut rc, device } = setup(config()).await;
+    rc.enumerate().await;
+    let base = BAR0_ADDRESS + 0x40;
+    let mut patterns = 0;
+    for first_be in 0..16u8 {
+        for last_be in 0..16u8 {
+            let mut write = tlp::split::memory_write_tlp(
+                &tlp::split::RequestFields { requester: RC_ID, ..Default::default() },
+                base,
+                &[1, 2, 3, 4, 5, 6, 7, 8],
+                4096,
+            )
+            .unwrap();
+            let mut read = rc.mem_read_tlp(base, 8);
+            for t in [&mut write, &mut read] {
+                if let Body::Memory(m) = &mut t.body {
+                    m.first_be = first_be;
+                    m.last_be = last_be;
+                }
+            }
+            if write.validate(&tlp::Limits::default()).is_err() {
+                continue;
+            }
+            patterns += 1;
+            rc.mem_write(base, &[0xee; 8]).await;
+            rc.send(&write).await;
+            let enabled =
+                |i: usize| if i < 4 { first_be & (1 << i) != 0 } else { last_be & (1 << (i - 4)) != 0 };
+            let expected: Vec<u8> = (0..8).map(|i| if enabled(i) { i as u8 + 1 } else { 0xee }).collect();
+            rc.send(&read).await;
+            let cpl = rc.next_completion().await;
+            let visible: Vec<u8> = (0..8).map(|i| if enabled(i) { expected[i] } else { 0 }).collect();
+            assert_eq!(cpl.payload, visible, "BE {first_be:04b}/{last_be:04b}");
+            assert_eq!(
+                device.lock().unwrap().bar0[0x40..0x48],
+                expected[..],
+                "BE {first_be:04b}/{last_be:04b}"
+            );
+        }
+    }
+    assert_eq!(patterns, 15 * 15, "every First/Last BE pair but 0 is legal for 2 DW");
+    engine.shutdown().await;
+}
