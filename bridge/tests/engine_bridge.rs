@@ -253,8 +253,17 @@ async fn msix_entries_function_mask_and_pba() {
     assert_eq!(rc.host.lock().unwrap().interrupts[0], (MSI_ADDRESS + 0x10, 0x99));
     let (pba, _) = rc.mem_read(BAR0_ADDRESS + MSIX_PBA, 8).await;
     assert_eq!(pba, vec![0; 8]);
+    // A vector masked in its own entry is held until the entry is unmasked.
+    rc.mem_write(BAR0_ADDRESS + MSIX_TABLE + 16, &entry(0x55, true)).await;
+    rc.mem_write(BAR0_ADDRESS + REG_IRQ, &((2u32 << 16) | 1).to_le_bytes()).await;
+    eventually(|| counters.snapshot().interrupts_masked == 2).await;
+    let (pba, _) = rc.mem_read(BAR0_ADDRESS + MSIX_PBA, 8).await;
+    assert_eq!(pba[0], 0b10);
+    rc.mem_write(BAR0_ADDRESS + MSIX_TABLE + 16 + 12, &0u32.to_le_bytes()).await;
+    eventually(|| rc.host.lock().unwrap().interrupts.len() == 2).await;
+    assert_eq!(rc.host.lock().unwrap().interrupts[1], (MSI_ADDRESS + 0x10, 0x55));
     let snap = engine.shutdown().await;
-    assert_eq!(snap.msix_sent, 1);
+    assert_eq!(snap.msix_sent, 2);
 }
 
 #[tokio::test]
@@ -287,8 +296,16 @@ async fn intx_asserts_once_and_deasserts_with_unmask_on_the_next_bar_access() {
             .any(|s| s.0 == 0 && s.1 & transports::vfio_user::wire::irq_set_flags::ACTION_UNMASK != 0)
     })
     .await;
+    // Command.INTx Disable holds a firing pending until it is cleared.
+    rc.cfg_write(0x04, 0x0407).await;
+    rc.mem_write(BAR0_ADDRESS + REG_IRQ, &0u32.to_le_bytes()).await;
+    let counters = engine.counters();
+    eventually(|| counters.snapshot().interrupts_masked == 1).await;
+    assert_eq!(rc.host.lock().unwrap().messages.len(), 2);
+    rc.cfg_write(0x04, 0x0007).await;
+    eventually(|| rc.host.lock().unwrap().messages.len() == 3).await;
     let snap = engine.shutdown().await;
-    assert_eq!(snap.intx_asserted, 1);
+    assert_eq!(snap.intx_asserted, 2);
 }
 
 #[tokio::test]
@@ -323,8 +340,29 @@ async fn malformed_and_poisoned_tlps_are_dropped_and_counted() {
     let mut poisoned = rc.mem_read_tlp(BAR0_ADDRESS, 4);
     poisoned.ep = true;
     rc.send(&poisoned).await;
+    let turn_off = tlp::Tlp {
+        prefixes: Vec::new(),
+        tc: 0,
+        attr: tlp::Attr::default(),
+        ln: false,
+        th: false,
+        ep: false,
+        at: 0,
+        length: 0,
+        body: Body::Message(tlp::Message {
+            routing: tlp::MsgRouting::Broadcast,
+            requester: RC_ID,
+            tag: 0,
+            code: tlp::MessageCode::PME_TURN_OFF,
+            fields: [0; 8],
+        }),
+        payload: Vec::new(),
+        digest: None,
+    };
+    rc.send(&turn_off).await;
     assert_eq!(rc.cfg_read(0).await, 0x1234_1af4);
     let snap = engine.shutdown().await;
+    assert_eq!(snap.messages_received, 1);
     assert_eq!(snap.malformed, 2);
     assert_eq!(snap.poisoned, 1);
 }
