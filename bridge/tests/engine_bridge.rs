@@ -465,3 +465,36 @@ async fn every_valid_two_dw_byte_enable_pattern_reads_and_writes_only_enabled_by
     assert_eq!(patterns, 15 * 15, "every First/Last BE pair but 0 is legal for 2 DW");
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn posted_writes_and_later_reads_pass_a_read_the_server_is_slow_to_answer() {
+    let Setup { engine, mut rc, device } = setup(config()).await;
+    rc.enumerate().await;
+    device.lock().unwrap().slow_reply = Duration::from_millis(300);
+    let slow = rc.mem_read_tlp(BAR0_ADDRESS + REG_SLOW, 4);
+    rc.send(&slow).await;
+    rc.mem_write(BAR2_ADDRESS + 0x100, &[9, 8, 7, 6]).await;
+    let fast = rc.mem_read_tlp(BAR2_ADDRESS + 0x100, 4);
+    rc.send(&fast).await;
+    // The later read completes first, and it sees the write that arrived after the slow read.
+    let first = rc.next_completion().await;
+    assert_eq!(first.tag(), fast.tag());
+    assert_eq!(first.payload, vec![9, 8, 7, 6]);
+    let second = rc.next_completion().await;
+    assert_eq!((second.tag(), status(&second)), (slow.tag(), CplStatus::Sc));
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_answers_requests_already_in_flight() {
+    let Setup { engine, mut rc, device } = setup(config()).await;
+    rc.enumerate().await;
+    device.lock().unwrap().slow_reply = Duration::from_millis(200);
+    let slow = rc.mem_read_tlp(BAR0_ADDRESS + REG_SLOW, 4);
+    rc.send(&slow).await;
+    eventually(|| device.lock().unwrap().accesses.iter().any(|a| a.offset == REG_SLOW)).await;
+    let snap = engine.shutdown().await;
+    let cpl = rc.next_completion().await;
+    assert_eq!((cpl.tag(), status(&cpl)), (slow.tag(), CplStatus::Sc));
+    assert_eq!(snap.sent("CplD"), snap.received("CfgRd0") + snap.received("MRd"));
+}

@@ -40,7 +40,7 @@ pub const REG_DOORBELL: u64 = 0x110;
 pub const REG_DMA_ERRNO: u64 = 0x118;
 /// Write `index << 16 | vector` to fire that eventfd.
 pub const REG_IRQ: u64 = 0x120;
-/// Reading it answers only after `slow_reply`.
+/// Reading it answers only after `slow_reply`; later messages are served meanwhile.
 pub const REG_SLOW: u64 = 0x200;
 /// Reading it fails with EIO.
 pub const REG_ERROR: u64 = 0x208;
@@ -150,6 +150,7 @@ pub fn serve_on(server_end: OwnedFd, device: Arc<Mutex<Device>>) {
 }
 
 async fn serve(main: MessageSocket, device: Arc<Mutex<Device>>) {
+    let main = Arc::new(main);
     let Ok(Some(version)) = main.recv(1 << 26, 16).await else { return };
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let reply = VersionRepr {
@@ -179,7 +180,7 @@ async fn serve(main: MessageSocket, device: Arc<Mutex<Device>>) {
 }
 
 async fn handle(
-    main: &MessageSocket,
+    main: &Arc<MessageSocket>,
     twin: &MessageSocket,
     device: &Arc<Mutex<Device>>,
     message: ReceivedMessage,
@@ -282,7 +283,7 @@ fn config_write(config: &mut [u8], offset: usize, data: &[u8]) {
 }
 
 async fn region_access(
-    main: &MessageSocket,
+    main: &Arc<MessageSocket>,
     twin: &MessageSocket,
     device: &Arc<Mutex<Device>>,
     header: &HeaderRepr,
@@ -353,7 +354,17 @@ async fn region_access(
         }
     };
     if let Some(delay) = slow {
-        tokio::time::sleep(delay).await;
+        // Answered later while the server goes on with the next messages, like a device
+        // that completes reads out of order.
+        let (main, header, reply) = (main.clone(), *header, result.map(|bytes| access.to_bytes_with(&bytes)));
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            match reply {
+                Ok(payload) => send_reply(&main, &header, &payload).await,
+                Err(errno) => send_error(&main, &header, errno).await,
+            }
+        });
+        return;
     }
     if let Some(op) = action {
         doorbell(twin, device, op, next_id).await;
