@@ -52,8 +52,20 @@ async fn enumeration_captures_the_id_and_mmio_of_every_width_reaches_the_bars() 
     rc.mem_write(BAR2_ADDRESS + 0x40, &data).await;
     let (read, cpls) = rc.mem_read(BAR2_ADDRESS + 0x40, 1024).await;
     assert_eq!(read, data);
-    assert_eq!(cpls.len(), 8, "1 KiB at MPS 128 aligned to RCB");
+    // MPS 128, RCB 128: 0x40..0x80, then 128-byte pieces, then 0x400..0x440.
+    assert_eq!(cpls.len(), 9);
     assert!(cpls.iter().all(|c| c.payload.len() <= 128));
+    let ends: Vec<u64> = cpls
+        .iter()
+        .map(|c| match &c.body {
+            Body::Completion(h) => {
+                0x40 + 1024 - u64::from(h.byte_count) + c.payload.len() as u64
+                    - u64::from(h.lower_address & 3)
+            }
+            _ => unreachable!(),
+        })
+        .collect();
+    assert!(ends[..8].iter().all(|end| end % 128 == 0), "{ends:x?}");
     let bar2: Vec<_> = device.lock().unwrap().accesses.iter().filter(|a| a.region == 2).cloned().collect();
     assert_eq!(bar2.last().map(|a| a.count), Some(1024));
     let snap = engine.shutdown().await;

@@ -24,8 +24,8 @@ pub struct RunArgs {
     /// Max_Read_Request_Size to start with, bytes (128..4096).
     #[arg(long, value_name = "N", default_value_t = 512, value_parser = parse_size)]
     mrrs: u16,
-    /// Read Completion Boundary of the bridge's completions, 64 or 128.
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = parse_rcb)]
+    /// Read Completion Boundary of the bridge's completions, 64 or 128 (an endpoint's is 128).
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = parse_rcb)]
     rcb: u16,
     /// Completion timeout for the device's DMA reads on the link's clock, e.g. 50ms.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]

@@ -52,7 +52,9 @@ pub struct EngineConfig {
     pub mps: u16,
     /// Max_Read_Request_Size the bridge starts with (bytes); replaced by Device Control writes.
     pub mrrs: u16,
-    /// Read Completion Boundary for the bridge's completions (64 or 128); replaced by Link Control.
+    /// Read Completion Boundary of the bridge's completions. A completer other than a Root
+    /// Complex has an RCB of 128 bytes (§2.3.1.1); 64 only for a peer that expects it. Link
+    /// Control's RCB bit does not change it: in an endpoint that bit describes the root port.
     pub rcb: u16,
     /// How long a DMA read waits for its completions, on the link's clock (simulated time on a
     /// sim link). `None`: 50 ms.
@@ -91,7 +93,7 @@ impl Default for EngineConfig {
             initial_id: RoutingId::new(0, 0, 0),
             mps: 128,
             mrrs: 512,
-            rcb: 64,
+            rcb: 128,
             completion_timeout: None,
             device_timeout: None,
             ten_bit_tags: false,

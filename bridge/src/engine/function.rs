@@ -406,7 +406,9 @@ impl FunctionState {
     fn update_link_params(&mut self) {
         let mps = self.device_control.max_payload_size();
         let mrrs = self.device_control.max_read_request_size();
-        let rcb = self.link_control.read_completion_boundary();
+        // The completer RCB is the bridge's own (configured); Link Control's RCB bit names the
+        // root port's, which the tag table's reassembly accepts either way (it checks 64).
+        let rcb = self.link.read_completion_boundary();
         if let (Some(mps), Some(mrrs)) = (mps, mrrs) {
             if let Ok(params) = LinkParams::new(mps, mrrs, rcb) {
                 self.link = params;
