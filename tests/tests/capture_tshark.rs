@@ -216,6 +216,29 @@ fn wait_exit(
     }
 }
 
+/// Waits until something listens on 127.0.0.1:`port` (read from /proc/net/tcp: connecting to
+/// find out would use up the bridge's one link connection).
+fn wait_listening(port: u16, what: &std::path::Path) {
+    let local = format!("0100007F:{port:04X}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let listening = table.lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
+        });
+        if listening {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bridge never listened on port {port}:\n{}",
+            std::fs::read_to_string(what).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -269,6 +292,7 @@ fn start_bridge(bin: &std::path::Path, dir: &tlpbridge_tests::TestDir, name: &st
         ],
         &bridge_log,
     );
+    wait_listening(port, &bridge_log);
     Bench { _device: device, bridge, port, capture, bridge_log }
 }
 
