@@ -373,6 +373,13 @@ async fn malformed_and_poisoned_tlps_are_dropped_and_counted() {
     };
     rc.send(&turn_off).await;
     assert_eq!(rc.cfg_read(0).await, 0x1234_1af4);
+    eventually(|| rc.host.lock().unwrap().messages.len() == 1).await;
+    match &rc.host.lock().unwrap().messages[0].body {
+        Body::Message(m) => {
+            assert_eq!((m.code, m.routing), (tlp::MessageCode::PME_TO_ACK, tlp::MsgRouting::Gather))
+        }
+        _ => unreachable!(),
+    }
     let snap = engine.shutdown().await;
     assert_eq!(snap.messages_received, 1);
     assert_eq!(snap.malformed, 2);

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use tlp::config_space::{MsixTableEntry, msix};
 use tlp::split::{RequestFields, memory_write_tlp};
-use tlp::{Body, Message, MessageCode, MsgRouting, Tlp};
+use tlp::{MessageCode, MsgRouting};
 use transports::vfio_user::wire::irq_index;
 use transports::vfio_user::{Client, IrqAction, IrqData};
 
@@ -441,29 +441,11 @@ impl InterruptTask {
             return;
         }
         let base = if assert { MessageCode::ASSERT_INTA.0 } else { MessageCode::DEASSERT_INTA.0 };
-        let tlp = Tlp {
-            prefixes: Vec::new(),
-            tc: 0,
-            attr: tlp::Attr::default(),
-            ln: false,
-            th: false,
-            ep: false,
-            at: 0,
-            length: 0,
-            body: Body::Message(Message {
-                routing: MsgRouting::Local,
-                requester: self.shared.function().id,
-                tag: 0,
-                code: MessageCode(base + pin - 1),
-                fields: [0; 8],
-            }),
-            payload: Vec::new(),
-            digest: None,
-        };
+        let requester = self.shared.function().id;
         self.shared.irq().intx_asserted = assert;
         if assert {
             Counters::inc(&self.shared.counters.intx_asserted);
         }
-        let _ = self.shared.tx.send(&tlp).await;
+        self.shared.send_message(MessageCode(base + pin - 1), MsgRouting::Local, requester).await;
     }
 }

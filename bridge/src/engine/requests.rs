@@ -22,7 +22,7 @@ use tlp::completion::{
     MemoryRead, io_config_read_completion, io_config_write_completion, read_completions,
     unsuccessful_completion,
 };
-use tlp::{Body, CfgType, CplStatus, Limits, MemOp, Tlp};
+use tlp::{Body, CfgType, CplStatus, Limits, MemOp, Message, MessageCode, MsgRouting, Tlp};
 use transports::link::{LinkEvent, LinkInput, LinkInstant};
 use transports::vfio_user::{Client, PendingRegionRead, PendingRegionWrite};
 
@@ -134,6 +134,10 @@ impl LinkReader {
             Body::Message(m) => {
                 Counters::inc(&shared.counters.messages_received);
                 info!(tlp = %tlp, code = m.code.name().unwrap_or("unknown"), "message from the root port");
+                if m.code == MessageCode::PME_TURN_OFF {
+                    // The function has no power state to save: acknowledge at once (§5.3.3.2.1).
+                    shared.send_message(MessageCode::PME_TO_ACK, MsgRouting::Gather, id).await;
+                }
             }
             Body::Config(c) => {
                 if c.cfg_type == CfgType::Type1 || c.target.function() != id.function() {
@@ -577,6 +581,29 @@ impl Shared {
         let start = u64::from(msix.pba_offset);
         let inside = hit.offset >= start && hit.offset + u64::from(len) <= start + msix.pba_len();
         inside.then(|| self.irq().pba_bytes(hit.offset - start, len as usize))
+    }
+
+    /// Sends a message without data (PME_TO_Ack, INTx) from the function.
+    pub(crate) async fn send_message(
+        &self,
+        code: MessageCode,
+        routing: MsgRouting,
+        requester: tlp::RoutingId,
+    ) {
+        let tlp = Tlp {
+            prefixes: Vec::new(),
+            tc: 0,
+            attr: tlp::Attr::default(),
+            ln: false,
+            th: false,
+            ep: false,
+            at: 0,
+            length: 0,
+            body: Body::Message(Message { routing, requester, tag: 0, code, fields: [0; 8] }),
+            payload: Vec::new(),
+            digest: None,
+        };
+        let _ = self.tx.send(&tlp).await;
     }
 
     /// Answers a non-posted request with a failure status (UR, CA, CRS) and counts it.
