@@ -104,6 +104,8 @@ counters! {
     interrupts_masked,
     /// Device resets (FLR, hot reset, link down).
     resets,
+    /// Engine tasks that panicked (a bug: always 0).
+    task_panics,
 }
 
 impl Counters {
@@ -125,6 +127,16 @@ impl Counters {
 
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes how a joined engine task ended: a panic is counted and logged.
+    pub(crate) fn joined(&self, result: Option<Result<(), tokio::task::JoinError>>) {
+        if let Some(Err(e)) = result {
+            if e.is_panic() {
+                Counters::inc(&self.task_panics);
+                tracing::error!(error = %e, "an engine task panicked");
+            }
+        }
     }
 }
 

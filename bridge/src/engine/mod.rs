@@ -308,14 +308,17 @@ impl Engine {
         let grace =
             tokio::time::Instant::now() + self.shared.config.shutdown_grace + self.shared.device_timeout;
         while !self.request_tasks.is_empty() {
-            if tokio::time::timeout_at(grace, self.request_tasks.join_next()).await.is_err() {
-                self.request_tasks.abort_all();
+            match tokio::time::timeout_at(grace, self.request_tasks.join_next()).await {
+                Ok(result) => self.shared.counters.joined(result),
+                Err(_) => self.request_tasks.abort_all(),
             }
         }
         self.shared.tags.abort_all(self.shared.clock.now());
         self.client.close().await;
         self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
+        while let Some(result) = self.tasks.join_next().await {
+            self.shared.counters.joined(Some(result));
+        }
         let snapshot = self.shared.counters.snapshot();
         info!(counters = %snapshot, "bridge stopped");
         drop(self.link);

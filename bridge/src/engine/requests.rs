@@ -254,7 +254,10 @@ pub async fn non_posted_dispatcher(
     loop {
         let request = tokio::select! {
             request = queue.recv() => match request { Some(r) => r, None => break },
-            Some(_) = completions.join_next(), if !completions.is_empty() => continue,
+            Some(done) = completions.join_next(), if !completions.is_empty() => {
+                shared.counters.joined(Some(done));
+                continue;
+            }
         };
         // A read must not pass an earlier posted write.
         if posted_done.wait_for(|done| *done >= request.posted_before).await.is_err() {
@@ -265,9 +268,12 @@ pub async fn non_posted_dispatcher(
     }
     let grace = Instant::now() + shared.config.shutdown_grace;
     while !completions.is_empty() {
-        if timeout_at(grace, completions.join_next()).await.is_err() {
-            completions.abort_all();
-            break;
+        match timeout_at(grace, completions.join_next()).await {
+            Ok(done) => shared.counters.joined(done),
+            Err(_) => {
+                completions.abort_all();
+                break;
+            }
         }
     }
 }
