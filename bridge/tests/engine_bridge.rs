@@ -103,7 +103,7 @@ async fn non_contiguous_byte_enables_touch_only_enabled_bytes() {
 async fn misses_type1_and_other_functions_get_ur_posted_misses_are_dropped() {
     let Setup { engine, mut rc, .. } = setup(config()).await;
     // Memory space not enabled yet: a read is a miss.
-    let (request, _) = (rc.mem_read_tlp(BAR0_ADDRESS, 4), ());
+    let request = rc.mem_read_tlp(BAR0_ADDRESS, 4);
     rc.send(&request).await;
     assert_eq!(status(&rc.next_completion().await), CplStatus::Ur);
     rc.enumerate().await;

@@ -528,7 +528,7 @@ async fn host_task(
                     h.policy
                 };
                 match policy {
-                    ReadPolicy::InOrder => answer(&rp, &host, &tlp, link, None).await,
+                    ReadPolicy::InOrder => answer(&rp, &host, &tlp, link).await,
                     ReadPolicy::Ur => {
                         let cpl = unsuccessful_completion(&tlp, RC_ID, CplStatus::Ur).unwrap();
                         rp.send_tlp(cpl.to_bytes()).await.unwrap();
@@ -587,7 +587,7 @@ fn completions_for(host: &Arc<Mutex<Host>>, request: &Tlp, link: LinkParams) -> 
     read_completions(&read, RC_ID, &data, &link).unwrap().collect()
 }
 
-async fn answer(rp: &RootPortEnd, host: &Arc<Mutex<Host>>, request: &Tlp, link: LinkParams, _: Option<()>) {
+async fn answer(rp: &RootPortEnd, host: &Arc<Mutex<Host>>, request: &Tlp, link: LinkParams) {
     for cpl in completions_for(host, request, link) {
         rp.send_tlp(cpl.to_bytes()).await.unwrap();
     }
