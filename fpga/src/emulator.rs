@@ -143,12 +143,16 @@ pub struct FpgaPort {
     pub events: Vec<LinkEvent>,
     status: watch::Receiver<LinkStatus>,
     faults: Arc<FaultCounters>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
+    /// A link whose tasks this port keeps alive (NetTLP).
+    _link: Option<transports::link::Link>,
 }
 
 impl Drop for FpgaPort {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -281,7 +285,32 @@ pub fn start_fpga_side(device: Device, config: &EmulatorConfig) -> FpgaPort {
         events: Vec::new(),
         status,
         faults,
-        task,
+        task: Some(task),
+        _link: None,
+    }
+}
+
+/// The FPGA side over an already open link (the NetTLP emulator: the same UDP link the bridge
+/// uses, pointed the other way). No faults are injected.
+pub fn fpga_side_over_link(
+    mut link: transports::link::Link,
+    status: watch::Receiver<LinkStatus>,
+    config: &EmulatorConfig,
+) -> FpgaPort {
+    let (_closed, placeholder) = mpsc::channel(1);
+    let rx = std::mem::replace(&mut link.rx, placeholder);
+    FpgaPort {
+        rx,
+        tx: link.tx.clone(),
+        start: Instant::now(),
+        ps_per_cycle: config.rc.ps_per_cycle,
+        send_timeout: config.send_timeout,
+        arrived: VecDeque::new(),
+        events: Vec::new(),
+        status,
+        faults: Arc::new(FaultCounters::default()),
+        task: None,
+        _link: Some(link),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Command-line front end: one module per subcommand.
 
 mod demo_cmd;
+mod fpga_cmd;
 mod pcap_cmd;
 mod probe_cmd;
 mod run_cmd;
@@ -39,6 +40,8 @@ enum Command {
     Pcap(pcap_cmd::PcapArgs),
     /// Co-simulation tools: the sample vfio-user device and the reference root complex.
     Sim(sim_cmd::SimArgs),
+    /// FPGA link tools: the FPGA emulator (docs/fpga-link.md).
+    Fpga(fpga_cmd::FpgaArgs),
 }
 
 impl Cli {
@@ -49,6 +52,7 @@ impl Cli {
             Command::Probe(args) => probe_cmd::run(args),
             Command::Demo(args) => demo_cmd::run(args),
             Command::Sim(args) => sim_cmd::run(args),
+            Command::Fpga(args) => fpga_cmd::run(args),
             Command::Pcap(args) => pcap_cmd::run(args),
         }
     }

@@ -1,0 +1,177 @@
+//! The bridge behind an emulated FPGA over a pty serial link: the engine, the sample DMA card
+//! (`docs/sample-device.md`) and the reference root complex hosted by the FPGA emulator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bridge::engine::{Engine, EngineConfig, ServerEndpoint};
+use fpga::dll::DllConfig;
+use fpga::emulator::{EmulatorConfig, EmulatorReport, FpgaPort, PtyPort, run_rc, start_fpga_side};
+use fpga::faults::FaultConfig;
+use fpga::{LinkStatus, Spec};
+use sim::device::{DmaEngine, DmaEngineConfig, ServerConfig};
+use sim::rc::Script;
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Posted writes of distinct values to BAR2 (the card's RAM), then every one read back: a lost,
+/// duplicated or reordered write changes a value read back.
+fn posted_writes_then_readback(count: u32) -> String {
+    let mut s = String::new();
+    for i in 0..count {
+        s += &format!("write32 bar2+{:#x} {:#x}\n", i * 4, 0x5a00_0000 + i * 0x0101);
+    }
+    // A later write to the same address must win.
+    s += "write32 bar2+0x0 0x11111111\nwrite32 bar2+0x0 0x22222222\n";
+    for i in 1..count {
+        s += &format!("read32 bar2+{:#x} expect {:#x}\n", i * 4, 0x5a00_0000 + i * 0x0101);
+    }
+    s += "read32 bar2+0x0 expect 0x22222222\n";
+    s
+}
+
+/// Enumeration, MMIO, a 4 KiB DMA copy through host memory, and its MSI.
+fn workload(writes: u32) -> String {
+    format!(
+        "enumerate
+expect-id 1234:7e57
+read32 bar0 expect 0xd3a00001
+write64 bar0+0x30 0x0123456789abcdef
+read64 bar0+0x30 expect 0x0123456789abcdef
+{}enable-msi
+fill host 0x10000 4096 pattern inc
+write32 bar0+0x08 0x10000
+write32 bar0+0x0c 0
+write32 bar0+0x10 0x30000
+write32 bar0+0x14 0
+write32 bar0+0x18 4096
+write32 bar0+0x24 0x3
+write32 bar0+0x1c 1
+wait-irq msi 0 timeout 5s
+check host 0x30000 4096 equals host 0x10000
+read32 bar0+0x20 expect 0x2
+read32 bar0+0x28 expect 1
+",
+        posted_writes_then_readback(writes)
+    )
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("tlpbridge-fpga-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Bench {
+    engine: Engine,
+    bridge_status: watch::Receiver<LinkStatus>,
+    _dir: TempDir,
+    _pty: PtyPort,
+    fpga: Option<FpgaPort>,
+}
+
+async fn start(config: &EmulatorConfig, link_options: &str, engine_config: EngineConfig) -> Bench {
+    let dir = TempDir::new();
+    let socket = dir.path().join("card.sock");
+    let card = Arc::new(
+        DmaEngine::new(DmaEngineConfig { msi_vectors: 4, msix_vectors: 8, max_length: 1 << 20 }).unwrap(),
+    );
+    let serve_path = socket.clone();
+    tokio::spawn(async move {
+        let _ = sim::device::serve(&serve_path, card, ServerConfig::default(), std::future::pending()).await;
+    });
+    let mut pty = PtyPort::open(Some(&dir.path().join("ttyFPGA"))).unwrap();
+    let fpga = start_fpga_side(pty.take_device().unwrap(), config);
+    let spec = Spec::parse(&format!("{}{link_options}", pty.link_spec())).unwrap();
+    let (link, bridge_status) = fpga::open_monitored(spec).await.unwrap();
+    let engine = Engine::start(link, ServerEndpoint::Path(socket), engine_config).await.unwrap();
+    Bench { engine, bridge_status, _dir: dir, _pty: pty, fpga: Some(fpga) }
+}
+
+async fn run(bench: &mut Bench, config: &EmulatorConfig, script: &str) -> EmulatorReport {
+    let script = Script::parse("fpga-test.rcs", script).unwrap();
+    let fpga = bench.fpga.take().unwrap();
+    let (report, fpga) = tokio::time::timeout(Duration::from_secs(120), run_rc(fpga, config, &script, WAIT))
+        .await
+        .expect("the workload finishes")
+        .unwrap();
+    bench.fpga = Some(fpga);
+    report
+}
+
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        // Wall-clock link with replays: give DMA reads and the card time to answer.
+        completion_timeout: Some(Duration::from_secs(5)),
+        device_timeout: Some(Duration::from_secs(5)),
+        ..EngineConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enumeration_mmio_dma_and_msi_over_a_clean_serial_link() {
+    let config = EmulatorConfig::default();
+    let mut bench = start(&config, "?baud=3000000", engine_config()).await;
+    let report = run(&mut bench, &config, &workload(64)).await;
+    assert!(report.rc.passed, "{report}");
+    assert_eq!(report.link.stats.bad_frames, 0);
+    assert_eq!(report.link.stats.retransmissions, 0);
+    assert!(report.rc.dma_read_bytes >= 4096 && report.rc.dma_write_bytes >= 4096, "{report}");
+    let bridge = bench.bridge_status.borrow().stats;
+    assert_eq!(bridge.overruns, 0);
+    bench.engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bit_errors_and_dropped_frames_lose_and_duplicate_nothing() {
+    let mut dll = DllConfig::new(8);
+    dll.replay_timeout = Duration::from_millis(50);
+    let config = EmulatorConfig {
+        dll,
+        faults: FaultConfig {
+            bit_error_rate: 1e-4,
+            drop_frame_rate: 0.01,
+            seed: 7,
+            ..FaultConfig::default()
+        },
+        ..EmulatorConfig::default()
+    };
+    let mut bench = start(&config, "?replay-ms=50", engine_config()).await;
+    let report = run(&mut bench, &config, &workload(256)).await;
+    assert!(report.rc.passed, "{report}");
+    assert!(report.faults.bits_flipped > 0 && report.faults.frames_dropped > 0, "{report}");
+    let bridge = bench.bridge_status.borrow().stats;
+    assert!(report.link.stats.retransmissions + bridge.retransmissions > 0, "{report}");
+    assert_eq!(bridge.links_down, 0);
+    bench.engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credit_starved_fpga_is_never_overrun_by_dma() {
+    let config = EmulatorConfig { dll: DllConfig::new(1), ..EmulatorConfig::default() };
+    let mut bench = start(&config, "", engine_config()).await;
+    // The copy's 4 KiB of MWr at MPS 128 is 32 TLPs in a burst towards a 1-frame buffer.
+    let report = run(&mut bench, &config, &workload(16)).await;
+    assert!(report.rc.passed, "{report}");
+    assert_eq!(report.link.stats.overruns, 0);
+    assert!(bench.bridge_status.borrow().stats.credit_stalls > 0);
+    bench.engine.shutdown().await;
+}
