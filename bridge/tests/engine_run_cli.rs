@@ -29,9 +29,9 @@ fn a_link_kind_not_in_this_build_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("server.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    let (code, stderr) = run(&["--server", socket.to_str().unwrap(), "--link", "nettlp://10.0.0.1"]);
+    let (code, stderr) = run(&["--server", socket.to_str().unwrap(), "--link", "udp://10.0.0.1:9"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("link kind `nettlp` is not available in this build"), "{stderr}");
+    assert!(stderr.contains("link kind `udp` is not available in this build"), "{stderr}");
 }
 
 #[test]

@@ -73,6 +73,17 @@ fn open_sim(spec: &LinkSpec) -> OpenFuture {
     })
 }
 
+/// `serial`, `stream` and `nettlp`: links to FPGA root ports (`fpga`, docs/fpga-link.md).
+fn open_fpga(spec: &LinkSpec) -> OpenFuture {
+    let spec = spec.clone();
+    Box::pin(async move {
+        let link_open =
+            |e: fpga::Error| BridgeError::LinkOpen { spec: spec.to_string(), reason: e.to_string() };
+        let parsed = fpga::Spec::from_parts(&spec.kind, &spec.address).map_err(link_open)?;
+        fpga::open_monitored(parsed).await.map(|(link, _status)| link).map_err(link_open)
+    })
+}
+
 /// The link kinds a build can open.
 #[derive(Clone, Default)]
 pub struct LinkRegistry {
@@ -92,6 +103,21 @@ impl LinkRegistry {
             name: "sim-listen",
             address_help: "HOST:PORT[?OPTIONS]: listen there for the co-simulator to connect (docs/sim-protocol.md)",
             open: open_sim,
+        });
+        registry.register(LinkKind {
+            name: "serial",
+            address_help: "PATH[?baud=N&parity=…&flow=…]: a serial port to an FPGA root port (docs/fpga-link.md)",
+            open: open_fpga,
+        });
+        registry.register(LinkKind {
+            name: "stream",
+            address_help: "RX_PATH,TX_PATH: stream device files to an FPGA root port, e.g. XDMA (docs/fpga-link.md)",
+            open: open_fpga,
+        });
+        registry.register(LinkKind {
+            name: "nettlp",
+            address_help: "REMOTE_IPV4[?local=…&port-base=…]: a NetTLP adapter over UDP (docs/fpga-link.md)",
+            open: open_fpga,
         });
         registry
     }
@@ -142,7 +168,7 @@ mod tests {
     async fn sim_kinds_are_registered_and_report_open_errors() {
         let registry = LinkRegistry::builtin();
         let names: Vec<_> = registry.kinds().iter().map(|k| k.name).collect();
-        assert_eq!(names, vec!["sim", "sim-listen"]);
+        assert_eq!(names, vec!["sim", "sim-listen", "serial", "stream", "nettlp"]);
         let err = registry.open(&"sim://127.0.0.1:1?mode=bogus".parse().unwrap()).await.unwrap_err();
         assert!(matches!(err, BridgeError::LinkOpen { .. }), "{err}");
     }
@@ -160,10 +186,16 @@ mod tests {
     #[tokio::test]
     async fn registry_opens_registered_kinds_and_names_missing_ones() {
         let mut registry = LinkRegistry::builtin();
-        let err = registry.open(&"serial:///dev/ttyUSB0".parse().unwrap()).await.unwrap_err();
+        let err = registry.open(&"udp://127.0.0.1:9".parse().unwrap()).await.unwrap_err();
         assert_eq!(
             err.to_string(),
-            "link kind `serial` is not available in this build (available: sim, sim-listen)"
+            "link kind `udp` is not available in this build (available: sim, sim-listen, serial, stream, nettlp)"
+        );
+        let err =
+            registry.open(&"serial:///nonexistent/ttyUSB9?baud=9600".parse().unwrap()).await.unwrap_err();
+        assert!(
+            matches!(err, BridgeError::LinkOpen { .. }) && err.to_string().contains("/nonexistent/ttyUSB9"),
+            "{err}"
         );
         let err = registry.open(&"bogus://x".parse().unwrap()).await.unwrap_err();
         assert!(err.to_string().contains("unknown link kind `bogus`"));
