@@ -1,5 +1,6 @@
 //! Command-line front end: one module per subcommand.
 
+mod bench_cmd;
 mod demo_cmd;
 mod fpga_cmd;
 mod pcap_cmd;
@@ -42,6 +43,8 @@ enum Command {
     Sim(sim_cmd::SimArgs),
     /// FPGA link tools: the FPGA emulator (docs/fpga-link.md).
     Fpga(fpga_cmd::FpgaArgs),
+    /// Measure the bridge against same-run socket baselines (docs/performance.md).
+    Bench(bench_cmd::BenchArgs),
 }
 
 impl Cli {
@@ -54,6 +57,7 @@ impl Cli {
             Command::Sim(args) => sim_cmd::run(args),
             Command::Fpga(args) => fpga_cmd::run(args),
             Command::Pcap(args) => pcap_cmd::run(args),
+            Command::Bench(args) => bench_cmd::run(args),
         }
     }
 }

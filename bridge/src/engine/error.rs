@@ -47,6 +47,10 @@ pub enum BridgeError {
     /// Setting up interrupt eventfds failed.
     #[error("interrupt setup failed: {0}")]
     Interrupts(String),
+
+    /// A step of `tlpbridge bench` failed.
+    #[error("benchmark step `{step}` failed: {reason}")]
+    Bench { step: String, reason: String },
 }
 
 /// Result alias for the bridge crate.

@@ -1,0 +1,511 @@
+//! `tlpbridge bench`: the bridge's performance, each figure next to a baseline measured in the
+//! same run (docs/performance.md, "End-to-end benchmark").
+//!
+//! Everything runs in one process on one tokio runtime: the sample device (vfio-user server on
+//! a UNIX socket), the engine on a sim link (TCP over 127.0.0.1), and the load generator on the
+//! simulator end of that link ([`rig`]). The baselines ([`floor`]) use the same layout with the
+//! bridge replaced by a byte relay between the two sockets. Bridge and baseline blocks alternate,
+//! so that drift of a shared machine hits both alike.
+
+pub mod floor;
+pub mod rig;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::capture::{Capture, CaptureConfig};
+use crate::engine::{BridgeError, EngineConfig};
+use floor::{Floor, Initiator, Requester};
+use rig::{BAR0, BAR2, REG_SCRATCH, Rig, SEQUENCE_PORT, bench_error};
+
+/// How much to measure.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BenchOptions {
+    /// CI-sized run: fewer samples and smaller transfers (seconds instead of about a minute).
+    pub quick: bool,
+}
+
+/// One line of the table.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    pub section: &'static str,
+    pub name: String,
+    pub value: f64,
+    pub unit: &'static str,
+    /// The same-run baseline in the same unit, if the figure has one.
+    pub baseline: Option<f64>,
+    /// `value / baseline`.
+    pub ratio: Option<f64>,
+    /// The target on the ratio, e.g. `<= 1.30`.
+    pub target: Option<String>,
+    pub met: Option<bool>,
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub quick: bool,
+    pub rows: Vec<BenchRow>,
+    /// Checks and remarks (order of posted writes, RSS samples, what was varied).
+    pub notes: Vec<String>,
+}
+
+impl BenchReport {
+    fn row(&mut self, section: &'static str, name: String, value: f64, unit: &'static str) {
+        self.rows.push(BenchRow {
+            section,
+            name,
+            value,
+            unit,
+            baseline: None,
+            ratio: None,
+            target: None,
+            met: None,
+        });
+    }
+
+    fn compared(
+        &mut self,
+        section: &'static str,
+        name: String,
+        (value, baseline): (f64, f64),
+        unit: &'static str,
+        target: Option<Target>,
+    ) {
+        let ratio = if baseline > 0.0 { value / baseline } else { f64::NAN };
+        self.rows.push(BenchRow {
+            section,
+            name,
+            value,
+            unit,
+            baseline: Some(baseline),
+            ratio: Some(ratio),
+            target: target.map(Target::label),
+            met: target.map(|t| t.met(ratio)),
+        });
+    }
+
+    /// The table as Markdown.
+    pub fn render_table(&self) -> String {
+        let mut out = String::new();
+        out.push_str("| section | figure | value | baseline | ratio | target |\n");
+        out.push_str("|---|---|---:|---:|---:|---|\n");
+        for row in &self.rows {
+            let baseline = row.baseline.map(|b| format!("{} {}", number(b), row.unit)).unwrap_or_default();
+            let ratio = row.ratio.map(|r| format!("{r:.2}")).unwrap_or_default();
+            let target = match (&row.target, row.met) {
+                (Some(t), Some(true)) => format!("{t} met"),
+                (Some(t), _) => format!("{t} NOT met"),
+                _ => String::new(),
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} {} | {} | {} | {} |\n",
+                row.section,
+                row.name,
+                number(row.value),
+                row.unit,
+                baseline,
+                ratio,
+                target
+            ));
+        }
+        for note in &self.notes {
+            out.push_str(&format!("\n- {note}"));
+        }
+        out.push('\n');
+        out
+    }
+}
+
+/// A target on a ratio.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+impl Target {
+    fn label(self) -> String {
+        match self {
+            Target::AtMost(r) => format!("<= {r:.2}"),
+            Target::AtLeast(r) => format!(">= {r:.2}"),
+        }
+    }
+
+    fn met(self, ratio: f64) -> bool {
+        match self {
+            Target::AtMost(r) => ratio <= r,
+            Target::AtLeast(r) => ratio >= r,
+        }
+    }
+}
+
+fn number(v: f64) -> String {
+    if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") }
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort_unstable();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples.get(index).map(|d| d.as_secs_f64() * 1e6).unwrap_or(f64::NAN)
+}
+
+/// Resident set size of this process (`VmRSS`) and its peak (`VmHWM`), in KiB.
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+struct Sizes {
+    rounds: usize,
+    reads_per_round: usize,
+    writes_per_round: usize,
+    dma_bytes_per_size: usize,
+    scaling_len: u32,
+    scaling_copies: usize,
+    soak_copies: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                rounds: 3,
+                reads_per_round: 300,
+                writes_per_round: 2_000,
+                dma_bytes_per_size: 1 << 20,
+                scaling_len: 256 << 10,
+                scaling_copies: 2,
+                soak_copies: 10,
+            }
+        } else {
+            Sizes {
+                rounds: 5,
+                reads_per_round: 2_000,
+                writes_per_round: 20_000,
+                dma_bytes_per_size: 16 << 20,
+                scaling_len: 1 << 20,
+                scaling_copies: 6,
+                soak_copies: 200,
+            }
+        }
+    }
+}
+
+/// Runs every measurement; needs a multi-threaded tokio runtime.
+pub async fn run(options: BenchOptions) -> Result<BenchReport, BridgeError> {
+    let sizes = Sizes::new(options.quick);
+    let mut report = BenchReport { quick: options.quick, rows: Vec::new(), notes: Vec::new() };
+    let (rss_before, _) = rss_kib();
+
+    let mut rig = Rig::start(bench_engine_config(), "main").await?;
+    mmio(&mut rig, &sizes, &mut report).await?;
+    dma(&mut rig, &sizes, &mut report).await?;
+    capture(&mut rig, &sizes, &mut report).await?;
+    let counters = rig.stop().await;
+    if counters.device_timeouts + counters.completion_timeouts + counters.malformed != 0 {
+        return Err(bench_error("checking the bridge's counters", format!("errors counted: {counters}")));
+    }
+    scaling(&sizes, &mut report).await?;
+    memory(&sizes, rss_before, &mut report).await?;
+    report.notes.push(
+        "Serial-link framing over a pty: see the FPGA link section of docs/performance.md (fpga crate's own benchmark)."
+            .into(),
+    );
+    Ok(report)
+}
+
+fn bench_engine_config() -> EngineConfig {
+    EngineConfig { device_timeout: Some(Duration::from_secs(10)), ..EngineConfig::default() }
+}
+
+/// MMIO read latency and posted write rate against the socket floor.
+async fn mmio(rig: &mut Rig, sizes: &Sizes, report: &mut BenchReport) -> Result<(), BridgeError> {
+    let (mut bridge_lat, mut floor_lat) = (Vec::new(), Vec::new());
+    let (mut bridge_rate, mut floor_rate) = (Vec::new(), Vec::new());
+    let floor = Floor::start(Initiator::Host).await?;
+    let mut host = floor.host.ok_or_else(|| bench_error("socket floor", "no host stream"))?;
+    let mut requester = Requester::default();
+    let mut sequence = 0u32;
+    // Warm-up of both paths.
+    for _ in 0..50 {
+        rig.port.mem_read(BAR0 + REG_SCRATCH, 4).await?;
+        requester.read(&mut host, 4).await?;
+    }
+    for _ in 0..sizes.rounds {
+        for _ in 0..sizes.reads_per_round {
+            let start = Instant::now();
+            rig.port.mem_read(BAR0 + REG_SCRATCH, 4).await?;
+            bridge_lat.push(start.elapsed());
+        }
+        for _ in 0..sizes.reads_per_round {
+            let start = Instant::now();
+            requester.read(&mut host, 4).await?;
+            floor_lat.push(start.elapsed());
+        }
+        let start = Instant::now();
+        for _ in 0..sizes.writes_per_round {
+            rig.port.mem_write(BAR2 + SEQUENCE_PORT, &sequence.to_le_bytes()).await?;
+            sequence = sequence.wrapping_add(1);
+        }
+        // A read after the writes completes only once every write has reached the device.
+        rig.port.mem_read(BAR0 + REG_SCRATCH, 4).await?;
+        bridge_rate.push(sizes.writes_per_round as f64 / start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        for _ in 0..sizes.writes_per_round {
+            requester.post(&mut host, 4).await?;
+        }
+        requester.read(&mut host, 4).await?;
+        floor_rate.push(sizes.writes_per_round as f64 / start.elapsed().as_secs_f64());
+    }
+    drop(host);
+    let (received, out_of_order) = rig.card.sequence();
+    let sent = (sizes.rounds * sizes.writes_per_round) as u64;
+    if received != sent || out_of_order != 0 {
+        return Err(bench_error(
+            "posted MWr order check",
+            format!("the device saw {received} of {sent} writes, {out_of_order} out of order"),
+        ));
+    }
+    report.notes.push(format!(
+        "posted MWr: the device received all {sent} sequence-numbered writes, none lost, none out of order"
+    ));
+    let samples = bridge_lat.len();
+    report.compared(
+        "MMIO",
+        format!("MRd 4 B latency p50 ({samples} samples)"),
+        (percentile(&mut bridge_lat, 0.5), percentile(&mut floor_lat, 0.5)),
+        "µs",
+        Some(Target::AtMost(1.3)),
+    );
+    report.compared(
+        "MMIO",
+        "MRd 4 B latency p99".into(),
+        (percentile(&mut bridge_lat, 0.99), percentile(&mut floor_lat, 0.99)),
+        "µs",
+        None,
+    );
+    report.compared(
+        "MMIO",
+        format!("posted MWr 4 B rate (median of {})", sizes.rounds),
+        (median(bridge_rate), median(floor_rate)),
+        "/s",
+        None,
+    );
+    Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+const DMA_SIZES: [u32; 4] = [64, 4 << 10, 64 << 10, 1 << 20];
+const SRC: u64 = 0;
+const DST: u64 = 2 << 20;
+
+/// DMA read and write throughput per transfer size against raw socket transfers.
+async fn dma(rig: &mut Rig, sizes: &Sizes, report: &mut BenchReport) -> Result<(), BridgeError> {
+    rig.port.fill_host(SRC as usize, 1 << 20);
+    let floor = Floor::start(Initiator::Device).await?;
+    let mut device = floor.device.ok_or_else(|| bench_error("socket floor", "no device stream"))?;
+    let mut requester = Requester::default();
+    for len in DMA_SIZES {
+        let copies = (sizes.dma_bytes_per_size / len as usize).clamp(4, 400);
+        let per_round = copies.div_ceil(sizes.rounds);
+        let (mut read, mut write, mut floor_read, mut floor_write) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        rig.port.copy(SRC, DST, len).await?;
+        if rig.port.host(SRC as usize, len as usize) != rig.port.host(DST as usize, len as usize) {
+            return Err(bench_error(
+                "DMA copy check",
+                format!("the {len}-byte copy differs from its source"),
+            ));
+        }
+        for _ in 0..sizes.rounds {
+            for _ in 0..per_round {
+                let timing = rig.port.copy(SRC, DST, len).await?;
+                read += timing.read;
+                write += timing.write;
+            }
+            for _ in 0..per_round {
+                let start = Instant::now();
+                requester.read(&mut device, len as usize).await?;
+                floor_read += start.elapsed();
+                let start = Instant::now();
+                requester.write(&mut device, len as usize).await?;
+                floor_write += start.elapsed();
+            }
+        }
+        let bytes = (per_round * sizes.rounds) as f64 * f64::from(len);
+        let mib_s = |d: Duration| bytes / d.as_secs_f64() / f64::from(1u32 << 20);
+        let target = if len >= 64 << 10 { Some(Target::AtLeast(0.6)) } else { None };
+        report.compared(
+            "DMA",
+            format!("read {}", size_name(len)),
+            (mib_s(read), mib_s(floor_read)),
+            "MiB/s",
+            target,
+        );
+        report.compared(
+            "DMA",
+            format!("write {}", size_name(len)),
+            (mib_s(write), mib_s(floor_write)),
+            "MiB/s",
+            target,
+        );
+    }
+    Ok(())
+}
+
+fn size_name(len: u32) -> String {
+    match len {
+        l if l >= 1 << 20 => format!("{} MiB", l >> 20),
+        l if l >= 1 << 10 => format!("{} KiB", l >> 10),
+        l => format!("{l} B"),
+    }
+}
+
+/// DMA read throughput with 1..256 MRds outstanding per DMA (`max_reads_per_dma`).
+async fn scaling(sizes: &Sizes, report: &mut BenchReport) -> Result<(), BridgeError> {
+    let mut first = None;
+    for tags in [1usize, 4, 16, 64, 256] {
+        let config = EngineConfig { max_reads_per_dma: tags, ..bench_engine_config() };
+        let mut rig = Rig::start(config, &format!("tags{tags}")).await?;
+        rig.port.fill_host(SRC as usize, sizes.scaling_len as usize);
+        rig.port.copy(SRC, DST, sizes.scaling_len).await?;
+        let mut read = Duration::ZERO;
+        for _ in 0..sizes.scaling_copies {
+            read += rig.port.copy(SRC, DST, sizes.scaling_len).await?.read;
+        }
+        rig.stop().await;
+        let mib_s =
+            sizes.scaling_copies as f64 * f64::from(sizes.scaling_len) / read.as_secs_f64() / 1048576.0;
+        let base = *first.get_or_insert(mib_s);
+        report.compared(
+            "tags",
+            format!("DMA read {}, {tags} MRd outstanding", size_name(sizes.scaling_len)),
+            (mib_s, base),
+            "MiB/s",
+            None,
+        );
+    }
+    report.notes.push(
+        "tag scaling varies EngineConfig::max_reads_per_dma (MRRS 512 B, 8-bit tags); the baseline is the 1-tag figure"
+            .into(),
+    );
+    Ok(())
+}
+
+/// Capture on vs off: the same workloads on a second rig that records to a pcapng file.
+async fn capture(rig: &mut Rig, sizes: &Sizes, report: &mut BenchReport) -> Result<(), BridgeError> {
+    let path = std::env::temp_dir().join(format!("tlpbridge-bench-{}.pcapng", std::process::id()));
+    let (handle, writer) = Capture::create(&path, CaptureConfig::default())
+        .map_err(|e| bench_error("creating the capture", e))?;
+    let config = EngineConfig { capture: Some(handle.clone()), ..bench_engine_config() };
+    let mut on = Rig::start(config, "capture").await?;
+    on.port.fill_host(SRC as usize, 64 << 10);
+    let mut lat = (Vec::new(), Vec::new());
+    let mut rate = (Vec::new(), Vec::new());
+    let mut dma = (Duration::ZERO, Duration::ZERO);
+    let copies = (sizes.dma_bytes_per_size >> 16).clamp(2, 64).div_ceil(sizes.rounds);
+    for _ in 0..sizes.rounds {
+        for (port, lat, rate, dma) in [
+            (&mut rig.port, &mut lat.0, &mut rate.0, &mut dma.0),
+            (&mut on.port, &mut lat.1, &mut rate.1, &mut dma.1),
+        ] {
+            for _ in 0..sizes.reads_per_round {
+                let start = Instant::now();
+                port.mem_read(BAR0 + REG_SCRATCH, 4).await?;
+                lat.push(start.elapsed());
+            }
+            let start = Instant::now();
+            for i in 0..sizes.writes_per_round {
+                port.mem_write(BAR0 + REG_SCRATCH, &(i as u32).to_le_bytes()).await?;
+            }
+            port.mem_read(BAR0 + REG_SCRATCH, 4).await?;
+            rate.push(sizes.writes_per_round as f64 / start.elapsed().as_secs_f64());
+            for _ in 0..copies {
+                let t = port.copy(SRC, DST, 64 << 10).await?;
+                *dma += t.read + t.write;
+            }
+        }
+    }
+    on.stop().await;
+    drop(handle);
+    let summary = writer.finish().map_err(|e| bench_error("finishing the capture", e))?;
+    let _ = std::fs::remove_file(&path);
+    let within = Some(Target::AtMost(1.1));
+    let within_rate = Some(Target::AtLeast(0.9));
+    report.compared(
+        "capture",
+        "MRd latency p50, on (baseline: off)".into(),
+        (percentile(&mut lat.1, 0.5), percentile(&mut lat.0, 0.5)),
+        "µs",
+        within,
+    );
+    report.compared(
+        "capture",
+        "posted MWr rate, on (baseline: off)".into(),
+        (median(rate.1), median(rate.0)),
+        "/s",
+        within_rate,
+    );
+    report.compared(
+        "capture",
+        "DMA copy 64 KiB time, on (baseline: off)".into(),
+        (dma.1.as_secs_f64() * 1e3, dma.0.as_secs_f64() * 1e3),
+        "ms",
+        within,
+    );
+    report.notes.push(format!(
+        "capture: {} TLP records written, {} dropped",
+        summary.tlp_records,
+        summary.dropped()
+    ));
+    Ok(())
+}
+
+/// Peak RSS under the heaviest load (1 MiB copies, 256 MRds outstanding) and its growth over a
+/// long run of them.
+async fn memory(sizes: &Sizes, rss_before: u64, report: &mut BenchReport) -> Result<(), BridgeError> {
+    let config = EngineConfig { max_reads_per_dma: 256, ..bench_engine_config() };
+    let mut rig = Rig::start(config, "soak").await?;
+    rig.port.fill_host(SRC as usize, 1 << 20);
+    let warm = sizes.soak_copies / 10 + 1;
+    for _ in 0..warm {
+        rig.port.copy(SRC, DST, 1 << 20).await?;
+    }
+    let (rss_warm, _) = rss_kib();
+    for _ in warm..sizes.soak_copies {
+        rig.port.copy(SRC, DST, 1 << 20).await?;
+        for _ in 0..100 {
+            rig.port.mem_read(BAR0 + REG_SCRATCH, 4).await?;
+        }
+    }
+    let (rss_end, peak) = rss_kib();
+    rig.stop().await;
+    report.row("memory", "process RSS before any bridge started".into(), rss_before as f64 / 1024.0, "MiB");
+    report.row("memory", "process peak RSS (VmHWM)".into(), peak as f64 / 1024.0, "MiB");
+    report.compared(
+        "memory",
+        format!("RSS after {} × 1 MiB copies (baseline: after {warm})", sizes.soak_copies),
+        (rss_end as f64 / 1024.0, rss_warm as f64 / 1024.0),
+        "MiB",
+        Some(Target::AtMost(1.05)),
+    );
+    report.notes.push(
+        "RSS is the whole bench process (load generator with 4 MiB host memory, device, bridge, floors); \
+         the bridge is not a separate process here"
+            .into(),
+    );
+    Ok(())
+}

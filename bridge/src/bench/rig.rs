@@ -1,0 +1,403 @@
+//! The measured setup: the sample device (vfio-user server on a UNIX socket), the engine on a
+//! sim link (TCP on 127.0.0.1), and a load generator on the simulator end of that link that
+//! plays the root port and serves host memory for the card's DMA.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use sim::device::{DeviceBus, DeviceDescription, DeviceModel, DmaEngine, DmaEngineConfig, ServerConfig};
+use sim::link::{BridgeConfig, SimListener, SimulatorConfig, SimulatorEnd};
+use tlp::completion::{MemoryRead, read_completions};
+use tlp::split::{LinkParams, RequestFields, SplitChunk, memory_read_tlp, memory_write_tlp};
+use tlp::{Body, CfgType, ConfigRequest, MemOp, RoutingId, Tlp};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::engine::{BridgeError, CountersSnapshot, Engine, EngineConfig, ServerEndpoint};
+
+pub const BAR0: u64 = 0x8000_0000;
+pub const BAR2: u64 = 0x40_0000_0000;
+pub const MSI_ADDRESS: u64 = 0xfee0_0000;
+const MSI_DATA: u32 = 0x4d3;
+/// Host memory the load generator serves: bus addresses `0..HOST_MEMORY`.
+pub const HOST_MEMORY: usize = 4 << 20;
+/// BAR0 registers of the sample card (docs/sample-device.md).
+const REG_SRC_LO: u64 = 0x08;
+const REG_DST_LO: u64 = 0x10;
+const REG_LENGTH: u64 = 0x18;
+const REG_DOORBELL: u64 = 0x1c;
+const REG_STATUS: u64 = 0x20;
+const REG_IRQ_CONTROL: u64 = 0x24;
+pub const REG_SCRATCH: u64 = 0x30;
+/// MSI capability of the sample card.
+const MSI_CAP: u16 = 0x48;
+/// BAR2 offset whose writes the [`SequenceCard`] checks for order and loss.
+pub const SEQUENCE_PORT: u64 = 0;
+/// Longest wait for any one TLP from the bridge (wall time; a safety net, not a measurement).
+const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+const RC: RoutingId = RoutingId::new(0, 0, 0);
+const DEVICE: RoutingId = RoutingId::new(1, 0, 0);
+
+pub fn bench_error(step: &str, reason: impl std::fmt::Display) -> BridgeError {
+    BridgeError::Bench { step: step.to_owned(), reason: reason.to_string() }
+}
+
+/// The sample DMA card with a checker on BAR2 offset [`SEQUENCE_PORT`]: every 4-byte write there
+/// must carry the next number of a sequence starting at 0, so that loss and reordering of posted
+/// writes are seen by the device itself. Everything else goes to the card unchanged.
+pub struct SequenceCard {
+    card: DmaEngine,
+    expected: AtomicU32,
+    received: AtomicU64,
+    out_of_order: AtomicU64,
+}
+
+impl SequenceCard {
+    pub fn new() -> Result<Self, BridgeError> {
+        let card =
+            DmaEngine::new(DmaEngineConfig::default()).map_err(|e| bench_error("creating the card", e))?;
+        Ok(SequenceCard {
+            card,
+            expected: AtomicU32::new(0),
+            received: AtomicU64::new(0),
+            out_of_order: AtomicU64::new(0),
+        })
+    }
+
+    /// (writes received, writes that were not the next number).
+    pub fn sequence(&self) -> (u64, u64) {
+        (self.received.load(Ordering::Relaxed), self.out_of_order.load(Ordering::Relaxed))
+    }
+}
+
+impl DeviceModel for SequenceCard {
+    fn describe(&self) -> DeviceDescription {
+        self.card.describe()
+    }
+
+    fn region_read(&self, bus: &DeviceBus, region: u32, offset: u64, data: &mut [u8]) -> Result<(), Errno> {
+        self.card.region_read(bus, region, offset, data)
+    }
+
+    fn region_write(&self, bus: &DeviceBus, region: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        if let (2, SEQUENCE_PORT, Ok(bytes)) = (region, offset, <[u8; 4]>::try_from(data)) {
+            let value = u32::from_le_bytes(bytes);
+            // Only the server's command handler calls this, one message at a time.
+            if self.expected.swap(value.wrapping_add(1), Ordering::Relaxed) != value {
+                self.out_of_order.fetch_add(1, Ordering::Relaxed);
+            }
+            self.received.fetch_add(1, Ordering::Relaxed);
+        }
+        self.card.region_write(bus, region, offset, data)
+    }
+
+    fn reset(&self, bus: &DeviceBus) {
+        self.card.reset(bus)
+    }
+
+    fn connected(&self, bus: &DeviceBus) {
+        self.card.connected(bus)
+    }
+
+    fn disconnected(&self) {
+        self.card.disconnected()
+    }
+
+    fn irqs_changed(&self, bus: &DeviceBus, index: u32) {
+        self.card.irqs_changed(bus, index)
+    }
+}
+
+/// Device, bridge and load generator, started together and stopped with [`Rig::stop`].
+pub struct Rig {
+    pub port: LoadGen,
+    pub card: Arc<SequenceCard>,
+    engine: Engine,
+    server: JoinHandle<Result<(), sim::Error>>,
+    stop_server: oneshot::Sender<()>,
+    socket: PathBuf,
+}
+
+impl Rig {
+    /// Starts everything and enumerates the card: BAR0, BAR2, Memory Space + Bus Master, MSI
+    /// vector 0 to [`MSI_ADDRESS`], the copy engine's interrupt on MSI.
+    pub async fn start(config: EngineConfig, name: &str) -> Result<Rig, BridgeError> {
+        let socket = std::env::temp_dir().join(format!("tlpbridge-bench-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let card = Arc::new(SequenceCard::new()?);
+        let listener =
+            sim::device::server::bind(&socket).map_err(|e| bench_error("binding the device socket", e))?;
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let server_card = card.clone();
+        let server = tokio::spawn(async move {
+            sim::device::serve_listener(listener, server_card, ServerConfig::default(), async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+
+        let sim_listener =
+            SimListener::bind("127.0.0.1:0").await.map_err(|e| bench_error("binding the sim link", e))?;
+        let addr = sim_listener.local_addr().map_err(|e| bench_error("binding the sim link", e))?.to_string();
+        let bridge_side = async { sim_listener.accept_bridge(&BridgeConfig::default()).await };
+        let sim_config = SimulatorConfig::default();
+        let sim_side = SimulatorEnd::connect(&addr, &sim_config);
+        let (link, end) = tokio::join!(bridge_side, sim_side);
+        let link = link.map_err(|e| bench_error("opening the sim link (bridge side)", e))?;
+        let end = end.map_err(|e| bench_error("opening the sim link (simulator side)", e))?;
+        let engine = Engine::start(link, ServerEndpoint::Path(socket.clone()), config).await?;
+        let mut port = LoadGen::new(end);
+        port.enumerate().await?;
+        Ok(Rig { port, card, engine, server, stop_server, socket })
+    }
+
+    pub fn counters(&self) -> CountersSnapshot {
+        self.engine.counters().snapshot()
+    }
+
+    pub async fn stop(self) -> CountersSnapshot {
+        let Rig { port, engine, server, stop_server, socket, .. } = self;
+        let snapshot = engine.shutdown().await;
+        drop(port);
+        let _ = stop_server.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        let _ = std::fs::remove_file(&socket);
+        snapshot
+    }
+}
+
+/// The root port: requests to the card, and host memory for the card's DMA.
+pub struct LoadGen {
+    end: SimulatorEnd,
+    fields: RequestFields,
+    /// The root complex's completions: MPS 128, RCB 64.
+    link: LinkParams,
+    host: Vec<u8>,
+    next_tag: u16,
+    irqs: u64,
+    first_dma_write: Option<Instant>,
+}
+
+/// Timing of one copy by the card, seen at the root port.
+#[derive(Clone, Copy, Debug)]
+pub struct CopyTiming {
+    /// Doorbell sent → first DMA write (MWr) arrives: the card's DMA read of the source.
+    pub read: Duration,
+    /// First MWr → MSI: the card's DMA write of the destination.
+    pub write: Duration,
+}
+
+impl LoadGen {
+    fn new(end: SimulatorEnd) -> LoadGen {
+        LoadGen {
+            end,
+            fields: RequestFields { requester: RC, tc: 0, attr: tlp::Attr::default() },
+            link: LinkParams::DEFAULT,
+            host: vec![0; HOST_MEMORY],
+            next_tag: 0,
+            irqs: 0,
+            first_dma_write: None,
+        }
+    }
+
+    fn tag(&mut self) -> u16 {
+        self.next_tag = (self.next_tag + 1) % 256;
+        self.next_tag
+    }
+
+    /// Fills host memory `[at, at + len)` with a pattern.
+    pub fn fill_host(&mut self, at: usize, len: usize) {
+        for (i, byte) in self.host[at..at + len].iter_mut().enumerate() {
+            *byte = (i as u8) ^ ((i >> 8) as u8);
+        }
+    }
+
+    pub fn host(&self, at: usize, len: usize) -> &[u8] {
+        &self.host[at..at + len]
+    }
+
+    async fn send(&mut self, tlp: &Tlp, step: &str) -> Result<(), BridgeError> {
+        self.end.send_tlp(&tlp.to_bytes()).await.map_err(|e| bench_error(step, e))
+    }
+
+    /// The next TLP from the bridge that is not a DMA request from the card or an MSI.
+    async fn next_for_us(&mut self, step: &str) -> Result<Tlp, BridgeError> {
+        loop {
+            if let Some(tlp) = self.pump_one(step).await? {
+                return Ok(tlp);
+            }
+        }
+    }
+
+    /// Takes one TLP from the bridge: serves a DMA request from the card (MRd: CplDs from host
+    /// memory; MWr: into host memory) or counts an MSI and returns `None`; returns anything else.
+    async fn pump_one(&mut self, step: &str) -> Result<Option<Tlp>, BridgeError> {
+        let received =
+            self.end.recv(STEP_TIMEOUT).await.map_err(|e| bench_error(step, e))?.ok_or_else(|| {
+                bench_error(step, format!("no TLP from the bridge within {STEP_TIMEOUT:?}"))
+            })?;
+        let tlp = Tlp::parse(&received.bytes).map_err(|e| bench_error(step, e))?;
+        match &tlp.body {
+            Body::Memory(request) if request.op == MemOp::Write => {
+                if request.address == MSI_ADDRESS {
+                    self.irqs += 1;
+                    return Ok(None);
+                }
+                self.first_dma_write.get_or_insert_with(Instant::now);
+                let at = usize::try_from(request.address).unwrap_or(usize::MAX);
+                let end = at.saturating_add(tlp.payload.len());
+                let target = self
+                    .host
+                    .get_mut(at..end)
+                    .ok_or_else(|| bench_error(step, format!("DMA write outside host memory: {tlp}")))?;
+                let last_dw = tlp.payload.len().saturating_sub(1) / 4;
+                for (i, (to, from)) in target.iter_mut().zip(&tlp.payload).enumerate() {
+                    let (dw, lane) = (i / 4, i % 4);
+                    let enables = match (dw, last_dw) {
+                        (0, _) => request.first_be,
+                        (d, l) if d == l => request.last_be,
+                        _ => 0xf,
+                    };
+                    if enables >> lane & 1 == 1 {
+                        *to = *from;
+                    }
+                }
+                Ok(None)
+            }
+            Body::Memory(request) if request.op == MemOp::Read => {
+                let read = MemoryRead::from_tlp(&tlp).map_err(|e| bench_error(step, e))?;
+                let at = usize::try_from(read.first_byte_address()).unwrap_or(usize::MAX);
+                let end = at.saturating_add(read.byte_count() as usize);
+                let data = self
+                    .host
+                    .get(at..end)
+                    .ok_or_else(|| bench_error(step, format!("DMA read outside host memory: {tlp}")))?;
+                let completions: Vec<Tlp> = read_completions(&read, RC, data, &self.link)
+                    .map_err(|e| bench_error(step, e))?
+                    .collect();
+                for completion in &completions {
+                    self.send(completion, step).await?;
+                }
+                Ok(None)
+            }
+            _ => Ok(Some(tlp)),
+        }
+    }
+
+    async fn completion(&mut self, tag: u16, len: usize, step: &str) -> Result<Vec<u8>, BridgeError> {
+        let mut data = Vec::with_capacity(len);
+        loop {
+            let tlp = self.next_for_us(step).await?;
+            match &tlp.body {
+                Body::Completion(cpl) if cpl.tag == tag => {
+                    if cpl.status != tlp::CplStatus::Sc {
+                        return Err(bench_error(step, format!("unsuccessful completion {tlp}")));
+                    }
+                    data.extend_from_slice(&tlp.payload);
+                    if tlp.payload.is_empty() || data.len() >= len {
+                        data.truncate(len);
+                        return Ok(data);
+                    }
+                }
+                _ => return Err(bench_error(step, format!("unexpected TLP from the bridge: {tlp}"))),
+            }
+        }
+    }
+
+    pub async fn cfg_write(&mut self, register: u16, value: u32) -> Result<(), BridgeError> {
+        let tag = self.tag();
+        let tlp = Tlp {
+            prefixes: Vec::new(),
+            tc: 0,
+            attr: tlp::Attr::default(),
+            ln: false,
+            th: false,
+            ep: false,
+            at: 0,
+            length: 1,
+            body: Body::Config(ConfigRequest {
+                cfg_type: CfgType::Type0,
+                write: true,
+                requester: RC,
+                tag,
+                first_be: 0xf,
+                last_be: 0,
+                target: DEVICE,
+                register,
+            }),
+            payload: value.to_le_bytes().to_vec(),
+            digest: None,
+        };
+        self.send(&tlp, "config write").await?;
+        self.completion(tag, 0, "config write").await.map(drop)
+    }
+
+    /// One MRd of `len` ≤ 4096 bytes; returns the data.
+    pub async fn mem_read(&mut self, address: u64, len: u32) -> Result<Vec<u8>, BridgeError> {
+        let tag = self.tag();
+        let tlp = memory_read_tlp(&self.fields, SplitChunk { address, len }, tag, 4096)
+            .map_err(|e| bench_error("building an MRd", e))?;
+        self.send(&tlp, "MMIO read").await?;
+        self.completion(tag, len as usize, "MMIO read").await
+    }
+
+    /// One posted MWr.
+    pub async fn mem_write(&mut self, address: u64, data: &[u8]) -> Result<(), BridgeError> {
+        let tlp = memory_write_tlp(&self.fields, address, data, 4096)
+            .map_err(|e| bench_error("building an MWr", e))?;
+        self.send(&tlp, "MMIO write").await
+    }
+
+    async fn enumerate(&mut self) -> Result<(), BridgeError> {
+        self.cfg_write(0x10, BAR0 as u32).await?;
+        self.cfg_write(0x18, BAR2 as u32).await?;
+        self.cfg_write(0x1c, (BAR2 >> 32) as u32).await?;
+        // MSI: address, data, then Message Control with Enable (one vector).
+        self.cfg_write(MSI_CAP + 4, MSI_ADDRESS as u32).await?;
+        self.cfg_write(MSI_CAP + 8, 0).await?;
+        self.cfg_write(MSI_CAP + 12, MSI_DATA).await?;
+        self.cfg_write(MSI_CAP, 0x0185_6005).await?;
+        self.cfg_write(0x04, 0x0006).await?;
+        // Copy engine: interrupt on MSI vector 0 when a copy ends.
+        self.mem_write(BAR0 + REG_IRQ_CONTROL, &3u32.to_le_bytes()).await?;
+        let id = self.mem_read(BAR0, 4).await?;
+        if id != 0xd3a0_0001u32.to_le_bytes() {
+            return Err(bench_error(
+                "enumeration",
+                format!("BAR0 ID register reads {id:02x?}, not d3a00001"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The card copies `len` bytes from host `src` to host `dst`; returns when its MSI arrives.
+    pub async fn copy(&mut self, src: u64, dst: u64, len: u32) -> Result<CopyTiming, BridgeError> {
+        self.mem_write(BAR0 + REG_SRC_LO, &src.to_le_bytes()).await?;
+        self.mem_write(BAR0 + REG_DST_LO, &dst.to_le_bytes()).await?;
+        self.mem_write(BAR0 + REG_LENGTH, &len.to_le_bytes()).await?;
+        let irqs = self.irqs;
+        self.first_dma_write = None;
+        let start = Instant::now();
+        self.mem_write(BAR0 + REG_DOORBELL, &1u32.to_le_bytes()).await?;
+        while self.irqs == irqs {
+            if let Some(tlp) = self.pump_one("DMA copy").await? {
+                return Err(bench_error("DMA copy", format!("unexpected TLP from the bridge: {tlp}")));
+            }
+        }
+        let end = Instant::now();
+        let first_write = self.first_dma_write.unwrap_or(end);
+        let status = self.mem_read(BAR0 + REG_STATUS, 4).await?;
+        if status.first().copied().unwrap_or(0) & 0x7 != 0b010 {
+            return Err(bench_error("DMA copy", format!("the card's STATUS is {status:02x?}, not DONE")));
+        }
+        Ok(CopyTiming { read: first_write - start, write: end - first_write })
+    }
+
+    pub fn end_mut(&mut self) -> &mut SimulatorEnd {
+        &mut self.end
+    }
+}

@@ -1,0 +1,44 @@
+//! `tlpbridge bench`: the end-to-end performance benchmark (docs/performance.md).
+
+use std::process::ExitCode;
+
+use bridge::bench::{BenchOptions, run as run_bench};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// CI-sized run: fewer samples and smaller transfers.
+    #[arg(long)]
+    quick: bool,
+    /// Print the report as one JSON document instead of a Markdown table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: BenchArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tlpbridge bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match runtime.block_on(run_bench(BenchOptions { quick: args.quick })) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("tlpbridge bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("tlpbridge bench: cannot render JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", report.render_table());
+    }
+    ExitCode::SUCCESS
+}
