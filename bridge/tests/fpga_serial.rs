@@ -83,8 +83,8 @@ impl Drop for TempDir {
 struct Bench {
     engine: Engine,
     bridge_status: watch::Receiver<LinkStatus>,
-    _dir: TempDir,
-    _pty: PtyPort,
+    dir: TempDir,
+    pty: Option<PtyPort>,
     fpga: Option<FpgaPort>,
 }
 
@@ -103,7 +103,7 @@ async fn start(config: &EmulatorConfig, link_options: &str, engine_config: Engin
     let spec = Spec::parse(&format!("{}{link_options}", pty.link_spec())).unwrap();
     let (link, bridge_status) = fpga::open_monitored(spec).await.unwrap();
     let engine = Engine::start(link, ServerEndpoint::Path(socket), engine_config).await.unwrap();
-    Bench { engine, bridge_status, _dir: dir, _pty: pty, fpga: Some(fpga) }
+    Bench { engine, bridge_status, dir, pty: Some(pty), fpga: Some(fpga) }
 }
 
 async fn run(bench: &mut Bench, config: &EmulatorConfig, script: &str) -> EmulatorReport {
@@ -173,5 +173,52 @@ async fn a_credit_starved_fpga_is_never_overrun_by_dma() {
     assert!(report.rc.passed, "{report}");
     assert_eq!(report.link.stats.overruns, 0);
     assert!(bench.bridge_status.borrow().stats.credit_stalls > 0);
+    bench.engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unplug_fails_the_dma_in_flight_and_replug_brings_the_link_back() {
+    let config = EmulatorConfig::default();
+    // Link down quarantines the aborted tags for one completion timeout: keep it short.
+    let engine_config =
+        EngineConfig { completion_timeout: Some(Duration::from_millis(250)), ..engine_config() };
+    let mut bench = start(&config, "", engine_config).await;
+    // Start a 64 KiB copy and stop serving the device's reads: they stay in flight.
+    let start_copy = "enumerate
+fill host 0x10000 65536 pattern inc
+write32 bar0+0x08 0x10000
+write32 bar0+0x10 0x40000
+write32 bar0+0x18 65536
+write32 bar0+0x1c 1
+";
+    let report = run(&mut bench, &config, start_copy).await;
+    assert!(report.rc.passed, "{report}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while bench.engine.tags_in_use() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the copy never read host memory");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Unplug: the pty pair closes.
+    bench.fpga = None;
+    bench.pty = None;
+    let counters = bench.engine.counters();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while counters.snapshot().resets == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "link down did not reset the device");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        bench.engine.counters().snapshot().completion_timeouts,
+        0,
+        "failed by link down, not by timeout"
+    );
+    // Replug behind the same path: the bridge reopens it and the device works again.
+    let mut pty = PtyPort::open(Some(&bench.dir.path().join("ttyFPGA"))).unwrap();
+    bench.fpga = Some(start_fpga_side(pty.take_device().unwrap(), &config));
+    bench.pty = Some(pty);
+    let report = run(&mut bench, &config, &workload(16)).await;
+    assert!(report.rc.passed, "{report}");
+    let status = bench.bridge_status.borrow().clone();
+    assert_eq!((status.device_lost, status.reopened, status.stats.links_up), (1, 1, 2), "{status:?}");
     bench.engine.shutdown().await;
 }
