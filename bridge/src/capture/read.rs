@@ -79,17 +79,225 @@ pub fn raw_to_ns(raw: u64, tsresol: u8) -> u64 {
 
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
-/// Reads a pcapng or pcap file.
+enum Source {
+    PcapNg(Box<PcapNgReader<BufReader<File>>>),
+    Pcap(Box<PcapReader<BufReader<File>>>),
+}
+
+/// Reads a pcapng or pcap file one record at a time (captures may be larger than memory).
+pub struct RecordReader {
+    path: PathBuf,
+    source: Source,
+    interfaces: Vec<InterfaceInfo>,
+    interface_drops: Vec<(u32, u64)>,
+    truncated: Option<String>,
+    records: u64,
+}
+
+impl std::fmt::Debug for RecordReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordReader")
+            .field("path", &self.path)
+            .field("records", &self.records)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordReader {
+    /// Opens `path` and reads its file header.
+    pub fn open(path: &Path) -> Result<RecordReader, CaptureError> {
+        let open = |path: &Path| {
+            File::open(path).map_err(|source| CaptureError::Open { path: path.to_owned(), source })
+        };
+        let mut magic = [0u8; 4];
+        open(path)?.read_exact(&mut magic).map_err(|e| CaptureError::NotACapture {
+            path: path.to_owned(),
+            detail: format!("cannot read the magic number: {e}"),
+        })?;
+        let file = BufReader::new(open(path)?);
+        let not_capture =
+            |e: PcapError| CaptureError::NotACapture { path: path.to_owned(), detail: e.to_string() };
+        let (source, interfaces) = if magic == PCAPNG_MAGIC {
+            (Source::PcapNg(Box::new(PcapNgReader::new(file).map_err(not_capture)?)), Vec::new())
+        } else {
+            let reader = PcapReader::new(file).map_err(not_capture)?;
+            let linktype = u32::from(reader.header().datalink);
+            let interface = InterfaceInfo { linktype, tsresol: 9, ..InterfaceInfo::default() };
+            (Source::Pcap(Box::new(reader)), vec![interface])
+        };
+        Ok(RecordReader {
+            path: path.to_owned(),
+            source,
+            interfaces,
+            interface_drops: Vec::new(),
+            truncated: None,
+            records: 0,
+        })
+    }
+
+    /// Interfaces described so far.
+    pub fn interfaces(&self) -> &[InterfaceInfo] {
+        &self.interfaces
+    }
+
+    /// `isb_ifdrop` per interface id, from the statistics blocks read so far.
+    pub fn interface_drops(&self) -> &[(u32, u64)] {
+        &self.interface_drops
+    }
+
+    /// Set once the reader stopped at a block it could not read (a file cut short).
+    pub fn truncated(&self) -> Option<&str> {
+        self.truncated.as_deref()
+    }
+
+    /// The next packet record; `Ok(None)` at the end of the file or at a block that cannot be
+    /// read (then [`RecordReader::truncated`] says why: everything before it is good).
+    pub fn next_record(&mut self) -> Result<Option<RawRecord>, CaptureError> {
+        if self.truncated.is_some() {
+            return Ok(None);
+        }
+        loop {
+            let number = self.records + 1;
+            let record = match &mut self.source {
+                Source::Pcap(reader) => match reader.next_packet() {
+                    None => return Ok(None),
+                    Some(Err(e)) => {
+                        self.truncated = Some(truncation(&e));
+                        return Ok(None);
+                    }
+                    Some(Ok(packet)) => Some(RawRecord {
+                        number,
+                        interface: 0,
+                        linktype: self.interfaces.first().map_or(0, |i| i.linktype),
+                        time_ns: u64::try_from(packet.timestamp.as_nanos()).unwrap_or(u64::MAX),
+                        data: packet.data.to_vec(),
+                        epb_direction: None,
+                        drop_count: None,
+                    }),
+                },
+                Source::PcapNg(reader) => match reader.next_block() {
+                    None => return Ok(None),
+                    Some(Err(e)) => {
+                        self.truncated = Some(truncation(&e));
+                        return Ok(None);
+                    }
+                    Some(Ok(block)) => pcapng_block(
+                        block,
+                        number,
+                        &mut self.interfaces,
+                        &mut self.interface_drops,
+                        &self.path,
+                    )?,
+                },
+            };
+            if let Some(record) = record {
+                self.records = number;
+                return Ok(Some(record));
+            }
+        }
+    }
+}
+
+impl Iterator for RecordReader {
+    type Item = Result<RawRecord, CaptureError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_record().transpose()
+    }
+}
+
+/// Applies one pcapng block; returns the packet record it holds, if any.
+fn pcapng_block(
+    block: Block<'_>,
+    number: u64,
+    interfaces: &mut Vec<InterfaceInfo>,
+    interface_drops: &mut Vec<(u32, u64)>,
+    path: &Path,
+) -> Result<Option<RawRecord>, CaptureError> {
+    let corrupt = |detail: String| CaptureError::Corrupt { path: path.to_owned(), detail };
+    match block {
+        Block::SectionHeader(_) => interfaces.clear(),
+        Block::InterfaceDescription(idb) => {
+            let mut info =
+                InterfaceInfo { linktype: u32::from(idb.linktype), tsresol: 6, ..InterfaceInfo::default() };
+            for option in &idb.options {
+                match option {
+                    InterfaceDescriptionOption::IfName(name) => info.name = Some(name.to_string()),
+                    InterfaceDescriptionOption::IfDescription(d) => info.description = Some(d.to_string()),
+                    InterfaceDescriptionOption::IfTsResol(r) => info.tsresol = *r,
+                    _ => {}
+                }
+            }
+            interfaces.push(info);
+        }
+        Block::EnhancedPacket(epb) => {
+            let interface = interfaces.get(epb.interface_id as usize).ok_or_else(|| {
+                corrupt(format!("a packet names interface {} which was never described", epb.interface_id))
+            })?;
+            let mut record = RawRecord {
+                number,
+                interface: epb.interface_id,
+                linktype: interface.linktype,
+                // pcap-file hands the raw 64-bit timestamp over as nanoseconds.
+                time_ns: raw_to_ns(
+                    u64::try_from(epb.timestamp.as_nanos()).unwrap_or(u64::MAX),
+                    interface.tsresol,
+                ),
+                data: epb.data.to_vec(),
+                epb_direction: None,
+                drop_count: None,
+            };
+            for option in &epb.options {
+                match option {
+                    EnhancedPacketOption::Flags(flags) => {
+                        record.epb_direction = Direction::from_bits((flags & 0x3) as u8)
+                    }
+                    EnhancedPacketOption::DropCount(n) => record.drop_count = Some(*n),
+                    _ => {}
+                }
+            }
+            return Ok(Some(record));
+        }
+        Block::SimplePacket(spb) => {
+            let interface = interfaces.first().ok_or_else(|| {
+                corrupt("a simple packet block before any interface description".to_owned())
+            })?;
+            return Ok(Some(RawRecord {
+                number,
+                interface: 0,
+                linktype: interface.linktype,
+                time_ns: 0,
+                data: spb.data.to_vec(),
+                epb_direction: None,
+                drop_count: None,
+            }));
+        }
+        Block::InterfaceStatistics(isb) => {
+            for option in &isb.options {
+                if let InterfaceStatisticsOption::IsbIfDrop(n) = option {
+                    interface_drops.retain(|(i, _)| *i != isb.interface_id);
+                    interface_drops.push((isb.interface_id, *n));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(None)
+}
+
+/// Reads a whole pcapng or pcap file into memory.
 pub fn read_capture(path: &Path) -> Result<CaptureFile, CaptureError> {
-    let open =
-        |path: &Path| File::open(path).map_err(|source| CaptureError::Open { path: path.to_owned(), source });
-    let mut magic = [0u8; 4];
-    open(path)?.read_exact(&mut magic).map_err(|e| CaptureError::NotACapture {
-        path: path.to_owned(),
-        detail: format!("cannot read the magic number: {e}"),
-    })?;
-    let file = BufReader::new(open(path)?);
-    if magic == PCAPNG_MAGIC { read_pcapng(path, file) } else { read_pcap(path, file) }
+    let mut reader = RecordReader::open(path)?;
+    let mut records = Vec::new();
+    while let Some(record) = reader.next_record()? {
+        records.push(record);
+    }
+    Ok(CaptureFile {
+        records,
+        interfaces: reader.interfaces,
+        interface_drops: reader.interface_drops,
+        truncated: reader.truncated,
+    })
 }
 
 fn truncation(e: &PcapError) -> String {
@@ -101,129 +309,6 @@ fn truncation(e: &PcapError) -> String {
         PcapError::IoError(io) => format!("reading failed: {io}"),
         other => other.to_string(),
     }
-}
-
-fn read_pcapng(path: &Path, file: BufReader<File>) -> Result<CaptureFile, CaptureError> {
-    let mut reader = PcapNgReader::new(file)
-        .map_err(|e| CaptureError::NotACapture { path: path.to_owned(), detail: e.to_string() })?;
-    let mut capture = CaptureFile::default();
-    let corrupt = |path: &PathBuf, detail: String| CaptureError::Corrupt { path: path.clone(), detail };
-    let path = path.to_owned();
-    while let Some(block) = reader.next_block() {
-        let block = match block {
-            Ok(block) => block,
-            Err(e) => {
-                // Everything before the bad block is good: a killed writer leaves a partial block.
-                capture.truncated = Some(truncation(&e));
-                break;
-            }
-        };
-        match block {
-            Block::SectionHeader(_) => capture.interfaces.clear(),
-            Block::InterfaceDescription(idb) => {
-                let mut info = InterfaceInfo {
-                    linktype: u32::from(idb.linktype),
-                    tsresol: 6,
-                    ..InterfaceInfo::default()
-                };
-                for option in &idb.options {
-                    match option {
-                        InterfaceDescriptionOption::IfName(name) => info.name = Some(name.to_string()),
-                        InterfaceDescriptionOption::IfDescription(d) => {
-                            info.description = Some(d.to_string())
-                        }
-                        InterfaceDescriptionOption::IfTsResol(r) => info.tsresol = *r,
-                        _ => {}
-                    }
-                }
-                capture.interfaces.push(info);
-            }
-            Block::EnhancedPacket(epb) => {
-                let interface = capture.interfaces.get(epb.interface_id as usize).ok_or_else(|| {
-                    corrupt(
-                        &path,
-                        format!("a packet names interface {} which was never described", epb.interface_id),
-                    )
-                })?;
-                let mut record = RawRecord {
-                    number: capture.records.len() as u64 + 1,
-                    interface: epb.interface_id,
-                    linktype: interface.linktype,
-                    // pcap-file hands the raw 64-bit timestamp over as nanoseconds.
-                    time_ns: raw_to_ns(
-                        u64::try_from(epb.timestamp.as_nanos()).unwrap_or(u64::MAX),
-                        interface.tsresol,
-                    ),
-                    data: epb.data.to_vec(),
-                    epb_direction: None,
-                    drop_count: None,
-                };
-                for option in &epb.options {
-                    match option {
-                        EnhancedPacketOption::Flags(flags) => {
-                            record.epb_direction = Direction::from_bits((flags & 0x3) as u8)
-                        }
-                        EnhancedPacketOption::DropCount(n) => record.drop_count = Some(*n),
-                        _ => {}
-                    }
-                }
-                capture.records.push(record);
-            }
-            Block::SimplePacket(spb) => {
-                let interface = capture.interfaces.first().ok_or_else(|| {
-                    corrupt(&path, "a simple packet block before any interface description".to_owned())
-                })?;
-                capture.records.push(RawRecord {
-                    number: capture.records.len() as u64 + 1,
-                    interface: 0,
-                    linktype: interface.linktype,
-                    time_ns: 0,
-                    data: spb.data.to_vec(),
-                    epb_direction: None,
-                    drop_count: None,
-                });
-            }
-            Block::InterfaceStatistics(isb) => {
-                for option in &isb.options {
-                    if let InterfaceStatisticsOption::IsbIfDrop(n) = option {
-                        capture.interface_drops.retain(|(i, _)| *i != isb.interface_id);
-                        capture.interface_drops.push((isb.interface_id, *n));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(capture)
-}
-
-fn read_pcap(path: &Path, file: BufReader<File>) -> Result<CaptureFile, CaptureError> {
-    let mut reader = PcapReader::new(file)
-        .map_err(|e| CaptureError::NotACapture { path: path.to_owned(), detail: e.to_string() })?;
-    let linktype = u32::from(reader.header().datalink);
-    let mut capture = CaptureFile {
-        interfaces: vec![InterfaceInfo { linktype, tsresol: 9, ..InterfaceInfo::default() }],
-        ..CaptureFile::default()
-    };
-    while let Some(packet) = reader.next_packet() {
-        let packet = match packet {
-            Ok(packet) => packet,
-            Err(e) => {
-                capture.truncated = Some(truncation(&e));
-                break;
-            }
-        };
-        capture.records.push(RawRecord {
-            number: capture.records.len() as u64 + 1,
-            interface: 0,
-            linktype,
-            time_ns: u64::try_from(packet.timestamp.as_nanos()).unwrap_or(u64::MAX),
-            data: packet.data.to_vec(),
-            epb_direction: None,
-            drop_count: None,
-        });
-    }
-    Ok(capture)
 }
 
 #[cfg(test)]

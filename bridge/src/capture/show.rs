@@ -210,18 +210,30 @@ fn latency_ns(request: (u8, u64), completion: (u8, u64)) -> Option<u64> {
     }
 }
 
-/// Decodes every record and matches completions to requests by (direction, requester, tag) and
-/// vfio-user replies to commands by (socket, id).
-pub fn analyze(records: &[RawRecord]) -> Vec<ShownRecord> {
-    struct Outstanding {
-        number: u64,
-        clock: (u8, u64),
-        address: Option<u64>,
+/// A non-posted request waiting for its completions.
+#[derive(Clone, Copy, Debug)]
+struct Outstanding {
+    number: u64,
+    clock: (u8, u64),
+    address: Option<u64>,
+}
+
+/// Decodes records in file order and matches completions to requests by (direction, requester,
+/// tag) and vfio-user replies to commands by (socket, direction, id). Its tables are bounded by
+/// their key spaces, so it runs over captures of any length.
+#[derive(Debug, Default)]
+pub struct Analyzer {
+    requests: HashMap<(Option<Direction>, u16, u16), Outstanding>,
+    commands: HashMap<(VfioSocket, Direction, u16), (u64, u64)>,
+}
+
+impl Analyzer {
+    pub fn new() -> Self {
+        Analyzer::default()
     }
-    let mut requests: HashMap<(Option<Direction>, u16, u16), Outstanding> = HashMap::new();
-    let mut commands: HashMap<(VfioSocket, Direction, u16), (u64, u64)> = HashMap::new();
-    let mut shown = Vec::with_capacity(records.len());
-    for raw in records {
+
+    /// Decodes the next record of the file and matches it against those before it.
+    pub fn record(&mut self, raw: &RawRecord) -> ShownRecord {
         let content = decode(raw);
         let direction = match &content {
             Content::Tlp(TlpRecord { source: TlpSource::Bridge(h), .. }) => Some(h.direction),
@@ -243,31 +255,31 @@ pub fn analyze(records: &[RawRecord]) -> Vec<ShownRecord> {
             Content::Tlp(TlpRecord { tlp: Ok(tlp), .. }) => {
                 let tag = tlp.tag().unwrap_or(0);
                 if is_non_posted(tlp) {
-                    requests.insert(
+                    self.requests.insert(
                         (direction, tlp.requester().0, tag),
                         Outstanding { number: raw.number, clock, address: request_address(tlp) },
                     );
                 } else if let Body::Completion(c) = &tlp.body {
                     let key = (direction.map(Direction::opposite), c.requester.0, tag);
-                    if let Some(request) = requests.get(&key) {
+                    if let Some(request) = self.requests.get(&key) {
                         record.request_record = Some(request.number);
                         record.latency_ns = latency_ns(request.clock, clock);
                         record.request_address = request.address;
                     }
                     if completes_request(tlp) {
-                        requests.remove(&key);
+                        self.requests.remove(&key);
                     }
                 }
             }
             Content::VfioUser(VfioUserRecord { header, message: Ok(m), .. }) => match m.header.message_type {
                 MessageType::Command if !m.header.no_reply => {
-                    commands
+                    self.commands
                         .insert((header.socket, header.direction, m.header.id), (raw.number, raw.time_ns));
                 }
                 MessageType::Command => {}
                 MessageType::Reply => {
                     if let Some((number, time)) =
-                        commands.remove(&(header.socket, header.direction.opposite(), m.header.id))
+                        self.commands.remove(&(header.socket, header.direction.opposite(), m.header.id))
                     {
                         record.request_record = Some(number);
                         record.latency_ns = Some(raw.time_ns.saturating_sub(time));
@@ -276,9 +288,14 @@ pub fn analyze(records: &[RawRecord]) -> Vec<ShownRecord> {
             },
             _ => {}
         }
-        shown.push(record);
+        record
     }
-    shown
+}
+
+/// [`Analyzer::record`] over every record.
+pub fn analyze(records: &[RawRecord]) -> Vec<ShownRecord> {
+    let mut analyzer = Analyzer::new();
+    records.iter().map(|raw| analyzer.record(raw)).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -589,4 +606,78 @@ pub fn to_line(record: &ShownRecord, t0_ns: u64) -> String {
         line.push_str(&format!(" ({n} records dropped before this one)"));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tlp(hex: &str) -> Tlp {
+        Tlp::parse(&tlp::json::hex_to_bytes(hex).unwrap()).unwrap()
+    }
+
+    fn raw(number: u64, direction: Direction, time_ps: u64, hex: &str) -> RawRecord {
+        let header = TlpHeaderRepr {
+            direction,
+            link_id: 0,
+            flags: super::super::TlpFlags::default(),
+            link_time_ps: time_ps,
+        };
+        let mut data = Vec::new();
+        header.emit(&mut data);
+        data.extend_from_slice(&tlp::json::hex_to_bytes(hex).unwrap());
+        RawRecord {
+            number,
+            interface: 0,
+            linktype: format::LINKTYPE_TLP,
+            time_ns: number,
+            data,
+            epb_direction: Some(direction),
+            drop_count: None,
+        }
+    }
+
+    #[test]
+    fn the_last_completion_is_recognized_from_byte_count_and_lower_address() {
+        // CplD of 1 DW, Byte Count 4: last. Byte Count 8: more to come.
+        assert!(completes_request(&tlp("4a0000010000000401001200deadbeef")));
+        assert!(!completes_request(&tlp("4a0000010000000801001200deadbeef")));
+        // Lower Address 2 with Byte Count 2 still fits the one DW: last.
+        assert!(completes_request(&tlp("4a0000010000000201001202deadbeef")));
+        // Any unsuccessful status and any Cpl without data ends the request.
+        assert!(completes_request(&tlp("0a0000000000800801001200")));
+        assert!(!completes_request(&tlp("000000010100120f00001000")));
+    }
+
+    #[test]
+    fn split_completions_all_point_at_the_request_and_a_reused_tag_starts_over() {
+        let mrd = "000000020100120f00001000";
+        let mut analyzer = Analyzer::new();
+        let records = [
+            raw(1, Direction::Inbound, 1_000, mrd),
+            raw(2, Direction::Outbound, 3_000, "4a0000010000000801001200 00000001"),
+            raw(3, Direction::Outbound, 9_000, "4a0000010000000401001204 00000002"),
+            // The request ended with record 3: this stray completion matches nothing.
+            raw(4, Direction::Outbound, 10_000, "4a0000010000000401001200 00000003"),
+            // Same tag, new request.
+            raw(5, Direction::Inbound, 20_000, mrd),
+            // A completion in the same direction as the request does not answer it.
+            raw(6, Direction::Inbound, 21_000, "4a0000010000000801001200 00000004"),
+        ];
+        let shown: Vec<ShownRecord> = records.iter().map(|r| analyzer.record(r)).collect();
+        let matched: Vec<(Option<u64>, Option<u64>)> =
+            shown.iter().map(|r| (r.request_record, r.latency_ns)).collect();
+        assert_eq!(
+            matched,
+            [(None, None), (Some(1), Some(2)), (Some(1), Some(8)), (None, None), (None, None), (None, None)]
+        );
+        assert_eq!(shown[1].request_address, Some(0x1000));
+    }
+
+    #[test]
+    fn nettlp_latency_wraps_with_the_32_bit_tick_counter() {
+        assert_eq!(latency_ns((1, u64::from(u32::MAX)), (1, 1)), Some(2 * 4));
+        assert_eq!(latency_ns((0, 5_000), (0, 4_000)), Some(0));
+        assert_eq!(latency_ns((0, 5_000), (2, 9_000)), None);
+    }
 }

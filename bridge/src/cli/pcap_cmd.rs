@@ -4,8 +4,8 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use bridge::capture::read::read_capture;
-use bridge::capture::show::{Filter, analyze, to_json, to_line};
+use bridge::capture::read::RecordReader;
+use bridge::capture::show::{Analyzer, Filter, to_json, to_line};
 use bridge::capture::{
     Capture, CaptureConfig, Direction, TlpFlags, TlpHeaderRepr, VfioSocket, VfioUserHeaderRepr,
 };
@@ -25,9 +25,9 @@ enum PcapCommand {
     /// for completions/replies the request they answer with latency.
     ///
     /// Reads pcapng files written with --pcap (docs/capture-format.md) and NetTLP traces
-    /// (pcap/pcapng, Ethernet/IPv4/UDP with the 6-byte NetTLP header). Exits 2 if the file
-    /// cannot be read or the filter does not parse; a file cut short (a killed bridge) is read
-    /// up to its last whole record, with a warning on stderr.
+    /// (pcap/pcapng, Ethernet/IPv4/UDP with the 6-byte NetTLP header), one record at a time.
+    /// Exits 2 if the file cannot be read or the filter does not parse; a file cut short (a
+    /// killed bridge) is read up to its last whole record, with a warning on stderr.
     Show {
         /// One JSON object per record (fields in docs/capture-format.md).
         #[arg(long)]
@@ -163,25 +163,37 @@ fn show(file: &Path, json: bool, filter: Option<&str>) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    let capture = match read_capture(file) {
-        Ok(c) => c,
+    let mut reader = match RecordReader::open(file) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    if let Some(reason) = &capture.truncated {
-        eprintln!(
-            "warning: {}: {reason}; showing the {} whole records before it",
-            file.display(),
-            capture.records.len()
-        );
-    }
-    let t0 = capture.records.first().map_or(0, |r| r.time_ns);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    for record in analyze(&capture.records).iter().filter(|r| filter.matches(r)) {
-        let line = if json { to_json(record).to_string() } else { to_line(record, t0) };
+    let mut analyzer = Analyzer::new();
+    let mut t0 = None;
+    let mut records = 0u64;
+    let mut record_drops = 0u64;
+    loop {
+        let raw = match reader.next_record() {
+            Ok(Some(raw)) => raw,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = out.flush();
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        };
+        records += 1;
+        record_drops += raw.drop_count.unwrap_or(0);
+        let t0 = *t0.get_or_insert(raw.time_ns);
+        let record = analyzer.record(&raw);
+        if !filter.matches(&record) {
+            continue;
+        }
+        let line = if json { to_json(&record).to_string() } else { to_line(&record, t0) };
         if writeln!(out, "{line}").is_err() {
             // stdout closed (e.g. piped into head): nothing more to do.
             return ExitCode::SUCCESS;
@@ -190,7 +202,15 @@ fn show(file: &Path, json: bool, filter: Option<&str>) -> ExitCode {
     if out.flush().is_err() {
         return ExitCode::SUCCESS;
     }
-    let dropped = capture.dropped();
+    if let Some(reason) = reader.truncated() {
+        eprintln!("warning: {}: {reason}; showed the {records} whole records before it", file.display());
+    }
+    // Statistics blocks carry the totals; a file cut short has only the per-record counts.
+    let dropped = if reader.interface_drops().is_empty() {
+        record_drops
+    } else {
+        reader.interface_drops().iter().map(|(_, d)| d).sum()
+    };
     if dropped > 0 {
         eprintln!("warning: the capture lost {dropped} records (the writer fell behind the bridge)");
     }
