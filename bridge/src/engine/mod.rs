@@ -173,6 +173,7 @@ impl Engine {
             non_posted: np_tx,
             control: shared.control.clone(),
             posted_count: 0,
+            progress: link.progress.clone(),
         };
         let reader_exit = exit_tx.clone();
         let link_name = link.info.description.clone();

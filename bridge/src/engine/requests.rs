@@ -23,7 +23,7 @@ use tlp::completion::{
     unsuccessful_completion,
 };
 use tlp::{Body, CfgType, CplStatus, Limits, MemOp, Message, MessageCode, MsgRouting, Tlp};
-use transports::link::{LinkEvent, LinkInput, LinkInstant};
+use transports::link::{LinkEvent, LinkInput, LinkInstant, LinkProgress};
 use transports::vfio_user::{Client, PendingRegionRead, PendingRegionWrite};
 
 use super::config::AccessSplit;
@@ -59,6 +59,9 @@ pub struct LinkReader {
     pub non_posted: mpsc::Sender<Request>,
     pub control: mpsc::Sender<Control>,
     pub posted_count: u64,
+    /// Counts every input once handled (answered, dropped or queued for the device), which a
+    /// lockstep simulator waits for before it advances time.
+    pub progress: LinkProgress,
 }
 
 impl LinkReader {
@@ -78,6 +81,7 @@ impl LinkReader {
                 Some(LinkInput::Event { event, time }) => self.event(event, time).await,
                 Some(LinkInput::Tlp(received)) => self.tlp(&received.bytes, received.time).await,
             }
+            self.progress.handled_one();
         }
     }
 
