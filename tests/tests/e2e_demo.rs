@@ -116,3 +116,19 @@ fn print_script_prints_the_built_in_script_which_runs_as_a_script_file() {
     assert!(rerun.status.success(), "{}", rerun.output);
     assert!(rerun.output.contains("free mode"), "{}", rerun.output);
 }
+
+#[test]
+fn two_lockstep_demos_print_the_same_tlps() {
+    let texts = |out: &tlpbridge_tests::CommandOutput| -> (Vec<String>, serde_json::Value) {
+        assert!(out.status.success(), "{}", out.output);
+        let outcome: serde_json::Value = serde_json::from_str(out.output.trim()).unwrap();
+        let lines = outcome["transcript"]["lines"].as_array().unwrap();
+        let texts = lines.iter().map(|l| l["text"].as_str().unwrap().to_owned()).collect();
+        (texts, outcome["tlps_from_root_port"].clone())
+    };
+    let (first, first_counts) = texts(&demo(&["--json"]));
+    let (second, second_counts) = texts(&demo(&["--json"]));
+    assert!(first.len() > 20, "{first:?}");
+    assert_eq!(first, second);
+    assert_eq!(first_counts, second_counts);
+}
