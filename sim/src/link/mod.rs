@@ -262,14 +262,18 @@ fn prepare(stream: &TcpStream) -> Result<()> {
 
 /// Capacity of the channel between a socket's reader task and its owner.
 const READER_QUEUE: usize = 256;
+/// Read buffer of a connection: a burst of frames costs one read system call, not two per frame
+/// (header, then payload).
+const READ_BUFFER: usize = 64 * 1024;
 
 /// Spawns the task that owns the read half of a connection: it decodes frames into a bounded
 /// queue and stops after end of stream or the first error (which it queues).
 pub(crate) fn spawn_reader(
-    mut read: tokio::net::tcp::OwnedReadHalf,
+    read: tokio::net::tcp::OwnedReadHalf,
 ) -> (mpsc::Receiver<Result<wire::Message>>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(READER_QUEUE);
     let task = tokio::spawn(async move {
+        let mut read = tokio::io::BufReader::with_capacity(READ_BUFFER, read);
         loop {
             match wire::read_message(&mut read).await {
                 Ok(Some(message)) => {
