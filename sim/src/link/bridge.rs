@@ -80,6 +80,7 @@ pub(super) async fn start(stream: TcpStream, config: &BridgeConfig) -> Result<Li
         ps_per_tick,
         now_ticks: 0,
         delivered: 0,
+        out: Vec::with_capacity(WRITE_BATCH + wire::HEADER_LEN + 8 + wire::MAX_TLP_LEN),
     };
     let task = tokio::spawn(io.run());
     Ok(Link::new(info, clock, rx, tx).with_progress(progress).with_task(reader_task).with_task(task))
@@ -99,7 +100,12 @@ struct BridgeIo {
     now_ticks: u64,
     /// Inputs handed to the engine so far (TLPs and events).
     delivered: u64,
+    /// Outgoing frames gathered for one write.
+    out: Vec<u8>,
 }
+
+/// Most bytes of outgoing frames gathered into one write.
+const WRITE_BATCH: usize = 64 * 1024;
 
 /// Why the I/O loop stopped.
 enum Stop {
@@ -152,7 +158,15 @@ impl BridgeIo {
                     Err(stop) => return stop,
                 },
                 Wake::Outgoing(Some(bytes)) => {
-                    if let Err(e) = self.send_tlp(bytes).await {
+                    // The TLPs the engine has queued meanwhile go in the same write.
+                    self.append_tlp(&bytes);
+                    while self.out.len() < WRITE_BATCH {
+                        match self.from_engine.try_recv() {
+                            Ok(more) => self.append_tlp(&more),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = self.flush().await {
                         return Stop::Failed(e);
                     }
                 }
@@ -165,9 +179,10 @@ impl BridgeIo {
                     // Responses the engine queued before counting its inputs handled belong to
                     // this step: flush them before the acknowledgement.
                     while let Ok(bytes) = self.from_engine.try_recv() {
-                        if let Err(e) = self.send_tlp(bytes).await {
-                            return Stop::Failed(e);
-                        }
+                        self.append_tlp(&bytes);
+                    }
+                    if let Err(e) = self.flush().await {
+                        return Stop::Failed(e);
                     }
                     let time = pending_ack.take().unwrap_or(self.now_ticks);
                     tracing::trace!(time, "sim link: TIME_ACK");
@@ -236,16 +251,33 @@ impl BridgeIo {
     }
 
     async fn send_tlp(&mut self, bytes: Vec<u8>) -> Result<()> {
+        self.append_tlp(&bytes);
+        self.flush().await
+    }
+
+    /// Adds a TLP's frame to the outgoing buffer.
+    fn append_tlp(&mut self, bytes: &[u8]) {
         if bytes.len() < 4 || bytes.len() > wire::MAX_TLP_LEN || bytes.len() % 4 != 0 {
             // The engine only emits TLPs it built; a bad one is dropped rather than sent.
             tracing::error!(
                 len = bytes.len(),
                 "sim link: refusing to send a TLP that is not 4..=4148 bytes in DWs"
             );
-            return Ok(());
+            return;
         }
         tracing::trace!(time = self.now_ticks, len = bytes.len(), "sim link: TLP to the simulator");
-        write_message(&mut self.write, &Message::Tlp { time: self.now_ticks, bytes }).await
+        wire::append_tlp_frame(&mut self.out, self.now_ticks, bytes);
+    }
+
+    /// Writes the outgoing buffer.
+    async fn flush(&mut self) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let result = self.write.write_all(&self.out).await;
+        self.out.clear();
+        result.map_err(|source| Error::SimIo { context: "sending TLP frames".into(), source })
     }
 
     /// Hands an input to the engine, still sending the engine's TLPs while `rx` is full (so that

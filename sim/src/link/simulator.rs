@@ -175,6 +175,29 @@ impl SimulatorEnd {
         write_message(&mut self.write, &Message::Tlp { time: self.now, bytes: bytes.to_vec() }).await
     }
 
+    /// Sends several TLPs (raw wire bytes) stamped with the current time in one write, e.g. the
+    /// completions of one read. Each is checked as by [`SimulatorEnd::send_tlp`]; nothing is sent
+    /// if one is malformed.
+    pub async fn send_tlps<'a>(&mut self, tlps: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.check_open()?;
+        let mut out = Vec::new();
+        for bytes in tlps {
+            if bytes.len() < 4 || bytes.len() > wire::MAX_TLP_LEN || bytes.len() % 4 != 0 {
+                return Err(Error::SimProtocol(format!(
+                    "a TLP is 4..={} bytes in whole DWs, not {} bytes",
+                    wire::MAX_TLP_LEN,
+                    bytes.len()
+                )));
+            }
+            wire::append_tlp_frame(&mut out, self.now, bytes);
+        }
+        self.write
+            .write_all(&out)
+            .await
+            .map_err(|source| Error::SimIo { context: "sending TLP frames".into(), source })
+    }
+
     /// Reports a link event at the current time.
     pub async fn send_event(&mut self, event: LinkEvent) -> Result<()> {
         self.check_open()?;

@@ -346,6 +346,16 @@ pub struct FrameHeader {
     pub length: u32,
 }
 
+/// Appends one TLP frame (header, time, TLP bytes) to `out`: the same bytes as
+/// `Message::Tlp { time, bytes }.to_frame()`, without building the message, so that a writer can
+/// put several frames in one buffer and one system call.
+pub fn append_tlp_frame(out: &mut Vec<u8>, time: u64, bytes: &[u8]) {
+    let header = FrameHeader { kind: kind::TLP, length: (8 + bytes.len()) as u32 };
+    out.extend_from_slice(&header.emit());
+    out.extend_from_slice(&time.to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
 impl FrameHeader {
     /// Checks magic, flags and that the length is within [`MAX_PAYLOAD_LEN`] (so the caller may
     /// allocate `length` bytes). The type is checked when the payload is parsed.
@@ -575,6 +585,14 @@ pub async fn read_message<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appended_tlp_frame_equals_message_frame() {
+        let bytes = vec![0x40, 0x00, 0x00, 0x01, 0, 0, 0, 0x0f, 0x80, 0, 0, 0x10, 1, 2, 3, 4];
+        let mut out = vec![0xee];
+        append_tlp_frame(&mut out, 0x0102_0304_0506, &bytes);
+        assert_eq!(out[1..], Message::Tlp { time: 0x0102_0304_0506, bytes }.to_frame());
+    }
 
     fn hello() -> Hello {
         Hello {
