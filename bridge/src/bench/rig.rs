@@ -279,9 +279,11 @@ impl LoadGen {
                 let completions: Vec<Tlp> = read_completions(&read, RC, data, &self.link)
                     .map_err(|e| bench_error(step, e))?
                     .collect();
-                for completion in &completions {
-                    self.send(completion, step).await?;
-                }
+                let frames: Vec<Vec<u8>> = completions.iter().map(Tlp::to_bytes).collect();
+                self.end
+                    .send_tlps(frames.iter().map(Vec::as_slice))
+                    .await
+                    .map_err(|e| bench_error(step, e))?;
                 Ok(None)
             }
             _ => Ok(Some(tlp)),
