@@ -117,18 +117,22 @@ fn print_script_prints_the_built_in_script_which_runs_as_a_script_file() {
     assert!(rerun.output.contains("free mode"), "{}", rerun.output);
 }
 
+/// Lockstep on one thread: the same TLPs at the same simulated times, the same latencies.
 #[test]
-fn two_lockstep_demos_print_the_same_tlps() {
-    let texts = |out: &tlpbridge_tests::CommandOutput| -> (Vec<String>, serde_json::Value) {
+fn two_lockstep_demos_print_the_same_transcript() {
+    let outcome = |out: &tlpbridge_tests::CommandOutput| -> serde_json::Value {
         assert!(out.status.success(), "{}", out.output);
-        let outcome: serde_json::Value = serde_json::from_str(out.output.trim()).unwrap();
-        let lines = outcome["transcript"]["lines"].as_array().unwrap();
-        let texts = lines.iter().map(|l| l["text"].as_str().unwrap().to_owned()).collect();
-        (texts, outcome["tlps_from_root_port"].clone())
+        serde_json::from_str(out.output.trim()).unwrap()
     };
-    let (first, first_counts) = texts(&demo(&["--json"]));
-    let (second, second_counts) = texts(&demo(&["--json"]));
-    assert!(first.len() > 20, "{first:?}");
-    assert_eq!(first, second);
-    assert_eq!(first_counts, second_counts);
+    let first = outcome(&demo(&["--json"]));
+    let second = outcome(&demo(&["--json"]));
+    let lines = first["transcript"]["lines"].as_array().unwrap();
+    assert!(lines.len() > 20, "{lines:?}");
+    for (a, b) in lines.iter().zip(second["transcript"]["lines"].as_array().unwrap()) {
+        assert_eq!((&a["time_ps"], &a["text"]), (&b["time_ps"], &b["text"]));
+    }
+    assert_eq!(first["transcript"], second["transcript"]);
+    assert_eq!(first["latencies"], second["latencies"]);
+    assert_eq!(first["simulated_ps"], second["simulated_ps"]);
+    assert_eq!(first["tlps_from_root_port"], second["tlps_from_root_port"]);
 }

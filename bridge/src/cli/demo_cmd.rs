@@ -66,7 +66,9 @@ pub fn run(args: DemoArgs) -> ExitCode {
         pcap: args.pcap.clone(),
         watchdog: Duration::from_secs(args.timeout_s),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One thread: the device works while the root complex waits for each lockstep
+    // acknowledgement, in the same order on every run, so the transcript is repeatable.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("tlpbridge demo: cannot start the async runtime: {e}");
