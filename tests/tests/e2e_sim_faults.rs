@@ -123,7 +123,8 @@ async fn connect_bridge(
     let listener = SimListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let capture = dir.join(format!("{name}.pcapng"));
-    let bridge = spawn(
+    // Info logs: the bridge prints its counters when it stops.
+    let bridge = e2e_common::spawn_with_env(
         bin,
         &[
             "run",
@@ -136,6 +137,7 @@ async fn connect_bridge(
             "--pcap",
             capture.to_str().unwrap(),
         ],
+        &[("RUST_LOG", "info")],
         dir.join(format!("{name}-run.log")),
     );
     let end = listener
@@ -234,6 +236,23 @@ async fn a_stalled_simulator_times_out_dma_in_simulated_time_not_wall_time() {
     let status =
         s.bridge.wait_exit(WAIT).unwrap_or_else(|| panic!("bridge kept running:\n{}", s.bridge.output()));
     assert_eq!(status.code(), Some(1), "{}", s.bridge.output());
+    // The bridge counted the timeouts (one per outstanding read it gave up on).
+    let output = s.bridge.output();
+    let counters = output
+        .lines()
+        .rev()
+        .find(|l| l.contains("completion_timeouts="))
+        .unwrap_or_else(|| panic!("{output}"));
+    let timeouts: u64 = counters
+        .split("completion_timeouts=")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(timeouts >= 1, "{counters}");
     // The capture shows the DMA_READ answered with an error.
     let bin = tlpbridge_bin().unwrap();
     let records = e2e_common::pcap_show_json(&bin, &s.capture);

@@ -46,9 +46,15 @@ impl Drop for Running {
 
 /// Starts `bin args...` with stdout and stderr going to `log`.
 pub fn spawn(bin: &Path, args: &[&str], log: PathBuf) -> Running {
+    spawn_with_env(bin, args, &[], log)
+}
+
+/// [`spawn`] with extra environment variables (e.g. `RUST_LOG`).
+pub fn spawn_with_env(bin: &Path, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Running {
     let file = std::fs::File::create(&log).unwrap();
     let child = Command::new(bin)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file)
