@@ -61,6 +61,10 @@ fn capture_read() {
 #[ignore = "open finding: the FPGA DLL accepts a stale HELLO and desynchronises its sequence numbers"]
 fn fpga_dll_known_stale_hello() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let data = std::fs::read(root.join("known/fpga_dll/stale-hello-sequence-desync")).unwrap();
-    tlpbridge_fuzz::fpga_dll::check(&data);
+    // SAFETY: set before any thread of this test reads the environment.
+    unsafe { std::env::set_var("TLPBRIDGE_FUZZ_DLL_DELIVERY", "1") };
+    for name in ["stale-hello-sequence-desync", "acked-tlp-never-delivered"] {
+        let data = std::fs::read(root.join("known/fpga_dll").join(name)).unwrap();
+        tlpbridge_fuzz::fpga_dll::check(&data);
+    }
 }
