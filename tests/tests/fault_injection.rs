@@ -1,0 +1,292 @@
+//! Fault injection end to end (docs/reliability.md): `tlpbridge run` between the sample device
+//! (`tlpbridge sim device`, a separate process we stop, continue and kill) and the reference
+//! root complex over the sim link (in this process, so it can withhold completions and flood
+//! posted writes).
+//!
+//! - a server that stops answering (SIGSTOP): the read in flight gets Completer Abort after the
+//!   device timeout; after SIGCONT the late reply is dropped and later reads see later writes;
+//! - a server killed with a read in flight: the bridge answers it with Completer Abort (never
+//!   hangs) and stops with status 1 (no reconnection yet, docs/run.md);
+//! - a root port that never returns completions: the device's DMA read fails with ETIMEDOUT
+//!   after the completion timeout and the bridge keeps serving;
+//! - a flood of posted writes: back-pressure, every write lands, in order, and the bridge's
+//!   memory stays bounded.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sim::link::{SimulatorConfig, SimulatorEnd};
+use sim::rc::{RcConfig, RootComplex};
+
+/// Kills (SIGKILL) and reaps a child process when dropped, so no test leaves one behind.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(bin: &Path, args: &[&str], log: &Path) -> Running {
+    let log = std::fs::File::create(log).unwrap();
+    Running(
+        Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tlpbridge"),
+    )
+}
+
+fn signal(child: &Running, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(child.0.id().to_string()).status().unwrap();
+    assert!(status.success(), "kill -{name} failed");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something listens on 127.0.0.1:`port` (read from /proc/net/tcp: connecting to
+/// find out would use up the bridge's one link connection).
+fn wait_listening(port: u16, log: &Path) {
+    let local = format!("0100007F:{port:04X}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let listening = table.lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
+        });
+        if listening {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bridge never listened on port {port}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The resident set of a process, in KiB.
+fn rss_kib(child: &Running) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+const ID: u64 = 0x00;
+const SRC_LO: u64 = 0x08;
+const DST_LO: u64 = 0x10;
+const LENGTH: u64 = 0x18;
+const DOORBELL: u64 = 0x1c;
+const STATUS: u64 = 0x20;
+const DMA_ERRNO: u64 = 0x2c;
+const SCRATCH_LO: u64 = 0x30;
+
+struct Bench {
+    device: Running,
+    bridge: Running,
+    bridge_log: PathBuf,
+    rc: RootComplex<SimulatorEnd>,
+    bar0: u64,
+    bar2: u64,
+    _dir: tlpbridge_tests::TestDir,
+}
+
+impl Bench {
+    /// The device, the bridge (`bridge_args` added to `run`), the root complex connected and
+    /// the device enumerated (BARs assigned, memory decode and bus mastering on).
+    async fn start(name: &str, bridge_args: &[&str], rc: RcConfig) -> Bench {
+        let bin = tlpbridge_tests::tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tlpbridge_tests::TestDir::new(name).unwrap_or_else(|e| panic!("{e}"));
+        let socket = dir.socket_path("dev.sock").unwrap_or_else(|e| panic!("{e}"));
+        let device =
+            spawn(&bin, &["sim", "device", "--socket", socket.to_str().unwrap()], &dir.join("device.log"));
+        let port = free_port();
+        let bridge_log = dir.join("run.log");
+        let link = format!("sim-listen://127.0.0.1:{port}");
+        let mut args = vec!["run", "--server", socket.to_str().unwrap(), "--link", &link];
+        args.extend_from_slice(bridge_args);
+        let bridge = spawn(&bin, &args, &bridge_log);
+        wait_listening(port, &bridge_log);
+        let end =
+            SimulatorEnd::connect(&format!("127.0.0.1:{port}"), &SimulatorConfig::default()).await.unwrap();
+        let mut rc = RootComplex::new(end, rc).unwrap();
+        // The bridge answers CRS until it has read the device; on a loaded machine that can
+        // outlast the root complex's own CRS retries.
+        let mut attempts = 0;
+        let enumeration = loop {
+            match rc.enumerate().await {
+                Ok(e) => break e,
+                Err(e) if e.to_string().contains("CRS") && attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!(
+                    "enumeration failed: {e}\n{}",
+                    std::fs::read_to_string(&bridge_log).unwrap_or_default()
+                ),
+            }
+        };
+        let bar = |slot: u8| enumeration.bars.iter().find(|b| b.slot == slot).unwrap().address;
+        let (bar0, bar2) = (bar(0), bar(2));
+        Bench { device, bridge, bridge_log, rc, bar0, bar2, _dir: dir }
+    }
+
+    async fn read32(&mut self, address: u64) -> Result<u32, String> {
+        self.rc
+            .mem_read(address, 4)
+            .await
+            .map(|d| u32::from_le_bytes(d.try_into().unwrap()))
+            .map_err(|e| e.to_string())
+    }
+
+    async fn write32(&mut self, address: u64, value: u32) {
+        self.rc.mem_write(address, &value.to_le_bytes()).await.unwrap();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.bridge_log).unwrap_or_default()
+    }
+}
+
+/// A root complex that waits as long as it takes for its own completions (the bridge's device
+/// timeout decides) and paces simulated time so the bridge and the device keep up.
+fn patient_rc() -> RcConfig {
+    RcConfig { completion_timeout: 1 << 40, pace: Some(Duration::from_micros(10)), ..RcConfig::default() }
+}
+
+fn assert_completer_abort(result: Result<u32, String>, log: &str) {
+    match result {
+        Err(e) => assert!(e.contains("status CA"), "expected Completer Abort, got {e}\n{log}"),
+        Ok(v) => panic!("expected Completer Abort, read {v:#x}\n{log}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_gets_completer_abort_and_its_late_reply_is_dropped() {
+    let mut bench = Bench::start("fault-sigstop", &["--device-timeout", "300ms"], patient_rc()).await;
+    let scratch = bench.bar0 + SCRATCH_LO;
+    bench.write32(scratch, 1).await;
+    assert_eq!(bench.read32(scratch).await, Ok(1));
+
+    signal(&bench.device, "STOP");
+    let stalled = bench.read32(scratch).await;
+    assert_completer_abort(stalled, &bench.log());
+    // Queued behind the stalled read on the socket; the server sees it after SIGCONT.
+    bench.write32(scratch, 2).await;
+    signal(&bench.device, "CONT");
+
+    // The late reply to the timed-out read (value 1) must not complete this one.
+    assert_eq!(bench.read32(scratch).await, Ok(2), "{}", bench.log());
+    assert_eq!(bench.read32(bench.bar0 + ID).await, Ok(0xd3a0_0001));
+    for value in 3..50u32 {
+        bench.write32(scratch, value).await;
+        assert_eq!(bench.read32(scratch).await, Ok(value));
+    }
+    assert!(bench.bridge.0.try_wait().unwrap().is_none(), "the bridge stopped:\n{}", bench.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_with_a_read_in_flight_fails_the_read_and_the_bridge_stops() {
+    let mut bench = Bench::start("fault-kill", &["--device-timeout", "10s"], patient_rc()).await;
+    let scratch = bench.bar0 + SCRATCH_LO;
+    bench.write32(scratch, 7).await;
+    assert_eq!(bench.read32(scratch).await, Ok(7));
+
+    signal(&bench.device, "STOP");
+    let pid = bench.device.0.id();
+    // The read goes out while the server is stopped; the kill comes while it is in flight.
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    });
+    let in_flight = bench.read32(scratch).await;
+    killer.join().unwrap();
+    // The bridge answers the read with CA and then stops, closing the link; the root complex
+    // sees the CA or, when the close overtakes it, the closed link. Never data, never a hang.
+    assert!(in_flight.is_err(), "read {in_flight:?} from a killed server");
+
+    // No reconnection yet: the bridge reports the lost server and exits with status 1.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = bench.bridge.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bridge kept running:\n{}", bench.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1), "{}", bench.log());
+    let log = bench.log();
+    assert!(log.contains("answering Completer Abort"), "the in-flight read was not answered:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_port_that_never_completes_fails_the_device_dma_and_the_bridge_keeps_serving() {
+    // Completions to the device's reads are scheduled a simulated hour away: never, here.
+    let rc = RcConfig { completion_latency: 3_600_000_000_000, ..patient_rc() };
+    let mut bench = Bench::start("fault-no-cpl", &["--cpl-timeout", "100us"], rc).await;
+    let bar0 = bench.bar0;
+    bench.rc.memory_mut().write(0x1000, &[0x5a; 256]);
+    bench.write32(bar0 + SRC_LO, 0x1000).await;
+    bench.write32(bar0 + DST_LO, 0x3000).await;
+    bench.write32(bar0 + LENGTH, 256).await;
+    bench.write32(bar0 + DOORBELL, 1).await;
+    // Let simulated time pass well beyond the completion timeout (100 000 cycles of 1 ns).
+    let until = bench.rc.now() + 300_000;
+    bench.rc.sleep_until(until).await.unwrap();
+    let mut status = 0;
+    for _ in 0..20_000 {
+        status = bench.read32(bar0 + STATUS).await.unwrap();
+        if status & 1 == 0 {
+            break;
+        }
+    }
+    // ERROR with ERROR_CODE 0x03 READ_REJECTED: the bridge answered the DMA_READ with ETIMEDOUT.
+    assert_eq!(status & 0xff07, 0x0304, "STATUS {status:#x}\n{}", bench.log());
+    assert_eq!(bench.read32(bar0 + DMA_ERRNO).await, Ok(110), "ETIMEDOUT");
+    let mut untouched = [0u8; 256];
+    assert!(bench.rc.memory().read(0x3000, &mut untouched));
+    assert_eq!(untouched, [0u8; 256], "nothing was written to the destination");
+    assert_eq!(bench.read32(bar0 + ID).await, Ok(0xd3a0_0001));
+    bench.write32(bar0 + SCRATCH_LO, 0x1234).await;
+    assert_eq!(bench.read32(bar0 + SCRATCH_LO).await, Ok(0x1234));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_posted_writes_lands_once_in_order_with_bounded_bridge_memory() {
+    // No pacing: the root complex sends as fast as the link takes TLPs.
+    let rc = RcConfig { completion_timeout: 1 << 40, ..RcConfig::default() };
+    let mut bench = Bench::start("fault-flood", &[], rc).await;
+    let (bar0, bar2) = (bench.bar0, bench.bar2);
+    let rss_before = rss_kib(&bench.bridge);
+    const WORDS: u32 = 8192; // half of the 64 KiB BAR2 window
+    for i in 0..WORDS {
+        bench.rc.mem_write(bar2 + u64::from(i) * 4, &(i ^ 0xa5a5_0000).to_le_bytes()).await.unwrap();
+    }
+    // Order: one register written many times holds the last value.
+    for value in 0..4000u32 {
+        bench.rc.mem_write(bar0 + SCRATCH_LO, &value.to_le_bytes()).await.unwrap();
+    }
+    assert_eq!(bench.read32(bar0 + SCRATCH_LO).await, Ok(3999), "{}", bench.log());
+    let back = bench.rc.mem_read(bar2, u64::from(WORDS) * 4).await.unwrap();
+    for (i, word) in back.chunks_exact(4).enumerate() {
+        let got = u32::from_le_bytes(word.try_into().unwrap());
+        assert_eq!(got, i as u32 ^ 0xa5a5_0000, "BAR2 word {i}");
+    }
+    let rss_after = rss_kib(&bench.bridge);
+    // 12k posted writes went through bounded queues: the bridge grew by far less than they are.
+    assert!(rss_after < rss_before + 32 * 1024, "bridge RSS {rss_before} KiB -> {rss_after} KiB");
+    assert!(bench.bridge.0.try_wait().unwrap().is_none(), "{}", bench.log());
+}
