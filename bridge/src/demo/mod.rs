@@ -379,24 +379,24 @@ fn judge(
     checks.push(zero("bridge: malformed TLPs", counters.malformed, "malformed TLPs from the root port"));
     checks.push(zero(
         "bridge: completions",
-        counters.unexpected_completions + counters.late_completions,
+        counters.unexpected_completions.saturating_add(counters.late_completions),
         "unexpected or late completions",
     ));
     checks.push(zero(
         "bridge: timeouts",
-        counters.completion_timeouts + counters.device_timeouts,
+        counters.completion_timeouts.saturating_add(counters.device_timeouts),
         "completion or device timeouts",
     ));
     checks.push(zero(
         "bridge: error completions",
-        counters.ur_sent + counters.ca_sent + counters.dma_failed_status,
+        counters.ur_sent.saturating_add(counters.ca_sent).saturating_add(counters.dma_failed_status),
         "UR/CA completions or failed DMA reads",
     ));
     checks.push(zero("capture: records lost", capture.dropped(), "capture records lost"));
     // The capture and the engine's counters are two independent records of the same traffic.
     let (captured_in, captured_out) = transcript.tlp_counts();
-    let counted_in: u64 = counters.tlps_in.iter().sum();
-    let counted_out: u64 = counters.tlps_out.iter().sum();
+    let counted_in = counters.tlps_in.iter().fold(0u64, |a, n| a.saturating_add(*n));
+    let counted_out = counters.tlps_out.iter().fold(0u64, |a, n| a.saturating_add(*n));
     checks.push(Check {
         name: "capture agrees with the bridge's counters".into(),
         passed: (captured_in, captured_out) == (counted_in, counted_out),
