@@ -170,12 +170,20 @@ impl LinkReader {
     }
 }
 
-/// Naturally aligned pieces of at most 8 bytes, or whole pieces of at most `max`.
-pub fn access_pieces(offset: u64, len: u32, split: AccessSplit, max: u32) -> Vec<(u64, u32)> {
-    let mut pieces = Vec::new();
+/// Naturally aligned pieces of at most 8 bytes, or whole pieces of at most `max`. An iterator,
+/// not a `Vec`: this runs for every request, and most have one piece.
+pub fn access_pieces(
+    offset: u64,
+    len: u32,
+    split: AccessSplit,
+    max: u32,
+) -> impl Iterator<Item = (u64, u32)> {
     let end = offset.saturating_add(u64::from(len));
     let mut at = offset;
-    while at < end {
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
         let remaining = end - at;
         let size = match split {
             AccessSplit::Aligned8 => {
@@ -183,10 +191,10 @@ pub fn access_pieces(offset: u64, len: u32, split: AccessSplit, max: u32) -> Vec
             }
             AccessSplit::Whole => remaining.min(u64::from(max.max(1))),
         };
-        pieces.push((at, size as u32));
+        let piece = (at, size as u32);
         at += size;
-    }
-    pieces
+        Some(piece)
+    })
 }
 
 /// The posted dispatcher.
@@ -684,11 +692,14 @@ mod tests {
     #[test]
     fn pieces_are_naturally_aligned_and_at_most_8_bytes() {
         assert_eq!(
-            access_pieces(0x3, 14, AccessSplit::Aligned8, 1 << 20),
+            access_pieces(0x3, 14, AccessSplit::Aligned8, 1 << 20).collect::<Vec<_>>(),
             vec![(0x3, 1), (0x4, 4), (0x8, 8), (0x10, 1)]
         );
-        assert_eq!(access_pieces(0x6, 2, AccessSplit::Aligned8, 8), vec![(0x6, 2)]);
-        assert_eq!(access_pieces(0x0, 10, AccessSplit::Whole, 4), vec![(0, 4), (4, 4), (8, 2)]);
-        assert!(access_pieces(5, 0, AccessSplit::Whole, 4).is_empty());
+        assert_eq!(access_pieces(0x6, 2, AccessSplit::Aligned8, 8).collect::<Vec<_>>(), vec![(0x6, 2)]);
+        assert_eq!(
+            access_pieces(0x0, 10, AccessSplit::Whole, 4).collect::<Vec<_>>(),
+            vec![(0, 4), (4, 4), (8, 2)]
+        );
+        assert!(access_pieces(5, 0, AccessSplit::Whole, 4).next().is_none());
     }
 }
