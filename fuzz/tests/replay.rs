@@ -63,7 +63,7 @@ fn fpga_dll_known_stale_hello() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // SAFETY: set before any thread of this test reads the environment.
     unsafe { std::env::set_var("TLPBRIDGE_FUZZ_DLL_DELIVERY", "1") };
-    for name in ["stale-hello-sequence-desync", "acked-tlp-never-delivered"] {
+    for name in ["stale-hello-sequence-desync", "acked-tlp-never-delivered", "duplicate-after-reset"] {
         let data = std::fs::read(root.join("known/fpga_dll").join(name)).unwrap();
         tlpbridge_fuzz::fpga_dll::check(&data);
     }

@@ -3,12 +3,14 @@
 //! over the sim link. Each scenario is started by a posted write of its number to the device's
 //! doorbell (BAR0 + 0x1c):
 //!
-//! 1. DMA outside every window → refused with EFAULT; 2. DMA above the advertised maximum →
-//! E2BIG; 3. DMA with Bus Master Enable clear → EPERM; 4. a burst of 64 DMA requests → all served,
-//! replies bounded by the client's concurrency; and the bridge keeps serving the root port
-//! throughout. 5. a reply to a message id never sent, 6. a DMA_WRITE whose count disagrees with
-//! its data: protocol violations the client does not survive (the connection is dropped,
-//! pending requests fail with CA, and without reconnection the bridge exits with status 1).
+//! - 1: DMA outside every window, refused with EFAULT;
+//! - 2: DMA above the advertised maximum, refused with E2BIG;
+//! - 3: DMA with Bus Master Enable clear, refused with EPERM (served once it is set again);
+//! - 4: a burst of 64 DMA requests, all served, while the root port keeps being served;
+//! - 5: a reply to a message id never sent, and 6: a DMA_WRITE whose count disagrees with its
+//!   data: protocol violations the client does not survive (the connection is dropped, pending
+//!   requests fail with CA, and without reconnection the bridge exits with status 1);
+//! - 7: a flood of 1000 DMA requests (ignored test: an open finding).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
