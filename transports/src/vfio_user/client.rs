@@ -1404,19 +1404,23 @@ impl Client {
     // --- region access ----------------------------------------------------------------------
 
     /// `(offset, count)` pieces of at most the server's `max_data_xfer_size`.
-    fn chunks(&self, offset: u64, len: usize) -> Result<Vec<(u64, u32)>, Error> {
-        let max = self.server_caps().max_data_xfer_size as usize;
+    /// `(offset, count)` chunks of at most the server's `max_data_xfer_size`; an iterator, so that
+    /// the common one-chunk access allocates nothing for it.
+    fn chunks(&self, offset: u64, len: usize) -> Result<impl Iterator<Item = (u64, u32)> + use<>, Error> {
+        let max = (self.server_caps().max_data_xfer_size as u64).max(1);
         let end = offset.checked_add(len as u64).ok_or_else(|| {
             Error::InvalidArgument(format!("region access at {offset:#x} + {len} overflows"))
         })?;
-        let mut pieces = Vec::with_capacity(len.div_ceil(max.max(1)));
         let mut at = offset;
-        while at < end {
-            let count = (end - at).min(max as u64);
-            pieces.push((at, count as u32));
+        Ok(std::iter::from_fn(move || {
+            if at >= end {
+                return None;
+            }
+            let count = (end - at).min(max);
+            let chunk = (at, count as u32);
             at += count;
-        }
-        Ok(pieces)
+            Some(chunk)
+        }))
     }
 
     /// REGION_READ of `len` bytes, split into chunks of the server's `max_data_xfer_size`
@@ -1424,9 +1428,8 @@ impl Client {
     pub async fn region_read(&self, index: u32, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
         let span = debug_span!("vfio_user_request", command = %Command::RegionRead, id = tracing::field::Empty, region = index, offset, len);
         async {
-            let pieces = self.chunks(offset, len)?;
-            let mut pending = Vec::with_capacity(pieces.len());
-            for &(at, count) in &pieces {
+            let mut pending = Vec::new();
+            for (at, count) in self.chunks(offset, len)? {
                 pending.push(self.start_region_read(index, at, count).await?);
             }
             let mut data = Vec::with_capacity(len);
@@ -1498,10 +1501,9 @@ impl Client {
     pub async fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), Error> {
         let span = debug_span!("vfio_user_request", command = %Command::RegionWrite, id = tracing::field::Empty, region = index, offset, len = data.len());
         async {
-            let pieces = self.chunks(offset, data.len())?;
-            let mut pending = Vec::with_capacity(pieces.len());
+            let mut pending = Vec::new();
             let mut consumed = 0usize;
-            for &(at, count) in &pieces {
+            for (at, count) in self.chunks(offset, data.len())? {
                 let piece = data.get(consumed..consumed + count as usize).unwrap_or(&[]);
                 consumed += count as usize;
                 pending.push(self.start_region_write(index, at, piece).await?);
