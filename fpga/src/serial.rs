@@ -91,7 +91,18 @@ pub fn open_port(options: &SerialOptions) -> Result<Device> {
     let fd = port.into_raw_fd();
     // SAFETY: `into_raw_fd` hands over sole ownership of the open descriptor.
     let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    // `serialport` leaves VMIN = VTIME = 0, where a read with no data returns 0 bytes — which
+    // would look like end of file. VMIN = 1 makes it EAGAIN on our non-blocking descriptor.
+    set_vmin_one(&file).map_err(|e| serial_error(format!("cannot set VMIN: {e}")))?;
     let io = FdIo::new(file).map_err(|e| serial_error(format!("cannot drive it non-blocking: {e}")))?;
     let (reader, writer) = tokio::io::split(io);
     Ok(Device { reader: Box::new(reader), writer: Box::new(writer), name: options.path.clone() })
+}
+
+fn set_vmin_one(file: &std::fs::File) -> nix::Result<()> {
+    use nix::sys::termios::{SetArg, SpecialCharacterIndices, tcgetattr, tcsetattr};
+    let mut attrs = tcgetattr(file)?;
+    attrs.control_chars[SpecialCharacterIndices::VMIN as usize] = 1;
+    attrs.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
+    tcsetattr(file, SetArg::TCSANOW, &attrs)
 }
