@@ -217,7 +217,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, BridgeError> {
     scaling(&sizes, &mut report).await?;
     memory(&sizes, rss_before, &mut report).await?;
     report.notes.push(
-        "Serial-link framing over a pty: see the FPGA link section of docs/performance.md (fpga crate's own benchmark)."
+        "Serial-link framing over a pty: `cargo bench -p fpga --bench serial_link` (docs/performance.md, \"FPGA serial link over a pty\")."
             .into(),
     );
     Ok(report)
