@@ -10,7 +10,9 @@
 //! - a root port that never returns completions: the device's DMA read fails with ETIMEDOUT
 //!   after the completion timeout and the bridge keeps serving;
 //! - a flood of posted writes: back-pressure, every write lands, in order, and the bridge's
-//!   memory stays bounded.
+//!   memory stays bounded;
+//! - a simulator that drops the link: the bridge resets the device and stops (status 1); a new
+//!   bridge and simulator session on the same server find it reset and working.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -94,6 +96,48 @@ const STATUS: u64 = 0x20;
 const DMA_ERRNO: u64 = 0x2c;
 const SCRATCH_LO: u64 = 0x30;
 
+/// Starts `tlpbridge run` against the server at `socket`, connects a root complex to it and
+/// enumerates the device: the bridge, its log, the root complex, BAR0 and BAR2.
+async fn attach(
+    bin: &Path,
+    dir: &tlpbridge_tests::TestDir,
+    socket: &Path,
+    bridge_args: &[&str],
+    rc: RcConfig,
+    log_name: &str,
+) -> (Running, PathBuf, RootComplex<SimulatorEnd>, u64, u64) {
+    let port = free_port();
+    let bridge_log = dir.join(log_name);
+    let link = format!("sim-listen://127.0.0.1:{port}");
+    let mut args = vec!["run", "--server", socket.to_str().unwrap(), "--link", &link];
+    args.extend_from_slice(bridge_args);
+    let bridge = spawn(bin, &args, &bridge_log);
+    wait_listening(port, &bridge_log);
+    let end = SimulatorEnd::connect(&format!("127.0.0.1:{port}"), &SimulatorConfig::default()).await.unwrap();
+    let mut rc = RootComplex::new(end, rc).unwrap();
+    // The bridge answers CRS until it has read the device; on a loaded machine that can
+    // outlast the root complex's own CRS retries.
+    let mut attempts = 0;
+    let enumeration = loop {
+        match rc.enumerate().await {
+            Ok(e) => break e,
+            Err(e) if e.to_string().contains("CRS") && attempts < 100 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                panic!(
+                    "enumeration failed: {e}\n{}",
+                    std::fs::read_to_string(&bridge_log).unwrap_or_default()
+                )
+            }
+        }
+    };
+    let bar = |slot: u8| enumeration.bars.iter().find(|b| b.slot == slot).unwrap().address;
+    let (bar0, bar2) = (bar(0), bar(2));
+    (bridge, bridge_log, rc, bar0, bar2)
+}
+
 struct Bench {
     device: Running,
     bridge: Running,
@@ -113,34 +157,8 @@ impl Bench {
         let socket = dir.socket_path("dev.sock").unwrap_or_else(|e| panic!("{e}"));
         let device =
             spawn(&bin, &["sim", "device", "--socket", socket.to_str().unwrap()], &dir.join("device.log"));
-        let port = free_port();
-        let bridge_log = dir.join("run.log");
-        let link = format!("sim-listen://127.0.0.1:{port}");
-        let mut args = vec!["run", "--server", socket.to_str().unwrap(), "--link", &link];
-        args.extend_from_slice(bridge_args);
-        let bridge = spawn(&bin, &args, &bridge_log);
-        wait_listening(port, &bridge_log);
-        let end =
-            SimulatorEnd::connect(&format!("127.0.0.1:{port}"), &SimulatorConfig::default()).await.unwrap();
-        let mut rc = RootComplex::new(end, rc).unwrap();
-        // The bridge answers CRS until it has read the device; on a loaded machine that can
-        // outlast the root complex's own CRS retries.
-        let mut attempts = 0;
-        let enumeration = loop {
-            match rc.enumerate().await {
-                Ok(e) => break e,
-                Err(e) if e.to_string().contains("CRS") && attempts < 100 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!(
-                    "enumeration failed: {e}\n{}",
-                    std::fs::read_to_string(&bridge_log).unwrap_or_default()
-                ),
-            }
-        };
-        let bar = |slot: u8| enumeration.bars.iter().find(|b| b.slot == slot).unwrap().address;
-        let (bar0, bar2) = (bar(0), bar(2));
+        let (bridge, bridge_log, rc, bar0, bar2) =
+            attach(&bin, &dir, &socket, bridge_args, rc, "run.log").await;
         Bench { device, bridge, bridge_log, rc, bar0, bar2, _dir: dir }
     }
 
@@ -289,4 +307,45 @@ async fn a_flood_of_posted_writes_lands_once_in_order_with_bounded_bridge_memory
     // 12k posted writes went through bounded queues: the bridge grew by far less than they are.
     assert!(rss_after < rss_before + 32 * 1024, "bridge RSS {rss_before} KiB -> {rss_after} KiB");
     assert!(bench.bridge.0.try_wait().unwrap().is_none(), "{}", bench.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_simulator_link_stops_the_bridge_and_a_new_session_finds_the_device_reset() {
+    let bin = tlpbridge_tests::tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
+    let mut bench = Bench::start("fault-link-drop", &[], patient_rc()).await;
+    let (bar0, bar2) = (bench.bar0, bench.bar2);
+    bench.write32(bar0 + SCRATCH_LO, 0xfeed_f00d).await;
+    bench.rc.mem_write(bar2 + 0x100, &[1, 2, 3, 4, 5, 6, 7, 8]).await.unwrap();
+    assert_eq!(bench.read32(bar0 + SCRATCH_LO).await, Ok(0xfeed_f00d));
+
+    // The simulator goes away without CLOSE (a crashed simulator): the TCP connection drops.
+    let Bench { device, mut bridge, bridge_log, rc, _dir: dir, .. } = bench;
+    drop(rc);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = bridge.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bridge kept running after the link dropped");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(&bridge_log).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("link closed"), "{log}");
+
+    // Link down is a conventional reset of the function (docs/design.md §7): the old bridge
+    // sent DEVICE_RESET before it stopped, so a new bridge and simulator session find the device
+    // at its reset values, and it works.
+    let socket = dir.socket_path("dev.sock").unwrap_or_else(|e| panic!("{e}"));
+    let (_bridge2, log2, mut rc, bar0, _) = attach(&bin, &dir, &socket, &[], patient_rc(), "run2.log").await;
+    let read = |data: Vec<u8>| u32::from_le_bytes(data.try_into().unwrap());
+    let scratch = rc
+        .mem_read(bar0 + SCRATCH_LO, 4)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log2).unwrap_or_default()));
+    assert_eq!(read(scratch), 0, "SCRATCH after the link-down reset");
+    assert_eq!(read(rc.mem_read(bar0 + ID, 4).await.unwrap()), 0xd3a0_0001);
+    rc.mem_write(bar0 + SCRATCH_LO, &0x0bad_cafeu32.to_le_bytes()).await.unwrap();
+    assert_eq!(read(rc.mem_read(bar0 + SCRATCH_LO, 4).await.unwrap()), 0x0bad_cafe);
+    drop(device);
 }
