@@ -72,6 +72,32 @@ async fn link_down_fails_outstanding_dma_with_enotconn() {
 }
 
 #[tokio::test]
+async fn link_down_releases_the_aborted_tags_so_dma_works_at_once_after_link_up() {
+    // A completion timeout far beyond the test: a tag quarantined by the link down would stay taken.
+    let config = EngineConfig { completion_timeout: Some(Duration::from_secs(3600)), ..config() };
+    let Setup { engine, mut rc, .. } = setup(config).await;
+    rc.enumerate().await;
+    rc.host.lock().unwrap().policy = ReadPolicy::Hold;
+    rc.mem_write(BAR0_ADDRESS + REG_DMA_ADDR, &HOST_BASE.to_le_bytes()).await;
+    rc.mem_write(BAR0_ADDRESS + REG_DMA_LEN, &4096u32.to_le_bytes()).await;
+    rc.mem_write(BAR0_ADDRESS + REG_DOORBELL, &[1, 0, 0, 0]).await;
+    eventually(|| !rc.host.lock().unwrap().held.is_empty()).await;
+    assert!(engine.tags_in_use() > 0);
+    rc.event(LinkEvent::Down).await;
+    eventually(|| engine.counters().snapshot().resets == 1).await;
+    // The held reads never complete: the link reset dropped them.
+    rc.host.lock().unwrap().held.clear();
+    rc.host.lock().unwrap().policy = ReadPolicy::InOrder;
+    rc.event(LinkEvent::Up).await;
+    read_id_after_crs(&mut rc).await;
+    assert_eq!(engine.tags_in_use(), 0, "the link reset freed every tag");
+    rc.enumerate().await;
+    assert_eq!(rc.device_dma(1, HOST_BASE, 4096).await, 0, "a DMA right after link up succeeds");
+    let snap = engine.shutdown().await;
+    assert_eq!(snap.completion_timeouts, 0);
+}
+
+#[tokio::test]
 async fn server_loss_stops_the_engine_and_fails_requests_with_ca() {
     let Setup { mut engine, mut rc, device } = setup(config()).await;
     rc.enumerate().await;

@@ -36,8 +36,8 @@ struct Outstanding<'a> {
 impl Drop for Outstanding<'_> {
     fn drop(&mut self) {
         let until = self.shared.clock.now().saturating_add(self.shared.cpl_timeout);
-        for (tag, _, _) in self.reads.drain(..) {
-            self.shared.tags.quarantine(tag, until);
+        for (tag, mut read, _) in self.reads.drain(..) {
+            self.shared.tags.quarantine(tag, &mut read, until);
         }
     }
 }
@@ -92,12 +92,12 @@ impl DmaBridge {
                     None => break,
                 }
             }
-            let Some((tag, rx, deadline)) = outstanding.reads.pop_front() else { break };
+            let Some((tag, mut rx, deadline)) = outstanding.reads.pop_front() else { break };
             let outcome = tokio::select! {
-                outcome = rx => outcome.unwrap_or(ReadOutcome::Aborted),
+                outcome = &mut rx => outcome.unwrap_or(ReadOutcome::Aborted),
                 _ = shared.clock.sleep_until(deadline) => {
                     Counters::inc(&shared.counters.completion_timeouts);
-                    shared.tags.quarantine(tag, shared.clock.now().saturating_add(shared.cpl_timeout));
+                    shared.tags.quarantine(tag, &mut rx, shared.clock.now().saturating_add(shared.cpl_timeout));
                     debug!(tag, address, len, "completion timeout on a device DMA read");
                     return Err(DmaError::CompletionTimeout);
                 }

@@ -483,7 +483,12 @@ async fn control_task(
 async fn reset(shared: &Shared, client: &Client, kind: ResetKind) {
     Counters::inc(&shared.counters.resets);
     info!(?kind, "device reset");
-    shared.tags.abort_all(shared.clock.now().saturating_add(shared.cpl_timeout));
+    match kind {
+        // Completions may still come for reads issued before an FLR: quarantine their tags.
+        ResetKind::Flr => shared.tags.abort_all(shared.clock.now().saturating_add(shared.cpl_timeout)),
+        // A link reset drops everything in flight on the link: no completion comes after it.
+        ResetKind::HotReset | ResetKind::LinkDown => shared.tags.release_all(),
+    }
     let _ = shared.irq_commands.send(IrqCommand::Reset).await;
     if let Err(e) = client.reset().await {
         warn!(?kind, error = %e, "DEVICE_RESET failed; the device may keep its old state");

@@ -4,7 +4,8 @@
 //! waits), so device DMA can always finish even when the request queues are full. A tag whose
 //! read timed out is *quarantined*: it is not handed out again until its final late completion
 //! arrives or a further completion timeout has passed, so a late completion can never be taken
-//! for a newer request that reused the tag.
+//! for a newer request that reused the tag. A link reset (link down, hot reset) instead frees
+//! every tag at once: completions for requests issued before it never arrive after it.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -129,9 +130,17 @@ impl TagTable {
         self.freed.notified()
     }
 
-    /// The read on `tag` timed out or was abandoned: quarantine it until `until`.
-    pub fn quarantine(&self, tag: u16, until: LinkInstant) {
+    /// The read on `tag` (whose outcome `read` would receive) timed out or was abandoned:
+    /// quarantine it until `until`. Nothing happens if the read has already ended (completed,
+    /// or aborted and its tag released by a link reset), since the tag may belong to a newer
+    /// read by now.
+    pub fn quarantine(&self, tag: u16, read: &mut oneshot::Receiver<ReadOutcome>, until: LinkInstant) {
         let mut inner = self.lock();
+        // Senders leave their slot only under this lock, so an empty, open channel means the
+        // slot still holds this read.
+        if !matches!(read.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+            return;
+        }
         if let Some(slot) = inner.slots.get_mut(usize::from(tag)) {
             if matches!(slot, Slot::Busy { .. }) {
                 *slot = Slot::Quarantined { until };
@@ -148,6 +157,20 @@ impl TagTable {
                 if let Slot::Busy { done, .. } = std::mem::replace(slot, Slot::Quarantined { until }) {
                     let _ = done.send(ReadOutcome::Aborted);
                 }
+            }
+        }
+        drop(inner);
+        self.freed.notify_waiters();
+    }
+
+    /// Fails every outstanding read and frees every tag, quarantined ones included, at once:
+    /// for a link reset (link down, hot reset), after which no completion for an earlier
+    /// request can arrive.
+    pub fn release_all(&self) {
+        let mut inner = self.lock();
+        for slot in inner.slots.iter_mut() {
+            if let Slot::Busy { done, .. } = std::mem::replace(slot, Slot::Free) {
+                let _ = done.send(ReadOutcome::Aborted);
             }
         }
         drop(inner);
@@ -255,19 +278,44 @@ mod tests {
         }
         assert!(held.iter().all(|(tag, _)| *tag < 256));
         assert!(t.allocate(TagWidth::Eight, LinkInstant(0), ReadReassembly::new(0, 4).unwrap()).is_none());
-        let (tag, _) = &held[0];
-        t.quarantine(*tag, LinkInstant(100));
+        let tag = held[0].0;
+        t.quarantine(tag, &mut held[0].1, LinkInstant(100));
         assert!(t.allocate(TagWidth::Eight, LinkInstant(99), ReadReassembly::new(0, 4).unwrap()).is_none());
         let (again, _) =
             t.allocate(TagWidth::Eight, LinkInstant(100), ReadReassembly::new(0, 4).unwrap()).unwrap();
-        assert_eq!(again, *tag);
+        assert_eq!(again, tag);
         let (ten, _) = t.allocate(TagWidth::Ten, LinkInstant(0), ReadReassembly::new(0, 4).unwrap()).unwrap();
         assert!(ten >= 256);
         // 5-bit mode: only tags 0..=31 count.
-        t.quarantine(held[40].0, LinkInstant(50));
+        t.quarantine(held[40].0, &mut held[40].1, LinkInstant(50));
         let five = |now| t.allocate(TagWidth::Five, LinkInstant(now), ReadReassembly::new(0, 4).unwrap());
         assert!(five(100).is_none(), "tag 40 is not a 5-bit tag");
-        t.quarantine(held[1].0, LinkInstant(50));
+        t.quarantine(held[1].0, &mut held[1].1, LinkInstant(50));
         assert_eq!(five(100).unwrap().0, held[1].0);
+    }
+
+    #[test]
+    fn a_link_reset_frees_busy_and_quarantined_tags_and_a_stale_quarantine_spares_the_new_read() {
+        let t = table();
+        let read = || ReadReassembly::new(0x1000, 4).unwrap();
+        let mut held: Vec<_> =
+            (0..32).map(|_| t.allocate(TagWidth::Five, LinkInstant(0), read()).unwrap()).collect();
+        let timed_out = held[0].0;
+        t.quarantine(timed_out, &mut held[0].1, LinkInstant(1_000));
+        assert_eq!(t.in_use(), 32);
+        t.release_all();
+        assert_eq!(t.in_use(), 0);
+        for (_, rx) in held.iter_mut().skip(1) {
+            assert_eq!(rx.try_recv().unwrap(), ReadOutcome::Aborted);
+        }
+        // Every 5-bit tag is usable at once, long before the quarantine would have ended.
+        let mut again: Vec<_> =
+            (0..32).map(|_| t.allocate(TagWidth::Five, LinkInstant(1), read()).unwrap()).collect();
+        // The aborted read giving up on its tag late must not quarantine the newer read's tag.
+        let (stale_tag, stale_rx) = &mut held[1];
+        t.quarantine(*stale_tag, stale_rx, LinkInstant(1_000));
+        assert_eq!(t.in_use(), 32);
+        let owner = again.iter_mut().find(|(tag, _)| tag == stale_tag).unwrap();
+        assert!(matches!(owner.1.try_recv(), Err(oneshot::error::TryRecvError::Empty)), "still busy");
     }
 }
