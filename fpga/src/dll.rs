@@ -6,7 +6,12 @@
 //! take what arrived with [`Dll::poll_delivery`]. Times are [`Duration`]s since any fixed origin.
 //!
 //! The protocol (`docs/fpga-link.md`): a HELLO handshake brings the link up and resets both
-//! sides' sequence numbers; TLP frames carry 16-bit sequence numbers; the receiver accepts only
+//! sides' sequence numbers. Each side starts a new session (a 32-bit identifier in its HELLO)
+//! every time it goes down, and goes up only on a HELLO that echoes its current session, so a
+//! HELLO sent before a link reset can never bring a side up alone (which would let frames of the
+//! old session be accepted with restarted sequence numbers: TLPs delivered twice or never).
+//! Going down reports every TLP not yet acknowledged as lost, so a TLP is delivered at most once
+//! and the sender learns of every one not known to be delivered. TLP frames carry 16-bit sequence numbers; the receiver accepts only
 //! the next one in order and acknowledges cumulatively (ACK), or asks for a go-back-N replay
 //! (NAK) when it sees a gap or a damaged frame; the sender keeps unacknowledged frames in a
 //! replay buffer and resends them on NAK or when its replay timer expires. ACK/NAK also carry
@@ -22,8 +27,8 @@ use crate::framing::{Deframer, FrameRepr, Hello, MAX_TLP_BYTES, VERSION, field::
 /// One side's configuration.
 #[derive(Clone, Debug)]
 pub struct DllConfig {
-    /// What this side announces. `flags` may hold [`flags::TIMESTAMPS`]; the handshake flags are
-    /// managed by the state machine.
+    /// What this side announces. `flags` may hold [`flags::TIMESTAMPS`]; the handshake flags and
+    /// the session fields are managed by the state machine.
     pub hello: Hello,
     /// Resend unacknowledged frames when the oldest has waited this long for an ACK.
     pub replay_timeout: Duration,
@@ -49,6 +54,8 @@ impl DllConfig {
                 credits: credits.clamp(1, MAX_CREDITS),
                 max_tlp: MAX_TLP_BYTES as u16,
                 keepalive_ms: 100,
+                session: 0,
+                peer_session: 0,
             },
             replay_timeout: Duration::from_millis(200),
             hello_interval: Duration::from_millis(100),
@@ -154,6 +161,8 @@ pub struct Dll {
     peer: Option<Hello>,
     /// A peer HELLO arrived since this side last went down.
     peer_seen: bool,
+    /// This side's session; a new one each time it goes down.
+    session: u32,
     hello_pending: bool,
     next_hello: Duration,
     // transmit
@@ -188,6 +197,7 @@ impl Dll {
             up: false,
             peer: None,
             peer_seen: false,
+            session: initial_session(now),
             hello_pending: true,
             next_hello: now,
             next_tx_seq: 0,
@@ -306,6 +316,9 @@ impl Dll {
         }
         self.up = false;
         self.peer_seen = false;
+        // HELLOs of the peer that echo the old session (still on the wire) must not bring this
+        // side up again.
+        self.session = self.session.wrapping_add(1);
         self.replay.clear();
         self.replay_cursor = 0;
         self.replay_started = None;
@@ -344,8 +357,13 @@ impl Dll {
     fn our_hello(&self) -> Hello {
         let mut h = self.config.hello;
         h.flags &= flags::TIMESTAMPS;
-        if self.peer_seen {
+        h.session = self.session;
+        h.peer_session = 0;
+        if self.peer_seen
+            && let Some(peer) = self.peer
+        {
             h.flags |= flags::PEER_SEEN;
+            h.peer_session = peer.session;
         }
         if self.up {
             h.flags |= flags::UP;
@@ -406,13 +424,24 @@ impl Dll {
             tracing::warn!(?h, "fpga link: HELLO with zero credits or keep-alive ignored");
             return;
         }
-        if self.up && !h.has(flags::PEER_SEEN) {
-            // The peer started over: its sequence numbers restart, so must ours.
-            self.go_down(now, DownReason::PeerReset);
+        if self.up {
+            let current = self.peer.is_some_and(|p| p.session == h.session);
+            if !current || !h.has(flags::PEER_SEEN) {
+                // The peer started over (a new session): its sequence numbers restart, so must
+                // ours, and what it had not acknowledged is lost.
+                self.go_down(now, DownReason::PeerReset);
+            } else if h.peer_session != self.session {
+                // The peer's current session, but not echoing ours: cannot be sent by a peer
+                // that is up with us; a stale or corrupted HELLO. Ignore it.
+                tracing::debug!(?h, session = self.session, "fpga link: HELLO for another session ignored");
+                return;
+            }
         }
         self.peer = Some(h);
         self.peer_seen = true;
-        if !self.up && h.has(flags::PEER_SEEN) {
+        // Up only on a HELLO that echoes this side's current session: one sent before this side
+        // last went down echoes an older session.
+        if !self.up && h.has(flags::PEER_SEEN) && h.peer_session == self.session {
             self.go_up(now, h);
         }
         if !h.has(flags::UP) {
@@ -591,6 +620,19 @@ impl Dll {
             self.ack_pending = true;
         }
     }
+}
+
+/// A session to start from that differs, with high probability, from the one a previous
+/// instance of this side used (a reopened device, a restarted process), whose HELLOs may still
+/// be on the wire.
+fn initial_session(now: Duration) -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(now.as_nanos());
+    if let Ok(since_epoch) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(since_epoch.as_nanos());
+    }
+    hasher.finish() as u32
 }
 
 #[cfg(test)]

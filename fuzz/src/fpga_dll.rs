@@ -1,12 +1,12 @@
 //! The FPGA link's reliable data-link layer (`fpga::dll::Dll`): two ends joined by a wire the
 //! input controls (deliver, damage one bit, drop, inject garbage, advance time, reset).
 //!
-//! Properties, always: a side never holds more than the peer's `credits + tx_queue`
-//! unacknowledged TLPs; each frame written is at most `MAX_ENCODED_BYTES + 1` bytes. With
-//! `TLPBRIDGE_FUZZ_DLL_DELIVERY=1` also the delivery properties, which open findings break
-//! (docs/reliability.md): each side delivers the TLPs the other sent in order and at most once
-//! (each TLP carries its index; received indices strictly increase), and with a clean wire and
-//! time moving on, the last TLP sent since the sender's link last went down arrives.
+//! Properties: a side never holds more than the peer's `credits + tx_queue` unacknowledged TLPs;
+//! each frame written is at most `MAX_ENCODED_BYTES + 1` bytes; each side delivers the TLPs the
+//! other sent in order and at most once, across link resets too (each TLP carries its index;
+//! received indices strictly increase); and with a clean wire and time moving on, both sides
+//! come up, nothing stays unacknowledged and the last TLP sent since the sender's link last went
+//! down arrives.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -70,22 +70,13 @@ impl Side {
             }
             if let Delivery::Tlp { tlp, .. } = d {
                 let index = u32::from_be_bytes(tlp[..4].try_into().unwrap());
-                if let Some(last) = self.last_received
-                    && strict_delivery()
-                {
+                if let Some(last) = self.last_received {
                     assert!(index > last, "TLP {index} delivered after {last}: duplicate or reordered");
                 }
                 self.last_received = Some(index);
             }
         }
     }
-}
-
-/// Whether the delivery properties (in order, at most once, eventually) are checked: open
-/// findings break them (docs/reliability.md, inputs in fuzz/known/fpga_dll/), so the bounded CI
-/// run checks only the bounds until they are fixed.
-fn strict_delivery() -> bool {
-    std::env::var_os("TLPBRIDGE_FUZZ_DLL_DELIVERY").is_some()
 }
 
 pub fn check(data: &[u8]) {
@@ -146,13 +137,10 @@ pub fn check(data: &[u8]) {
             side.receive();
         }
     }
-    // Open finding (docs/reliability.md, inputs in fuzz/known/fpga_dll/): after one side alone
-    // resets (a stale HELLO brings it back up), the two sides' sequence numbers disagree and
-    // frames are never acknowledged or never delivered. Checked only when asked, so that the
-    // bounded CI run keeps fuzzing the other properties.
-    if !strict_delivery() {
-        return;
-    }
+    // A stale HELLO bringing one side up alone (fixed, docs/reliability.md §4; inputs in
+    // fuzz/regressions/fpga_dll/) left the sides' sequence numbers disagreeing: frames never
+    // acknowledged, never delivered, or delivered twice.
+    assert!(sides[0].dll.is_up() && sides[1].dll.is_up(), "a clean wire for 2 s did not bring the link up");
     for i in 0..2 {
         let (sender, receiver) = (&sides[i], &sides[1 - i]);
         if sender.dll.is_up() && receiver.dll.is_up() {

@@ -18,7 +18,8 @@ pub const MAX_ENCODED_BYTES: usize = cobs::max_encoded_len(MAX_BODY_BYTES + fiel
 /// The frame delimiter.
 pub const DELIMITER: u8 = 0x00;
 /// The protocol version sent in HELLO.
-pub const VERSION: u8 = 1;
+/// The protocol version sent in HELLO (2: HELLO carries session identifiers).
+pub const VERSION: u8 = 2;
 
 /// Byte offsets inside a frame body.
 pub mod field {
@@ -44,12 +45,15 @@ pub mod field {
     pub const HELLO_CREDITS: Range<usize> = 9..11;
     pub const HELLO_MAX_TLP: Range<usize> = 11..13;
     pub const HELLO_KEEPALIVE_MS: Range<usize> = 13..15;
-    pub const HELLO_LEN: usize = 15;
+    pub const HELLO_SESSION: Range<usize> = 15..19;
+    pub const HELLO_PEER_SESSION: Range<usize> = 19..23;
+    pub const HELLO_LEN: usize = 23;
 
     pub mod flags {
         /// The sender stamps its TLP frames (type TLP_TS).
         pub const TIMESTAMPS: u8 = 0x01;
-        /// The sender has received a HELLO from its peer since it last went down.
+        /// The sender has received a HELLO from its peer since it last went down; the HELLO's
+        /// peer session field holds that HELLO's session.
         pub const PEER_SEEN: u8 = 0x02;
         /// The sender's link is up (a HELLO with this bit set is never answered).
         pub const UP: u8 = 0x04;
@@ -88,6 +92,11 @@ pub struct Hello {
     pub max_tlp: u16,
     /// How often the sender sends a frame when idle, in milliseconds (1..).
     pub keepalive_ms: u16,
+    /// The sender's session: a new value each time the sender goes down, so that a HELLO can be
+    /// told apart from one sent before a link reset.
+    pub session: u32,
+    /// The session of the last peer HELLO the sender received (meaningful with PEER_SEEN).
+    pub peer_session: u32,
 }
 
 impl Hello {
@@ -139,6 +148,10 @@ fn be16(body: &[u8], r: std::ops::Range<usize>) -> u16 {
     body.get(r).and_then(|b| b.try_into().ok()).map_or(0, u16::from_be_bytes)
 }
 
+fn be32(body: &[u8], r: std::ops::Range<usize>) -> u32 {
+    body.get(r).and_then(|b| b.try_into().ok()).map_or(0, u32::from_be_bytes)
+}
+
 impl<'a> FrameRepr<'a> {
     /// Parses a frame body (CRC already checked and removed).
     pub fn parse(body: &'a [u8]) -> Result<Self, FrameError> {
@@ -164,6 +177,8 @@ impl<'a> FrameRepr<'a> {
                     credits: be16(body, field::HELLO_CREDITS),
                     max_tlp: be16(body, field::HELLO_MAX_TLP),
                     keepalive_ms: be16(body, field::HELLO_KEEPALIVE_MS),
+                    session: be32(body, field::HELLO_SESSION),
+                    peer_session: be32(body, field::HELLO_PEER_SESSION),
                 }))
             }
             kind::TLP | kind::TLP_TS => {
@@ -224,6 +239,8 @@ impl<'a> FrameRepr<'a> {
                 out.extend_from_slice(&h.credits.to_be_bytes());
                 out.extend_from_slice(&h.max_tlp.to_be_bytes());
                 out.extend_from_slice(&h.keepalive_ms.to_be_bytes());
+                out.extend_from_slice(&h.session.to_be_bytes());
+                out.extend_from_slice(&h.peer_session.to_be_bytes());
             }
             FrameRepr::Tlp { seq, timestamp, tlp } => {
                 out.push(if timestamp.is_some() { kind::TLP_TS } else { kind::TLP });
@@ -331,7 +348,7 @@ mod tests {
             [0x04, 0x05, 0xff, 0xff, 0x06, 0x08, 0x43, 0xc2, 0x84, 0x60, 0x00]
         );
         let hello = Hello {
-            version: 1,
+            version: 2,
             flags: 0,
             mps: 256,
             mrrs: 512,
@@ -340,12 +357,14 @@ mod tests {
             credits: 8,
             max_tlp: 4132,
             keepalive_ms: 100,
+            session: 0x0102_0304,
+            peer_session: 0,
         };
         assert_eq!(
             FrameRepr::Hello(hello).to_wire(),
             [
-                0x03, 0x01, 0x01, 0x02, 0x01, 0x02, 0x02, 0x03, 0x40, 0x08, 0x04, 0x08, 0x10, 0x24, 0x06,
-                0x64, 0x82, 0x7e, 0xf7, 0x63, 0x00
+                0x03, 0x01, 0x02, 0x02, 0x01, 0x02, 0x02, 0x03, 0x40, 0x08, 0x04, 0x08, 0x10, 0x24, 0x06,
+                0x64, 0x01, 0x02, 0x03, 0x04, 0x01, 0x01, 0x01, 0x05, 0x1d, 0xba, 0x37, 0x0f, 0x00
             ]
         );
         let tlp =
@@ -379,6 +398,8 @@ mod tests {
             credits: 8,
             max_tlp: 4132,
             keepalive_ms: 100,
+            session: 0x0102_0304,
+            peer_session: 0,
         };
         let tlp = [0x40, 0, 0, 1, 0, 0, 0, 0xf, 0xfe, 0xe0, 0, 0, 1, 2, 3, 4];
         let frames = [
