@@ -517,3 +517,27 @@ async fn shutdown_answers_requests_already_in_flight() {
     assert_eq!((cpl.tag(), status(&cpl)), (slow.tag(), CplStatus::Sc));
     assert_eq!(snap.sent("CplD"), snap.received("CfgRd0") + snap.received("MRd"));
 }
+
+#[tokio::test]
+async fn a_bar_region_that_is_not_a_power_of_two_is_decoded_as_the_host_sizes_it() {
+    // Region 0 of 0x3000 bytes (like libvfio-user's samples/server BAR1); the sizing answer
+    // says 0x1000 (`!0x3000 + 1` has its lowest set bit there), which `enumerate` checks.
+    let device = Device::new();
+    device.lock().unwrap().bar0 = vec![0; 0x3000];
+    let fd = spawn_server(device.clone());
+    let (engine, mut rc) = setup_on(config(), transports::link::MemoryClock::Wall, fd).await;
+    rc.enumerate().await;
+    rc.mem_write(BAR0_ADDRESS + 0xff8, &[1, 2, 3, 4]).await;
+    let (data, _) = rc.mem_read(BAR0_ADDRESS + 0xff8, 4).await;
+    assert_eq!(data, [1, 2, 3, 4]);
+    let beyond = rc.mem_read_tlp(BAR0_ADDRESS + 0x1000, 4);
+    rc.send(&beyond).await;
+    assert_eq!(status(&rc.next_completion().await), CplStatus::Ur, "beyond what the host sized");
+    rc.mem_write(BAR0_ADDRESS + 0x2ff0, &[5, 6, 7, 8]).await;
+    assert_eq!(rc.cfg_read(0).await, 0x1234_1af4);
+    let snap = engine.shutdown().await;
+    assert_eq!(snap.posted_misses, 1);
+    let device = device.lock().unwrap();
+    assert!(device.accesses.iter().all(|a| a.region != 0 || a.offset + u64::from(a.count) <= 0x1000));
+    assert!(device.bar0[0x1000..].iter().all(|&b| b == 0), "nothing reached the rest of the region");
+}

@@ -10,6 +10,7 @@ use tlp::config_space::{
     MsiLayout, MsixControl, header, msi, msix,
 };
 use tlp::split::LinkParams;
+use tracing::warn;
 
 /// vfio-user region index of the expansion ROM.
 pub const ROM_REGION: u32 = 6;
@@ -22,8 +23,11 @@ pub struct BarSlot {
     pub slot: u8,
     pub kind: BarKind,
     pub prefetchable: bool,
-    /// From the server's region info; a power of two.
+    /// The size the host decodes: what it computes from the device's sizing answer, the
+    /// lowest set bit of the region size (a power of two, at most `region_size`).
     pub size: u64,
+    /// From the server's region info; accesses never go beyond it.
+    pub region_size: u64,
     /// The base the host programmed (0 until it does).
     pub address: u64,
 }
@@ -96,6 +100,12 @@ pub struct DeviceLayout {
     pub region_sizes: [u64; 7],
 }
 
+/// The size a host decodes for a BAR backed by a region of `region_size` bytes (not 0): the
+/// lowest set bit, which is also the lowest set bit of the sizing mask `!region_size + 1`.
+pub fn reachable_size(region_size: u64) -> u64 {
+    region_size & region_size.wrapping_neg()
+}
+
 /// The bridge's copy of the function's programming.
 #[derive(Clone, Debug)]
 pub struct FunctionState {
@@ -150,14 +160,24 @@ impl FunctionState {
             let kind = BarKind::from_low_dword(low).unwrap_or(BarKind::Mem32);
             let size = layout.region_sizes.get(slot as usize).copied().unwrap_or(0);
             if size != 0 {
-                if !size.is_power_of_two() {
-                    return Err(format!("BAR{slot} region size {size:#x} is not a power of two"));
+                // A host sizes a BAR from the lowest set bit of the mask it reads back after
+                // writing all ones; for a region that is not a power of two, servers such as
+                // libvfio-user answer `!size + 1`, whose lowest set bit is the region size's.
+                let decoded = reachable_size(size);
+                if decoded != size {
+                    warn!(
+                        bar = slot,
+                        region_size = format_args!("{size:#x}"),
+                        reachable = format_args!("{decoded:#x}"),
+                        "BAR{slot} region size {size:#x} is not a power of two: the host sizes the BAR \
+                         as {decoded:#x}, only its first {decoded:#x} bytes are reachable"
+                    );
                 }
                 if kind == BarKind::Mem64 && slot == header::TYPE0_BAR_COUNT - 1 {
                     return Err("BAR5 announces a 64-bit BAR with no slot for its upper half".to_owned());
                 }
                 let prefetchable = kind != BarKind::Io && low & cs::bar_bits::PREFETCHABLE != 0;
-                bars.push(BarSlot { slot, kind, prefetchable, size, address: 0 });
+                bars.push(BarSlot { slot, kind, prefetchable, size: decoded, region_size: size, address: 0 });
             }
             slot += kind.slots();
         }
@@ -434,6 +454,28 @@ mod tests {
         config[0x70..0x74].copy_from_slice(&[0x10, 0x00, 0x02, 0x00]);
         let layout = DeviceLayout { config, region_sizes: [0x1000, 0x100, 0x10_0000, 0, 0, 0, 0x1_0000] };
         FunctionState::new(&layout, RoutingId::new(0, 0, 0), LinkParams::DEFAULT, true).unwrap()
+    }
+
+    #[test]
+    fn a_bar_region_that_is_not_a_power_of_two_decodes_its_lowest_set_bit() {
+        assert_eq!(
+            (reachable_size(0x3000), reachable_size(0x1000), reachable_size(0x2400)),
+            (0x1000, 0x1000, 0x400)
+        );
+        let mut config = vec![0u8; 256];
+        config[0x14] = 0x00; // BAR1: mem32
+        let layout = DeviceLayout { config, region_sizes: [0, 0x3000, 0, 0, 0, 0, 0] };
+        let mut f = FunctionState::new(&layout, RoutingId::new(0, 0, 0), LinkParams::DEFAULT, false).unwrap();
+        assert_eq!((f.bars[0].slot, f.bars[0].size, f.bars[0].region_size), (1, 0x1000, 0x3000));
+        // The host writes a base aligned to what it sized (0x1000).
+        f.snoop_config_write(0x14, &0xfebf_1000u32.to_le_bytes());
+        f.snoop_config_write(0x04, &[0x02, 0x00]);
+        assert_eq!(f.bars[0].address, 0xfebf_1000);
+        assert_eq!(
+            f.decode(0xfebf_1ffc, 4, false),
+            Some(BarHit { region: 1, offset: 0xffc, prefetchable: false })
+        );
+        assert_eq!(f.decode(0xfebf_2000, 4, false), None, "beyond what the host sized");
     }
 
     #[test]

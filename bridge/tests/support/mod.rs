@@ -113,9 +113,11 @@ impl Device {
     }
 }
 
-fn region_size(index: u32) -> u64 {
+/// Region 0 is as large as `Device::bar0` (a test may make it larger than what BAR0's sizing
+/// answer, always `BAR0_SIZE`, tells the host).
+fn region_size(index: u32, device: &Mutex<Device>) -> u64 {
     match index {
-        0 => BAR0_SIZE,
+        0 => device.lock().unwrap().bar0.len() as u64,
         1 => BAR1_SIZE,
         2 => BAR2_SIZE,
         7 => 256,
@@ -201,7 +203,7 @@ async fn handle(
         Command::DeviceGetRegionInfo => {
             let request =
                 RegionInfoRepr::parse(&wire::region_info::View::new_checked(payload).unwrap()).unwrap();
-            let size = region_size(request.index);
+            let size = region_size(request.index, device);
             let flags = if size == 0 { 0 } else { wire::region_flags::READ | wire::region_flags::WRITE };
             let reply =
                 RegionInfoRepr { argsz: 32, flags, index: request.index, cap_offset: 0, size, offset: 0 };
