@@ -7,7 +7,7 @@
 //!   bridge's `--cpl-timeout`, the bridge fails the DMA and the card reports READ_REJECTED.
 //! - Disconnect mid-transfer: the simulator drops the TCP connection with the device's reads in
 //!   flight. As docs/run.md and docs/design.md say, the bridge fails the in-flight DMA back to the
-//!   device (an error reply, or the connection closing), never with data, and `tlpbridge run`
+//!   device with an error reply (ENOTCONN) before it closes the connection, and `tlpbridge run`
 //!   exits with status 1 ("link closed"); the device process is unharmed and serves the next
 //!   bridge.
 
@@ -278,10 +278,8 @@ async fn a_simulator_that_disconnects_mid_transfer_fails_the_dma_and_the_bridge_
     let output = s.bridge.output();
     assert!(output.contains("tlpbridge run: ") && output.contains("link closed"), "{output}");
 
-    // The in-flight DMA read failed for the device: either the link-down reset answered it with
-    // an error reply (ENOTCONN, docs/design.md §7), or `run` closed the vfio-user connection
-    // first, which the device sees as a disconnect. Which one comes first is a race inside the
-    // bridge's exit; a successful reply is never possible, since no data ever came.
+    // The in-flight DMA read failed for the device with an error reply (ENOTCONN, docs/design.md
+    // §7), written before `run` closed the vfio-user connection; never with data.
     let bin = tlpbridge_bin().unwrap();
     let records = e2e_common::pcap_show_json(&bin, &s.capture);
     assert!(
@@ -290,7 +288,12 @@ async fn a_simulator_that_disconnects_mid_transfer_fails_the_dma_and_the_bridge_
     );
     let dma_replies: Vec<&serde_json::Value> =
         records.iter().filter(|r| r["kind"] == "DMA_READ" && r["vfio_user"]["type"] == "reply").collect();
-    assert!(dma_replies.iter().all(|r| !r["vfio_user"]["error"].is_null()), "{dma_replies:?}");
+    assert!(!dma_replies.is_empty(), "the in-flight DMA_READ got no reply before the close");
+    let enotconn = nix::errno::Errno::ENOTCONN as u64;
+    assert!(
+        dma_replies.iter().all(|r| r["vfio_user"]["error"].as_u64() == Some(enotconn)),
+        "{dma_replies:?}"
+    );
 
     // The device survived and serves the next bridge: enumerate and read its ID register.
     assert!(s.device.is_running(), "{}", s.device.output());

@@ -425,6 +425,31 @@ async fn single_socket_dma_is_demultiplexed_and_commands_are_held() {
     assert_eq!(dev.dma_outcome, Some(Ok(memory.bytes.lock().unwrap()[..32].to_vec())));
 }
 
+/// `flush_dma_replies` waits for a DMA the handler is still serving and returns once its reply
+/// is written, so a close right after it cannot cut the reply off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_dma_replies_waits_until_the_reply_is_written_then_close_keeps_it() {
+    let mut memory = Memory::new(MEM_BASE, 0x1000);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    memory.gate = Some(gate.clone());
+    let config = ClientConfig { dma: DmaMode::Windows(vec![memory.window()]), ..config() };
+    let (client, _events, mut peer) =
+        connect(config, Hello::libvfio_user_like(8, 1 << 20, true), memory.clone()).await;
+    assert!(client.flush_dma_replies(STEP).await, "nothing to answer yet");
+    let id = peer.send_dma(Command::DmaRead, MEM_BASE + 0x10, 4, &[]).await;
+    while memory.calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!client.flush_dma_replies(Duration::from_millis(20)).await, "the handler is parked");
+    gate.add_permits(1);
+    assert!(client.flush_dma_replies(STEP).await);
+    client.close().await;
+    let reply = recv(peer.dma_socket()).await;
+    assert_eq!((reply.header.id, reply.header.message_type), (id, MessageType::Reply));
+    let data = memory.bytes.lock().unwrap()[0x10..0x14].to_vec();
+    assert_eq!(reply.payload, DmaAccessRepr { address: MEM_BASE + 0x10, count: 4 }.to_bytes_with(&data));
+}
+
 #[tokio::test]
 async fn dma_write_reaches_the_handler_and_gets_a_16_byte_reply() {
     let memory = Memory::new(MEM_BASE, 0x1000);

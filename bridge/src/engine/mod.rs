@@ -178,9 +178,13 @@ impl Engine {
         let reader_exit = exit_tx.clone();
         let link_name = link.info.description.clone();
         let reader_shutdown = shutdown_rx.clone();
+        let reader_shared = shared.clone();
         request_tasks.spawn(async move {
             if reader.run(link_rx, reader_shutdown).await == ReaderExit::LinkClosed {
                 warn!(link = %link_name, "link closed");
+                // Nothing completes on a closed link: fail the device's DMA reads now, so that
+                // their error replies are on their way before anyone stops the engine.
+                reader_shared.tags.release_all();
                 reader_exit.send_replace(Some(Arc::new(BridgeError::LinkClosed(link_name))));
             }
         });
@@ -315,6 +319,10 @@ impl Engine {
             }
         }
         self.shared.tags.abort_all(self.shared.clock.now());
+        // The failed DMA's error replies reach the server before the connection closes.
+        if !self.client.flush_dma_replies(self.shared.config.shutdown_grace).await {
+            warn!("device DMA still unanswered at shutdown; the server sees the connection close instead");
+        }
         self.client.close().await;
         self.tasks.abort_all();
         while let Some(result) = self.tasks.join_next().await {

@@ -297,6 +297,25 @@ struct Shared {
     /// Our advertised max_data_xfer_size: the largest server DMA we serve.
     our_max_xfer: u32,
     dma_enabled: bool,
+    /// Server DMA commands received whose reply is not yet written (see [`DmaTicket`]).
+    dma_unanswered: watch::Sender<usize>,
+}
+
+/// Counts one server DMA command from its arrival until its reply is written, it turns out to
+/// need none, or it is dropped with the connection: whichever path drops the ticket uncounts it.
+struct DmaTicket(Arc<Shared>);
+
+impl DmaTicket {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.dma_unanswered.send_modify(|n| *n += 1);
+        DmaTicket(shared)
+    }
+}
+
+impl Drop for DmaTicket {
+    fn drop(&mut self) {
+        self.0.dma_unanswered.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Shared {
@@ -371,8 +390,9 @@ struct Outgoing {
 enum Control {
     /// A server DMA command arrived on the main socket: hold commands until it is answered.
     DmaStarted,
-    /// The answer to a server command (`None`: it asked for no reply); `counted` ends a hold.
-    ServerReply { bytes: Option<Vec<u8>>, counted: bool },
+    /// The answer to a server command (`None`: it asked for no reply); `counted` ends a hold;
+    /// `ticket` (a DMA command's) is dropped once the reply is written.
+    ServerReply { bytes: Option<Vec<u8>>, counted: bool, ticket: Option<DmaTicket> },
 }
 
 async fn writer_task(
@@ -394,7 +414,7 @@ async fn writer_task(
             );
             held_logged = true;
         }
-        let (bytes, fds, counted) = tokio::select! {
+        let (bytes, fds, counted, _ticket) = tokio::select! {
             biased;
             _ = wait_shutdown(&mut shutdown) => return,
             ctl = control.recv() => match ctl {
@@ -402,8 +422,8 @@ async fn writer_task(
                     dma_outstanding += 1;
                     continue;
                 }
-                Some(Control::ServerReply { bytes, counted }) => match bytes {
-                    Some(bytes) => (bytes, Vec::new(), counted),
+                Some(Control::ServerReply { bytes, counted, ticket }) => match bytes {
+                    Some(bytes) => (bytes, Vec::new(), counted, ticket),
                     None => {
                         if counted {
                             dma_outstanding = dma_outstanding.saturating_sub(1);
@@ -414,7 +434,7 @@ async fn writer_task(
                 None => return,
             },
             out = next_command(&mut commands), if !hold => match out {
-                Some(out) => (out.bytes, out.fds, false),
+                Some(out) => (out.bytes, out.fds, false, None),
                 None => {
                     // Every Client handle is gone; keep serving server replies until shutdown.
                     commands = None;
@@ -460,6 +480,7 @@ struct DmaJob {
     fds_attached: usize,
     reply_to: mpsc::Sender<Control>,
     counted: bool,
+    ticket: DmaTicket,
 }
 
 struct Reader {
@@ -514,8 +535,8 @@ impl Reader {
                     warn!(socket = self.name, command = %other, id = header.id, "server sent a command only clients send; replying ENOSYS");
                     if !header.no_reply {
                         let bytes = error_reply(&header, nix::errno::Errno::ENOSYS as u32);
-                        self.send_control(Control::ServerReply { bytes: Some(bytes), counted: false })
-                            .await?;
+                        let reply = Control::ServerReply { bytes: Some(bytes), counted: false, ticket: None };
+                        self.send_control(reply).await?;
                     }
                     Ok(())
                 }
@@ -563,6 +584,7 @@ impl Reader {
 
     async fn dma_command(&self, message: ReceivedMessage) -> Result<(), DisconnectReason> {
         let header = message.header;
+        let ticket = DmaTicket::new(self.shared.clone());
         let malformed = |what: String| DisconnectReason::Malformed(format!("{header}: {what}"));
         let view = wire::dma_access::View::new_checked(&message.payload[..])
             .map_err(|e| malformed(e.to_string()))?;
@@ -600,6 +622,7 @@ impl Reader {
             fds_attached: message.fds.len(),
             reply_to: self.control.clone(),
             counted: self.counts_toward_hold,
+            ticket,
         };
         self.jobs.send(job).await.map_err(|_| DisconnectReason::Io("DMA dispatcher stopped".to_owned()))
     }
@@ -671,7 +694,8 @@ async fn serve_dma<H: DmaHandler>(
         })
     };
     // A closed writer means the connection is already going down.
-    let _ = job.reply_to.send(Control::ServerReply { bytes, counted: job.counted }).await;
+    let reply = Control::ServerReply { bytes, counted: job.counted, ticket: Some(job.ticket) };
+    let _ = job.reply_to.send(reply).await;
 }
 
 /// Checks a server DMA request and runs it; the data is what the reply carries.
@@ -943,6 +967,7 @@ impl Client {
             windows: Mutex::new(DmaWindowTable::default()),
             our_max_xfer: config.max_data_xfer_size,
             dma_enabled: config.dma != DmaMode::Disabled,
+            dma_unanswered: watch::channel(0).0,
         });
         // Replies carry at most the larger transfer size plus two fixed parts; info replies
         // are bounded by MAX_REGION_INFO_ARGSZ.
@@ -1052,6 +1077,22 @@ impl Client {
     /// The DMA windows currently mapped.
     pub fn dma_windows(&self) -> Vec<DmaWindow> {
         self.inner.shared.windows().iter().copied().collect()
+    }
+
+    /// Waits, at most `timeout`, until every server DMA command received so far has its reply
+    /// written to the socket, or the connection has ended. Called before [`Client::close`] so
+    /// that DMA the handler has just failed reaches the server as error replies instead of
+    /// being cut off by the close. Returns whether no DMA command is left unanswered.
+    pub async fn flush_dma_replies(&self, timeout: Duration) -> bool {
+        let shared = &self.inner.shared;
+        let mut unanswered = shared.dma_unanswered.subscribe();
+        let mut shutdown = shared.shutdown.subscribe();
+        tokio::select! {
+            _ = unanswered.wait_for(|n| *n == 0) => {}
+            _ = wait_shutdown(&mut shutdown) => {}
+            _ = tokio::time::sleep(timeout) => {}
+        }
+        *shared.dma_unanswered.borrow() == 0
     }
 
     /// Closes the connection: pending requests fail, tasks stop, a `Disconnected` event is sent.
