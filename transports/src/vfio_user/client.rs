@@ -945,10 +945,16 @@ impl Client {
             twin.set_tap(tap.clone(), SocketRole::Twin);
         }
         if config.twin_socket && twin.is_none() {
-            warn!(
-                "vfio-user server did not grant a twin socket: server DMA shares the main socket, \
-                 and client commands are held while a DMA request is unanswered (libvfio-user #279)"
-            );
+            // Only a client that serves DMA is affected; for one that refuses all DMA (e.g.
+            // `tlpbridge probe`) the missing twin socket is noise.
+            if config.dma == DmaMode::Disabled {
+                debug!("vfio-user server did not grant a twin socket (DMA is disabled: no effect)");
+            } else {
+                warn!(
+                    "vfio-user server did not grant a twin socket: server DMA shares the main socket, \
+                     and client commands are held while a DMA request is unanswered (libvfio-user #279)"
+                );
+            }
         }
         info!(
             version = %format_args!("{}.{}", negotiated.major, negotiated.minor),
