@@ -206,3 +206,52 @@ async fn bar_use_before_enumerate_and_outside_the_bar_fail_clearly() {
     let error = report.error.unwrap();
     assert!(error.contains("outside BAR0 (4096 bytes)"), "{error}");
 }
+
+/// 1 ns cycles; 10 µs steps keep a simulated wait of tens of ms to a few thousand steps.
+fn crs_config(crs_timeout: Duration) -> RcConfig {
+    RcConfig { step_cycles: 10_000, crs_timeout, ..config() }
+}
+
+#[tokio::test]
+async fn enumeration_retries_crs_until_the_device_is_ready() {
+    const READY_PS: u64 = 20_000_000_000; // 20 ms
+    let options = Options { crs_until_ps: READY_PS, ..Options::default() };
+    let (mut rc, observed) = root_complex(options, crs_config(Duration::from_secs(1)));
+    let enumeration = tokio::time::timeout(Duration::from_secs(60), rc.enumerate()).await.unwrap().unwrap();
+    assert_eq!((enumeration.vendor_id, enumeration.device_id), (rc_endpoint::VENDOR, rc_endpoint::DEVICE));
+    assert!(rc.now() >= READY_PS / 1000, "enumerated at cycle {} while the device was not ready", rc.now());
+    let crs_answers = observed.lock().unwrap().crs_answers;
+    // The back-off (1 µs doubling to 1 ms) needs about 30 retries for 20 ms, not thousands.
+    assert!((10..=40).contains(&crs_answers), "{crs_answers} CRS completions");
+}
+
+#[tokio::test]
+async fn crs_forever_fails_after_the_crs_timeout_of_simulated_time() {
+    let options = Options { crs_until_ps: u64::MAX, ..Options::default() };
+    let (mut rc, observed) = root_complex(options, crs_config(Duration::from_millis(50)));
+    let start = rc.now();
+    let err =
+        tokio::time::timeout(Duration::from_secs(60), rc.enumerate()).await.unwrap().unwrap_err().to_string();
+    assert!(err.contains("no device answers configuration reads at 01:00.0"), "{err}");
+    assert!(err.contains("CfgRd0 at 01:00.0 offset 0x000: completed with status CRS"), "{err}");
+    assert!(err.contains("the CRS timeout of 50ms (--crs-timeout) is exhausted"), "{err}");
+    let observed = observed.lock().unwrap();
+    // The first CRS arrives one 10 µs step in; the last retry goes out exactly at the end of the
+    // budget and its CRS arrives one step later.
+    let first_crs = start + 10_000;
+    assert_eq!(observed.last_crs_ps / 1000, first_crs + 50_000_000, "{err}");
+    assert!(
+        err.contains(&format!("after {} retries over 50010000 cycles (50.01ms)", observed.crs_answers - 1)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_zero_crs_timeout_fails_on_the_first_crs() {
+    let options = Options { crs_until_ps: u64::MAX, ..Options::default() };
+    let (mut rc, observed) = root_complex(options, crs_config(Duration::ZERO));
+    let err = rc.enumerate().await.unwrap_err().to_string();
+    assert!(err.contains("after 0 retries over 0 cycles (0ns)"), "{err}");
+    assert!(err.contains("the CRS timeout of 0ns (--crs-timeout) is exhausted"), "{err}");
+    assert_eq!(observed.lock().unwrap().crs_answers, 1);
+}

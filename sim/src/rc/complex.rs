@@ -45,6 +45,9 @@ pub struct RcConfig {
     pub io_base: u64,
     /// Use 8-bit tags (0..=255) instead of 5-bit ones (0..=31).
     pub extended_tags: bool,
+    /// Simulated time a configuration request completed with CRS keeps being retried, counted
+    /// from the first CRS completion (PCIe Base Spec §6.6.1 asks software to allow 1.0 s).
+    pub crs_timeout: Duration,
 }
 
 impl Default for RcConfig {
@@ -64,6 +67,7 @@ impl Default for RcConfig {
             mem64_base: 0x40_0000_0000,
             io_base: 0x1000,
             extended_tags: true,
+            crs_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -79,6 +83,10 @@ const MAX_IRQ_LOG: usize = 1 << 16;
 /// Highest MSI and MSI-X vector numbers (32 MSI vectors, 2048 MSI-X table entries).
 const MAX_MSI_VECTOR: u32 = 31;
 const MAX_MSIX_VECTOR: u32 = 2047;
+/// Simulated time between CRS retries: starts short (a bridge that is just connecting answers
+/// soon) and doubles up to the cap, so a long wait costs about a thousand requests, not millions.
+const CRS_FIRST_RETRY: Duration = Duration::from_micros(1);
+const CRS_MAX_RETRY: Duration = Duration::from_millis(1);
 
 /// Counters for the report.
 #[derive(Clone, Debug, Default)]
@@ -120,6 +128,14 @@ struct Outstanding {
     sent_at: u64,
     state: Pending,
     result: Option<Result<Vec<u8>, String>>,
+    /// The completion had status CRS (the request may be retried).
+    crs: bool,
+}
+
+/// A request that failed: what to report, and whether the completer asked for a retry (CRS).
+struct Failed {
+    message: String,
+    crs: bool,
 }
 
 /// The reference root complex over any [`RootPortIo`].
@@ -296,6 +312,7 @@ impl<I: RootPortIo> RootComplex<I> {
                 Err(e) => out.result = Some(Err(e.to_string())),
             },
             Pending::Single { read } => {
+                out.crs = c.status == CplStatus::Crs;
                 out.result = Some(if c.status != CplStatus::Sc {
                     Err(format!("completed with status {}", c.status.name()))
                 } else if *read {
@@ -437,6 +454,12 @@ impl<I: RootPortIo> RootComplex<I> {
 
     /// Waits for the completions of `tags`, stepping time; the completion timeout counts cycles.
     async fn wait_for(&mut self, tags: &[u16]) -> Result<Vec<Vec<u8>>> {
+        self.wait_outcome(tags).await?.map_err(|failed| rc_error(failed.message))
+    }
+
+    /// [`Self::wait_for`], telling a failed request (unsuccessful completion, timeout) apart from
+    /// a link error.
+    async fn wait_outcome(&mut self, tags: &[u16]) -> Result<Result<Vec<Vec<u8>>, Failed>> {
         loop {
             self.pump().await?;
             let now = self.now();
@@ -444,9 +467,10 @@ impl<I: RootPortIo> RootComplex<I> {
             for tag in tags {
                 let Some(out) = self.outstanding.get(tag) else { continue };
                 if let Some(Err(e)) = &out.result {
-                    let message = format!("{} at {}: {e}", out.kind, out.address);
+                    let failed =
+                        Failed { message: format!("{} at {}: {e}", out.kind, out.address), crs: out.crs };
                     self.release(tags);
-                    return Err(rc_error(message));
+                    return Ok(Err(failed));
                 }
                 if out.result.is_none() {
                     all_done = false;
@@ -457,7 +481,7 @@ impl<I: RootPortIo> RootComplex<I> {
                             out.kind, out.address, out.sent_at, self.config.completion_timeout
                         );
                         self.release(tags);
-                        return Err(rc_error(message));
+                        return Ok(Err(Failed { message, crs: false }));
                     }
                 }
             }
@@ -468,7 +492,7 @@ impl<I: RootPortIo> RootComplex<I> {
                         results.push(data);
                     }
                 }
-                return Ok(results);
+                return Ok(Ok(results));
             }
             let deadline = tags
                 .iter()
@@ -489,7 +513,8 @@ impl<I: RootPortIo> RootComplex<I> {
     async fn issue(&mut self, tlp: Tlp, kind: &'static str, address: String, state: Pending) -> Result<u16> {
         let tag = tlp.tag().unwrap_or(0);
         self.send(&tlp).await?;
-        self.outstanding.insert(tag, Outstanding { kind, address, sent_at: self.now(), state, result: None });
+        self.outstanding
+            .insert(tag, Outstanding { kind, address, sent_at: self.now(), state, result: None, crs: false });
         Ok(tag)
     }
 
@@ -518,32 +543,16 @@ impl<I: RootPortIo> RootComplex<I> {
         }
     }
 
-    /// Configuration read of the dword at `offset` (its low two bits ignored). A CRS completion
-    /// is retried after 1000 cycles, up to 10 times.
+    /// Configuration read of the dword at `offset` (its low two bits ignored). CRS completions
+    /// are retried (see [`RcConfig::crs_timeout`]).
     pub async fn config_read(&mut self, offset: u16) -> Result<u32> {
-        let mut attempts = 0;
-        loop {
-            let tag = self.allocate_tag()?;
-            let tlp = self.config_tlp(tag, false, offset, 0xf, [0; 4]);
-            let what = format!("{} offset {:#05x}", self.config.device, offset & 0xffc);
-            let tag = self.issue(tlp, "CfgRd0", what, Pending::Single { read: true }).await?;
-            match self.wait_for(&[tag]).await {
-                Ok(data) => {
-                    let bytes = data.first().and_then(|d| d.first_chunk::<4>()).copied().unwrap_or([0xff; 4]);
-                    return Ok(u32::from_le_bytes(bytes));
-                }
-                Err(Error::Rc { message, .. }) if message.ends_with("status CRS") && attempts < 10 => {
-                    attempts += 1;
-                    let until = self.now().saturating_add(1000);
-                    self.sleep_until(until).await?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let data = self.config_request(false, offset, 0xf, [0; 4]).await?;
+        let bytes = data.first_chunk::<4>().copied().unwrap_or([0xff; 4]);
+        Ok(u32::from_le_bytes(bytes))
     }
 
     /// Configuration write of `width` (1, 2 or 4) bytes of `value` at `offset`, which must be
-    /// naturally aligned.
+    /// naturally aligned. CRS completions are retried (see [`RcConfig::crs_timeout`]).
     pub async fn config_write(&mut self, offset: u16, width: u8, value: u32) -> Result<()> {
         let lane = offset & 3;
         let first_be = match (width, lane) {
@@ -556,11 +565,74 @@ impl<I: RootPortIo> RootComplex<I> {
             }
         };
         let data = (value << (8 * lane)).to_le_bytes();
-        let tag = self.allocate_tag()?;
-        let tlp = self.config_tlp(tag, true, offset, first_be, data);
+        self.config_request(true, offset, first_be, data).await.map(|_| ())
+    }
+
+    /// One configuration request, reissued while it completes with CRS: after a back-off that
+    /// doubles from [`CRS_FIRST_RETRY`] to [`CRS_MAX_RETRY`], until `crs_timeout` of simulated
+    /// time has passed since the first CRS. Returns the read data (empty for a write).
+    async fn config_request(
+        &mut self,
+        write: bool,
+        offset: u16,
+        first_be: u8,
+        data: [u8; 4],
+    ) -> Result<Vec<u8>> {
+        let kind = if write { "CfgWr0" } else { "CfgRd0" };
         let what = format!("{} offset {:#05x}", self.config.device, offset & 0xffc);
-        let tag = self.issue(tlp, "CfgWr0", what, Pending::Single { read: false }).await?;
-        self.wait_for(&[tag]).await.map(|_| ())
+        let budget = self.cycles_in(self.config.crs_timeout);
+        let max_interval = self.cycles_in(CRS_MAX_RETRY).max(1);
+        let mut interval = self.cycles_in(CRS_FIRST_RETRY).clamp(1, max_interval);
+        let mut first_crs: Option<u64> = None;
+        let mut retries = 0u64;
+        loop {
+            let tag = self.allocate_tag()?;
+            let tlp = self.config_tlp(tag, write, offset, first_be, data);
+            let tag = self.issue(tlp, kind, what.clone(), Pending::Single { read: !write }).await?;
+            let failed = match self.wait_outcome(&[tag]).await? {
+                Ok(mut results) => return Ok(results.pop().unwrap_or_default()),
+                Err(failed) => failed,
+            };
+            if !failed.crs {
+                return Err(rc_error(failed.message));
+            }
+            let now = self.now();
+            let since = *first_crs.get_or_insert(now);
+            let elapsed = now.saturating_sub(since);
+            if elapsed >= budget {
+                return Err(rc_error(format!(
+                    "{}, still after {retries} retries over {elapsed} cycles ({:?}) of simulated time; \
+                     the CRS timeout of {:?} (--crs-timeout) is exhausted",
+                    failed.message,
+                    self.simulated(elapsed),
+                    self.config.crs_timeout
+                )));
+            }
+            tracing::debug!(
+                request = kind,
+                target = %what,
+                retries,
+                elapsed_cycles = elapsed,
+                next_in_cycles = interval,
+                "rc: configuration request completed with CRS, retrying"
+            );
+            // The last retry goes out right at the end of the budget.
+            let until = now.saturating_add(interval).min(since.saturating_add(budget));
+            self.sleep_until(until).await?;
+            interval = interval.saturating_mul(2).min(max_interval);
+            retries += 1;
+        }
+    }
+
+    /// `duration` of simulated time in cycles (rounded up).
+    fn cycles_in(&self, duration: Duration) -> u64 {
+        let ps = u64::try_from(duration.as_nanos().saturating_mul(1000)).unwrap_or(u64::MAX);
+        ps.div_ceil(u64::from(self.config.ps_per_cycle.max(1)))
+    }
+
+    /// `cycles` as simulated time.
+    fn simulated(&self, cycles: u64) -> Duration {
+        Duration::from_nanos(cycles.saturating_mul(u64::from(self.config.ps_per_cycle)) / 1000)
     }
 
     /// Memory read of `len` bytes at `address`, split at MRRS, all chunks outstanding at once.

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tlp::completion::{
     MemoryRead, Progress, ReadReassembly, io_config_read_completion, io_config_write_completion,
-    read_completions,
+    read_completions, unsuccessful_completion,
 };
 use tlp::config_space::{
     BarKind, ConfigImage, DeviceCapabilities, DeviceControl, DeviceStatus, LinkCapabilities, LinkControl,
@@ -22,7 +22,7 @@ use tlp::config_space::{
 use tlp::split::{
     LinkParams, RequestFields, memory_read_requests, memory_read_tlp, memory_write_tlp, memory_write_tlps,
 };
-use tlp::{Attr, Body, MemOp, Message, MessageCode, MsgRouting, RoutingId, Tlp};
+use tlp::{Attr, Body, CplStatus, MemOp, Message, MessageCode, MsgRouting, RoutingId, Tlp};
 use transports::link::{Link, LinkInput, MemoryClock, memory_pair};
 
 pub const VENDOR: u16 = 0x1de5;
@@ -37,11 +37,15 @@ pub struct Options {
     pub interrupts: bool,
     /// Never answer MMIO reads (to test the completion timeout).
     pub silent_mmio: bool,
+    /// Answer configuration requests that arrive before this simulated time (picoseconds since
+    /// the link started) with CRS, like a bridge still connecting to its device (`u64::MAX`:
+    /// always).
+    pub crs_until_ps: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { interrupts: true, silent_mmio: false }
+        Options { interrupts: true, silent_mmio: false, crs_until_ps: 0 }
     }
 }
 
@@ -65,6 +69,9 @@ pub struct Observed {
     pub rom_written: u32,
     pub config: Vec<u8>,
     pub io_register: u32,
+    /// Configuration requests answered with CRS, and the simulated time (ps) of the last one.
+    pub crs_answers: u64,
+    pub last_crs_ps: u64,
 }
 
 struct Copy {
@@ -155,7 +162,15 @@ impl Endpoint {
         while let Some(input) = self.link.rx.recv().await {
             if let LinkInput::Tlp(t) = input {
                 let tlp = Tlp::parse(&t.bytes).expect("the rc sends well-formed TLPs");
-                for out in self.handle(&tlp) {
+                let replies = if matches!(tlp.body, Body::Config(_)) && t.time.0 < self.options.crs_until_ps {
+                    let mut observed = self.observed.lock().unwrap();
+                    observed.crs_answers += 1;
+                    observed.last_crs_ps = t.time.0;
+                    vec![unsuccessful_completion(&tlp, DEV_ID, CplStatus::Crs).unwrap()]
+                } else {
+                    self.handle(&tlp)
+                };
+                for out in replies {
                     self.link.tx.send(out.to_bytes()).await.unwrap();
                 }
             }

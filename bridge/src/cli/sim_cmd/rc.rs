@@ -48,6 +48,10 @@ pub struct RcArgs {
     /// The root complex's completion timeout: cycles, or a simulated duration (50ms, 10us).
     #[arg(long, default_value = "50ms", value_name = "DURATION")]
     completion_timeout: Span,
+    /// How long a configuration request answered with CRS (device not ready) keeps being
+    /// retried, in simulated time from the first CRS: cycles or a duration (1s, 200ms).
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    crs_timeout: Span,
     /// Cycles per time step.
     #[arg(long, default_value_t = 100, value_name = "CYCLES")]
     step_cycles: u64,
@@ -99,6 +103,8 @@ pub fn run(args: RcArgs) -> ExitCode {
         return bad("--ps-per-cycle and --step-cycles must be at least 1".into());
     }
     let completion_timeout = args.completion_timeout.cycles(args.ps_per_cycle);
+    let crs_timeout_ps =
+        args.crs_timeout.cycles(args.ps_per_cycle).saturating_mul(u64::from(args.ps_per_cycle));
     let text = match std::fs::read_to_string(&args.script) {
         Ok(text) => text,
         Err(e) => return bad(format!("cannot read {}: {e}", args.script.display())),
@@ -132,6 +138,7 @@ pub fn run(args: RcArgs) -> ExitCode {
         step_cycles: args.step_cycles,
         pace: (args.pace_us > 0).then(|| Duration::from_micros(args.pace_us)),
         ps_per_cycle: args.ps_per_cycle,
+        crs_timeout: Duration::from_nanos(crs_timeout_ps.div_ceil(1000)),
         ..RcConfig::default()
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
