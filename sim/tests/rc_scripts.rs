@@ -220,9 +220,11 @@ async fn enumeration_retries_crs_until_the_device_is_ready() {
     let enumeration = tokio::time::timeout(Duration::from_secs(60), rc.enumerate()).await.unwrap().unwrap();
     assert_eq!((enumeration.vendor_id, enumeration.device_id), (rc_endpoint::VENDOR, rc_endpoint::DEVICE));
     assert!(rc.now() >= READY_PS / 1000, "enumerated at cycle {} while the device was not ready", rc.now());
-    let crs_answers = observed.lock().unwrap().crs_answers;
+    let observed = observed.lock().unwrap();
     // The back-off (1 µs doubling to 1 ms) needs about 30 retries for 20 ms, not thousands.
-    assert!((10..=40).contains(&crs_answers), "{crs_answers} CRS completions");
+    assert!((10..=40).contains(&observed.crs_answers), "{} CRS completions", observed.crs_answers);
+    // Every retry reused the first request's tag.
+    assert_eq!(observed.crs_tags.len(), 1, "{:?}", observed.crs_tags);
 }
 
 #[tokio::test]

@@ -585,8 +585,15 @@ impl<I: RootPortIo> RootComplex<I> {
         let mut interval = self.cycles_in(CRS_FIRST_RETRY).clamp(1, max_interval);
         let mut first_crs: Option<u64> = None;
         let mut retries = 0u64;
+        let mut previous_tag: Option<u16> = None;
         loop {
-            let tag = self.allocate_tag()?;
+            // A retry reuses the tag its CRS completion freed, so that how many CRS completions
+            // a run sees does not shift the tags of everything after (lockstep traces repeat).
+            let tag = match previous_tag.filter(|t| !self.outstanding.contains_key(t)) {
+                Some(tag) => tag,
+                None => self.allocate_tag()?,
+            };
+            previous_tag = Some(tag);
             let tlp = self.config_tlp(tag, write, offset, first_be, data);
             let tag = self.issue(tlp, kind, what.clone(), Pending::Single { read: !write }).await?;
             let failed = match self.wait_outcome(&[tag]).await? {

@@ -72,6 +72,8 @@ pub struct Observed {
     /// Configuration requests answered with CRS, and the simulated time (ps) of the last one.
     pub crs_answers: u64,
     pub last_crs_ps: u64,
+    /// Tags of the configuration requests answered with CRS.
+    pub crs_tags: std::collections::BTreeSet<u16>,
 }
 
 struct Copy {
@@ -166,6 +168,7 @@ impl Endpoint {
                     let mut observed = self.observed.lock().unwrap();
                     observed.crs_answers += 1;
                     observed.last_crs_ps = t.time.0;
+                    observed.crs_tags.extend(tlp.tag());
                     vec![unsuccessful_completion(&tlp, DEV_ID, CplStatus::Crs).unwrap()]
                 } else {
                     self.handle(&tlp)
