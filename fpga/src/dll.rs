@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::framing::{Deframer, FrameRepr, Hello, MAX_TLP_BYTES, VERSION, field::flags};
+use crate::framing::{Deframer, FrameRepr, Hello, MAX_TLP_BYTES, VERSION, cobs, field, field::flags};
 
 /// One side's configuration.
 #[derive(Clone, Debug)]
@@ -30,8 +30,13 @@ pub struct DllConfig {
     /// What this side announces. `flags` may hold [`flags::TIMESTAMPS`]; the handshake flags and
     /// the session fields are managed by the state machine.
     pub hello: Hello,
-    /// Resend unacknowledged frames when the oldest has waited this long for an ACK.
+    /// Resend unacknowledged frames when the oldest has waited this long for an ACK (plus
+    /// [`REPLAY_FRAMES_IN_THE_WAY`] times the time the line takes to send the largest frame
+    /// seen on this link, when `byte_time` is known).
     pub replay_timeout: Duration,
+    /// Time the line takes to carry one byte (serial links); zero where that is unknown or
+    /// negligible.
+    pub byte_time: Duration,
     /// Resend HELLO this often while the link is down.
     pub hello_interval: Duration,
     /// The link goes down after this many of the peer's keep-alive intervals without a frame.
@@ -58,12 +63,17 @@ impl DllConfig {
                 peer_session: 0,
             },
             replay_timeout: Duration::from_millis(200),
+            byte_time: Duration::ZERO,
             hello_interval: Duration::from_millis(100),
             missed_keepalives: 5,
             tx_queue: 32,
         }
     }
 }
+
+/// How many frames of the largest size seen may be on the line ahead of a frame and its ACK
+/// (the peer's writer queue and a frame in progress each way) before its replay timer expires.
+pub const REPLAY_FRAMES_IN_THE_WAY: u32 = 8;
 
 /// Credits are limited so that sequence numbers of outstanding frames never wrap (half of 2^16).
 pub const MAX_CREDITS: u16 = 0x7FFF;
@@ -186,6 +196,9 @@ pub struct Dll {
     nak_scheduled: bool,
     last_rx: Duration,
     last_tx: Duration,
+    /// Largest frame (wire bytes) sent or received intact so far: what can be in the way of a
+    /// frame or its ACK on a slow line.
+    largest_frame: usize,
     stats: DllStats,
 }
 
@@ -217,6 +230,7 @@ impl Dll {
             nak_scheduled: false,
             last_rx: now,
             last_tx: now,
+            largest_frame: 0,
             stats: DllStats::default(),
         };
         dll.config.hello.credits = dll.config.hello.credits.clamp(1, MAX_CREDITS);
@@ -380,6 +394,8 @@ impl Dll {
             match body {
                 Ok(body) => match FrameRepr::parse(&body) {
                     Ok(frame) => {
+                        let wire_len = cobs::max_encoded_len(body.len() + field::CRC_LEN) + 1;
+                        self.largest_frame = self.largest_frame.max(wire_len);
                         self.stats.frames_received += 1;
                         self.last_rx = now;
                         self.on_frame(now, frame);
@@ -518,6 +534,7 @@ impl Dll {
     /// The next frame to write (complete, with delimiter).
     pub fn poll_transmit(&mut self, now: Duration) -> Option<Vec<u8>> {
         let wire = self.next_frame(now)?;
+        self.largest_frame = self.largest_frame.max(wire.len());
         self.stats.frames_sent += 1;
         self.stats.bytes_sent += wire.len() as u64;
         self.last_tx = now;
@@ -580,6 +597,16 @@ impl Dll {
         Duration::from_millis(u64::from(self.config.hello.keepalive_ms))
     }
 
+    /// The configured replay timeout plus the time [`REPLAY_FRAMES_IN_THE_WAY`] frames of the
+    /// largest size seen take on the line. Scaled by what the link carries rather than by the
+    /// largest frame possible: a tail frame lost with nothing after it (so no NAK), or a lost
+    /// NAK, is recovered only by this timer, and at 115200 baud eight 4 KiB frames take 2.9 s.
+    pub fn replay_timeout(&self) -> Duration {
+        let frames =
+            u32::try_from(self.largest_frame).unwrap_or(u32::MAX).saturating_mul(REPLAY_FRAMES_IN_THE_WAY);
+        self.config.replay_timeout.saturating_add(self.config.byte_time.saturating_mul(frames))
+    }
+
     /// When [`Dll::on_timer`] next has work (`None`: only after new input). Deadlines whose
     /// frame is already waiting to be sent are left out, so a slow writer causes no busy loop.
     pub fn poll_timeout(&self) -> Option<Duration> {
@@ -591,7 +618,7 @@ impl Dll {
             at = at.min(self.last_tx + self.own_keepalive());
         }
         if let Some(started) = self.replay_started {
-            at = at.min(started + self.config.replay_timeout);
+            at = at.min(started + self.replay_timeout());
         }
         Some(at)
     }
@@ -609,7 +636,7 @@ impl Dll {
             return;
         }
         if let Some(started) = self.replay_started {
-            if now >= started + self.config.replay_timeout && !self.replay.is_empty() {
+            if now >= started + self.replay_timeout() && !self.replay.is_empty() {
                 self.stats.replay_timeouts += 1;
                 tracing::debug!(frames = self.replay.len(), "fpga link: replay timeout, resending");
                 self.replay_cursor = 0;

@@ -56,11 +56,14 @@ pub async fn open_monitored(mut spec: Spec) -> Result<(Link, watch::Receiver<Lin
         "serial" => {
             let options = serial::SerialOptions::from_spec(&mut spec)?;
             let mut dll = dll_config_from_spec(&mut spec)?;
-            // Keep-alives and replays must outlast the largest frame on a slow line.
+            // Keep-alives must outlast the largest frame on a slow line.
             let frame_time = options.byte_time() * framing::MAX_ENCODED_BYTES as u32;
             let min_keepalive = u16::try_from((frame_time * 2).as_millis()).unwrap_or(u16::MAX);
             dll.hello.keepalive_ms = dll.hello.keepalive_ms.max(min_keepalive);
-            dll.replay_timeout = dll.replay_timeout.max(frame_time * 8);
+            // The replay timeout grows with the largest frame the link carries (see
+            // `Dll::replay_timeout`), not with the largest possible: a tail loss must not stall
+            // a link of small TLPs for seconds.
+            dll.byte_time = options.byte_time();
             spec.finish()?;
             let device = serial::open_port(&options)?;
             let description = format!("serial port {} at {} baud", options.path, options.baud);
