@@ -138,6 +138,19 @@ fn caps_error(what: impl Into<String>) -> Error {
     Error::Capabilities(what.into())
 }
 
+/// The most characters of a peer's JSON quoted in an error message.
+const JSON_EXCERPT_CHARS: usize = 120;
+
+/// The start of `text` for an error message: quoting a whole hostile JSON document (up to the
+/// 1 MiB message limit, and several times larger once escaped) would make the error itself the
+/// largest allocation the peer can cause.
+fn json_excerpt(text: &str) -> String {
+    match text.char_indices().nth(JSON_EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+        None => text.to_owned(),
+    }
+}
+
 /// Parses the server's VERSION JSON (absent JSON means all defaults).
 ///
 /// `asked_twin` is whether we proposed the twin socket; `fds_received` is how many fds arrived
@@ -152,7 +165,7 @@ pub fn parse_server_capabilities(
         return Ok(caps);
     };
     let parsed: IncomingJson = serde_json::from_str(text)
-        .map_err(|e| caps_error(format!("VERSION JSON {text:?} does not parse: {e}")))?;
+        .map_err(|e| caps_error(format!("VERSION JSON {:?} does not parse: {e}", json_excerpt(text))))?;
     let Some(incoming) = parsed.capabilities else {
         return Ok(caps);
     };
@@ -219,6 +232,15 @@ pub fn check_version(major: u16, minor: u16) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_parse_error_quotes_only_the_start_of_the_document() {
+        let hostile = format!("{{\"capabilities\":\"{}", "\u{7f}".repeat(10_000));
+        let err = parse_server_capabilities(Some(&hostile), true, 0).unwrap_err().to_string();
+        assert!(err.contains("does not parse"), "{err}");
+        assert!(err.contains(&format!("({} bytes)", hostile.len())), "{err}");
+        assert!(err.len() < 2 * JSON_EXCERPT_CHARS * 8, "error of {} bytes: {err}", err.len());
+    }
 
     #[test]
     fn client_json_matches_recommendation() {
