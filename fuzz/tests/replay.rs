@@ -3,8 +3,14 @@
 //! and past crashes keep passing in an ordinary build.
 
 use std::path::Path;
+use std::sync::Mutex;
+
+/// The checks measure allocations with a process-wide counter, so replays must not run
+/// concurrently on the test harness's threads.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn replay(target: &str, check: fn(&[u8])) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut replayed = 0;
     for dir in ["seeds", "regressions"] {
