@@ -21,7 +21,7 @@
 //! [`enabled_runs`] turns a (possibly non-contiguous) pair of masks into the contiguous byte
 //! runs a completer must access, so that disabled bytes with read side effects are never touched.
 
-use crate::split::RequestError;
+use crate::TlpError;
 
 /// The largest Length a TLP can carry: 1024 DW (the wire value 0).
 pub const MAX_LENGTH_DW: u16 = 1024;
@@ -44,7 +44,7 @@ impl ByteEnables {
     /// The enables and Length for `len_bytes` bytes starting at byte `address`. An empty range
     /// gives [`ByteEnables::ZERO_LENGTH`]. Fails when the DWs touched exceed 1024 (4096 bytes
     /// starting DW-aligned, fewer otherwise).
-    pub fn for_range(address: u64, len_bytes: u32) -> Result<Self, RequestError> {
+    pub fn for_range(address: u64, len_bytes: u32) -> Result<Self, TlpError> {
         if len_bytes == 0 {
             return Ok(Self::ZERO_LENGTH);
         }
@@ -52,7 +52,7 @@ impl ByteEnables {
         let span = start_offset as u64 + len_bytes as u64;
         let length_dw = span.div_ceil(4);
         if length_dw > MAX_LENGTH_DW as u64 {
-            return Err(RequestError::TooLong { address, len: len_bytes as u64, length_dw });
+            return Err(TlpError::RequestTooLong { address, len: len_bytes as u64, length_dw });
         }
         // Bytes of the last DW that are enabled: 1..=4.
         let end_bytes = (span - 1) % 4 + 1;
@@ -145,8 +145,8 @@ impl ByteEnables {
     /// Checks the §2.2.5.1 rules for a request at DW address `dw_address`. `memory` selects the
     /// memory-request exception for QW-aligned 2 DW requests; for I/O and configuration requests
     /// Length must also be 1.
-    pub fn check(&self, dw_address: u64, memory: bool) -> Result<(), RequestError> {
-        let violation = |rule: &'static str| RequestError::ByteEnables {
+    pub fn check(&self, dw_address: u64, memory: bool) -> Result<(), TlpError> {
+        let violation = |rule: &'static str| TlpError::ByteEnables {
             first_be: self.first_be,
             last_be: self.last_be,
             length_dw: self.length_dw,
@@ -297,7 +297,7 @@ mod tests {
         );
         assert!(matches!(
             ByteEnables::for_range(0x1001, 4096),
-            Err(RequestError::TooLong { length_dw: 1025, .. })
+            Err(TlpError::RequestTooLong { length_dw: 1025, .. })
         ));
     }
 

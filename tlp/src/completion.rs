@@ -64,94 +64,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use crate::TlpError;
 use crate::byte_enable::ByteEnables;
 use crate::model::{AtomicOp, Attr, Body, Completion, CplStatus, MemOp, RoutingId, Tlp};
-use crate::split::{LinkParams, PAGE_SIZE, RequestError, SplitChunk, check_within_page};
+use crate::split::{LinkParams, PAGE_SIZE, SplitChunk, check_within_page};
 
-/// What is wrong with a request a completion was asked for, or with a completion received for
-/// an outstanding read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CompletionError {
-    /// The request itself is not one that can be completed as asked (bad byte enables, crossing
-    /// 4 KiB, a 10-bit tag overflow...).
-    #[error("request cannot be completed: {0}")]
-    Request(#[from] RequestError),
-
-    /// A hand-built [`MemoryRead`] whose DW address has bits \[1:0\] set.
-    #[error("memory read DW address {address:#x} has bits [1:0] set")]
-    UnalignedAddress { address: u64 },
-
-    /// The TLP is not the kind of request this builder completes.
-    #[error("{kind} is not {expected}")]
-    WrongRequestKind { kind: &'static str, expected: &'static str },
-
-    /// Posted requests (MWr, Msg) and completions never get a completion.
-    #[error("{kind} gets no completion")]
-    NoCompletion { kind: &'static str },
-
-    /// The data handed to the builder does not match what the request asks for.
-    #[error("the read asks for {expected} bytes (first to last enabled byte) but {got} were given")]
-    DataLength { expected: u32, got: usize },
-
-    /// An unsuccessful completion was asked for with status SC.
-    #[error("status SC is not a failure; use the completion builders for successful completions")]
-    SuccessIsNotFailure,
-
-    /// Configuration Request Retry Status answers configuration requests only.
-    #[error("CRS status is only for configuration requests, not {kind}")]
-    CrsForNonConfig { kind: &'static str },
-
-    /// A received TLP that is not a completion was handed to the reassembly.
-    #[error("{kind} is not a completion")]
-    NotACompletion { kind: &'static str },
-
-    /// The completion's Requester ID and Tag are not the read's.
-    #[error(
-        "completion for requester {got_requester} tag {got_tag:#x}, expected requester {expected_requester} tag {expected_tag:#x}"
-    )]
-    TransactionId { expected_requester: RoutingId, expected_tag: u16, got_requester: RoutingId, got_tag: u16 },
-
-    /// The completer reported a failure (UR, CA, CRS or a reserved status); the read is over.
-    #[error("read completed with status {} ({status:?}) after {received} of {requested} bytes", status.name())]
-    Unsuccessful { status: CplStatus, received: u32, requested: u32 },
-
-    /// The completion is poisoned (EP set): its data must not be used.
-    #[error("completion is poisoned (EP set) at Lower Address {lower_address:#04x}")]
-    Poisoned { lower_address: u8 },
-
-    /// A successful read completion without data.
-    #[error("successful completion carries no data while {remaining} bytes remain")]
-    MissingData { remaining: u32 },
-
-    /// The payload is not Length × 4 bytes.
-    #[error("payload of {payload_len} bytes does not match Length {length_dw} DW")]
-    PayloadLength { length_dw: u16, payload_len: usize },
-
-    /// Lower Address is not bits \[6:0\] of the next byte expected.
-    #[error("Lower Address {got:#04x}, expected {expected:#04x} (next byte at {next_address:#x})")]
-    LowerAddress { expected: u8, got: u8, next_address: u64 },
-
-    /// Byte Count is not the number of bytes still missing (more: a duplicate or overlapping
-    /// completion; fewer: a lost one).
-    #[error("Byte Count {got}, expected {expected} (bytes of the read still missing)")]
-    ByteCount { expected: u16, got: u16 },
-
-    /// The final completion's Length does not cover exactly the remaining bytes.
-    #[error(
-        "final completion has Length {got_dw} DW; {remaining} bytes at Lower Address {lower_address:#04x} need {expected_dw} DW"
-    )]
-    Length { expected_dw: u16, got_dw: u16, remaining: u32, lower_address: u8 },
-
-    /// A non-final completion does not end on a naturally aligned RCB boundary.
-    #[error(
-        "completion ends at {end:#x}, not on a {rcb}-byte Read Completion Boundary, with {remaining} bytes still missing"
-    )]
-    RcbBoundary { end: u64, rcb: u16, remaining: u32 },
-
-    /// Everything was already received (or the read already failed).
-    #[error("read of {requested} bytes at {address:#x} is already finished")]
-    AlreadyFinished { address: u64, requested: u32 },
-}
+/// The crate's [`TlpError`], under the name this module's error had before the crate's errors were
+/// folded into one enum; callers that still name it keep compiling.
+pub type CompletionError = TlpError;
 
 /// The fields a completion copies from its request (§2.2.9.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -164,14 +84,14 @@ pub struct RequestEcho {
 
 impl RequestEcho {
     /// The echoed fields of a non-posted request (MRd, MRdLk, IORd/Wr, CfgRd/Wr, AtomicOps).
-    pub fn from_request(request: &Tlp) -> Result<Self, CompletionError> {
+    pub fn from_request(request: &Tlp) -> Result<Self, TlpError> {
         let (requester, tag) = match &request.body {
             Body::Memory(m) if m.op != MemOp::Write => (m.requester, m.tag),
             Body::Io(io) => (io.requester, io.tag),
             Body::Config(c) => (c.requester, c.tag),
             Body::Atomic(a) => (a.requester, a.tag),
             Body::Memory(_) | Body::Message(_) | Body::Completion(_) => {
-                return Err(CompletionError::NoCompletion { kind: request.kind_name() });
+                return Err(TlpError::NoCompletion { kind: request.kind_name() });
             }
         };
         Ok(RequestEcho { requester, tag, tc: request.tc, attr: request.attr })
@@ -193,7 +113,7 @@ pub struct MemoryRead {
 impl MemoryRead {
     /// Reads an MRd/MRdLk and checks what a completer relies on: the byte-enable rules of
     /// §2.2.5.1 and that the request does not cross 4 KiB (§2.2.7.1).
-    pub fn from_tlp(request: &Tlp) -> Result<Self, CompletionError> {
+    pub fn from_tlp(request: &Tlp) -> Result<Self, TlpError> {
         let read = Self::from_tlp_unchecked(request)?;
         read.check()?;
         Ok(read)
@@ -201,10 +121,10 @@ impl MemoryRead {
 
     /// Checks the §2.2.5.1 byte-enable rules and that the DWs read stay inside one 4 KiB page
     /// (§2.2.7.1), which also keeps every address below 2^64.
-    pub fn check(&self) -> Result<(), CompletionError> {
+    pub fn check(&self) -> Result<(), TlpError> {
         self.enables.check(self.dw_address, true)?;
         if self.dw_address & 3 != 0 {
-            return Err(CompletionError::UnalignedAddress { address: self.dw_address });
+            return Err(TlpError::UnalignedAddress { address: self.dw_address });
         }
         check_within_page(self.dw_address, self.enables.length_dw as u64 * 4)?;
         Ok(())
@@ -212,17 +132,14 @@ impl MemoryRead {
 
     /// The fields of an MRd/MRdLk without the byte-enable and 4 KiB checks (to answer even a
     /// doubtful request with a failure status).
-    fn from_tlp_unchecked(request: &Tlp) -> Result<Self, CompletionError> {
+    fn from_tlp_unchecked(request: &Tlp) -> Result<Self, TlpError> {
         let Body::Memory(m) = &request.body else {
-            return Err(CompletionError::WrongRequestKind {
-                kind: request.kind_name(),
-                expected: "a memory read",
-            });
+            return Err(TlpError::WrongRequestKind { kind: request.kind_name(), expected: "a memory read" });
         };
         let locked = match m.op {
             MemOp::Read => false,
             MemOp::ReadLocked => true,
-            MemOp::Write => return Err(CompletionError::NoCompletion { kind: request.kind_name() }),
+            MemOp::Write => return Err(TlpError::NoCompletion { kind: request.kind_name() }),
         };
         let length_dw = request.length_dw();
         let enables = if request.th {
@@ -302,11 +219,11 @@ pub fn read_completions<'a>(
     completer: RoutingId,
     data: &'a [u8],
     link: &LinkParams,
-) -> Result<ReadCompletions<'a>, CompletionError> {
+) -> Result<ReadCompletions<'a>, TlpError> {
     read.check()?;
     let expected = read.byte_count();
     if data.len() != expected as usize {
-        return Err(CompletionError::DataLength { expected, got: data.len() });
+        return Err(TlpError::ReadDataLength { expected, got: data.len() });
     }
     // Positions are offsets in the read's 4 KiB page (which the check above keeps it in), so
     // that nothing overflows in the top page of the address space; the page base is a multiple
@@ -350,9 +267,9 @@ impl ReadCompletions<'_> {
     /// The Cpl (CplLk) that ends the read with a failure `status` instead of the completions not
     /// yet produced: Byte Count and Lower Address are those the next successful completion would
     /// carry (§2.3.1.1). `None` once every byte was returned.
-    pub fn unsuccessful(&self, status: CplStatus) -> Result<Option<Tlp>, CompletionError> {
+    pub fn unsuccessful(&self, status: CplStatus) -> Result<Option<Tlp>, TlpError> {
         if status == CplStatus::Sc {
-            return Err(CompletionError::SuccessIsNotFailure);
+            return Err(TlpError::SuccessIsNotFailure);
         }
         let (byte_count, lower_address) = if self.zero_length_pending {
             (1, self.read.enables.lower_address(self.read.dw_address))
@@ -435,15 +352,15 @@ impl Iterator for ReadCompletions<'_> {
 }
 
 /// The I/O or configuration request's byte enables, checked (Length 1, Last DW BE 0).
-fn io_config_enables(request: &Tlp, want_write: bool) -> Result<(RequestEcho, ByteEnables), CompletionError> {
+fn io_config_enables(request: &Tlp, want_write: bool) -> Result<(RequestEcho, ByteEnables), TlpError> {
     let expected = if want_write { "an I/O or configuration write" } else { "an I/O or configuration read" };
     let (write, first_be, last_be) = match &request.body {
         Body::Io(io) => (io.write, io.first_be, io.last_be),
         Body::Config(c) => (c.write, c.first_be, c.last_be),
-        _ => return Err(CompletionError::WrongRequestKind { kind: request.kind_name(), expected }),
+        _ => return Err(TlpError::WrongRequestKind { kind: request.kind_name(), expected }),
     };
     if write != want_write {
-        return Err(CompletionError::WrongRequestKind { kind: request.kind_name(), expected });
+        return Err(TlpError::WrongRequestKind { kind: request.kind_name(), expected });
     }
     let enables = ByteEnables { first_be, last_be, length_dw: request.length_dw() };
     enables.check(0, false)?;
@@ -456,7 +373,7 @@ pub fn io_config_read_completion(
     request: &Tlp,
     completer: RoutingId,
     data: [u8; 4],
-) -> Result<Tlp, CompletionError> {
+) -> Result<Tlp, TlpError> {
     let (echo, enables) = io_config_enables(request, false)?;
     let mut payload = data.to_vec();
     for (i, byte) in payload.iter_mut().enumerate() {
@@ -469,7 +386,7 @@ pub fn io_config_read_completion(
 }
 
 /// The Cpl (status SC) for an I/O or configuration write: Byte Count 4, Lower Address 0.
-pub fn io_config_write_completion(request: &Tlp, completer: RoutingId) -> Result<Tlp, CompletionError> {
+pub fn io_config_write_completion(request: &Tlp, completer: RoutingId) -> Result<Tlp, TlpError> {
     let (echo, _) = io_config_enables(request, true)?;
     let header = completion_header(&echo, completer, false, CplStatus::Sc, 4, 0);
     Ok(completion_tlp(&echo, header, Vec::new()))
@@ -484,13 +401,13 @@ pub fn unsuccessful_completion(
     request: &Tlp,
     completer: RoutingId,
     status: CplStatus,
-) -> Result<Tlp, CompletionError> {
+) -> Result<Tlp, TlpError> {
     if status == CplStatus::Sc {
-        return Err(CompletionError::SuccessIsNotFailure);
+        return Err(TlpError::SuccessIsNotFailure);
     }
     let echo = RequestEcho::from_request(request)?;
     if status == CplStatus::Crs && !matches!(request.body, Body::Config(_)) {
-        return Err(CompletionError::CrsForNonConfig { kind: request.kind_name() });
+        return Err(TlpError::CrsForNonConfig { kind: request.kind_name() });
     }
     let (locked, byte_count, lower_address) = match &request.body {
         Body::Memory(_) => {
@@ -537,7 +454,7 @@ pub struct ReadReassembly {
 impl ReadReassembly {
     /// For a read of `len` bytes at byte `address` (0 bytes: a zero-length read). Fails when no
     /// single read can ask for that range (more than 4096 bytes, crossing 4 KiB).
-    pub fn new(address: u64, len: u32) -> Result<Self, CompletionError> {
+    pub fn new(address: u64, len: u32) -> Result<Self, TlpError> {
         ByteEnables::for_range(address, len)?;
         check_within_page(address, len as u64)?;
         // A zero-length read names a DW; its completion's Lower Address ends in 00b.
@@ -554,14 +471,14 @@ impl ReadReassembly {
     }
 
     /// For one chunk from [`memory_read_requests`](crate::split::memory_read_requests).
-    pub fn for_chunk(chunk: &SplitChunk) -> Result<Self, CompletionError> {
+    pub fn for_chunk(chunk: &SplitChunk) -> Result<Self, TlpError> {
         Self::new(chunk.address, chunk.len)
     }
 
     /// For a read request TLP (MRd/MRdLk) this side sent; completions are also checked for its
     /// Requester ID and Tag. A read with non-contiguous enables returns the span from the first
     /// to the last enabled byte.
-    pub fn for_request(request: &Tlp) -> Result<Self, CompletionError> {
+    pub fn for_request(request: &Tlp) -> Result<Self, TlpError> {
         let read = MemoryRead::from_tlp(request)?;
         let mut reassembly = Self::new(read.first_byte_address(), read.byte_count())?;
         reassembly.transaction = Some((read.echo.requester, read.echo.tag));
@@ -570,9 +487,9 @@ impl ReadReassembly {
 
     /// Checks non-final completions against this RCB (64 or 128) instead of 64, for a completer
     /// known to use 128 (any completer but a Root Complex with RCB 64).
-    pub fn with_read_completion_boundary(mut self, rcb: u16) -> Result<Self, CompletionError> {
+    pub fn with_read_completion_boundary(mut self, rcb: u16) -> Result<Self, TlpError> {
         if rcb != 64 && rcb != 128 {
-            return Err(RequestError::InvalidRcb { value: rcb }.into());
+            return Err(TlpError::InvalidRcb { value: rcb });
         }
         self.rcb = rcb;
         Ok(self)
@@ -595,19 +512,16 @@ impl ReadReassembly {
 
     /// Takes one completion for this read. On a malformed completion the state is unchanged (the
     /// caller decides whether to give up); an unsuccessful status finishes the read.
-    pub fn accept(&mut self, completion: &Tlp) -> Result<Progress, CompletionError> {
+    pub fn accept(&mut self, completion: &Tlp) -> Result<Progress, TlpError> {
         if self.finished {
-            return Err(CompletionError::AlreadyFinished {
-                address: self.address,
-                requested: self.requested,
-            });
+            return Err(TlpError::AlreadyFinished { address: self.address, requested: self.requested });
         }
         let Body::Completion(cpl) = &completion.body else {
-            return Err(CompletionError::NotACompletion { kind: completion.kind_name() });
+            return Err(TlpError::NotACompletion { kind: completion.kind_name() });
         };
         if let Some((requester, tag)) = self.transaction {
             if cpl.requester != requester || cpl.tag != tag {
-                return Err(CompletionError::TransactionId {
+                return Err(TlpError::TransactionId {
                     expected_requester: requester,
                     expected_tag: tag,
                     got_requester: cpl.requester,
@@ -617,7 +531,7 @@ impl ReadReassembly {
         }
         if cpl.status != CplStatus::Sc {
             self.finished = true;
-            return Err(CompletionError::Unsuccessful {
+            return Err(TlpError::Unsuccessful {
                 status: cpl.status,
                 received: self.received,
                 requested: self.requested,
@@ -625,19 +539,19 @@ impl ReadReassembly {
         }
         let remaining = self.remaining();
         if completion.ep {
-            return Err(CompletionError::Poisoned { lower_address: cpl.lower_address });
+            return Err(TlpError::Poisoned { lower_address: cpl.lower_address });
         }
         if completion.payload.is_empty() {
-            return Err(CompletionError::MissingData { remaining });
+            return Err(TlpError::MissingData { remaining });
         }
         let length_dw = completion.length_dw();
         if completion.payload.len() != length_dw as usize * 4 {
-            return Err(CompletionError::PayloadLength { length_dw, payload_len: completion.payload.len() });
+            return Err(TlpError::PayloadLength { length_dw, payload_len: completion.payload.len() });
         }
         let next_address = self.address + self.received as u64;
         let expected_la = (next_address & 0x7f) as u8;
         if cpl.lower_address != expected_la {
-            return Err(CompletionError::LowerAddress {
+            return Err(TlpError::LowerAddress {
                 expected: expected_la,
                 got: cpl.lower_address,
                 next_address,
@@ -662,12 +576,12 @@ impl ReadReassembly {
             remaining as u16
         };
         if cpl.byte_count != expected_bc {
-            return Err(CompletionError::ByteCount { expected: expected_bc, got: cpl.byte_count });
+            return Err(TlpError::ByteCount { expected: expected_bc, got: cpl.byte_count });
         }
         if is_final {
             let expected_dw = (lane + take.max(1)).div_ceil(4) as u16;
             if length_dw != expected_dw {
-                return Err(CompletionError::Length {
+                return Err(TlpError::FinalCompletionLength {
                     expected_dw,
                     got_dw: length_dw,
                     remaining,
@@ -677,7 +591,7 @@ impl ReadReassembly {
         } else {
             let end = next_address + take as u64;
             if end % self.rcb as u64 != 0 {
-                return Err(CompletionError::RcbBoundary { end, rcb: self.rcb, remaining });
+                return Err(TlpError::RcbBoundary { end, rcb: self.rcb, remaining });
             }
         }
         let from = self.received as usize;

@@ -8,43 +8,30 @@
 //! [`to_json`] and [`from_json`] are exact inverses: for every `Tlp` that [`Tlp::parse`] returns,
 //! `from_json(&to_json(&tlp)) == Ok(tlp)`, so decode → encode gives back the same bytes. Encoding is
 //! strict: an unknown field, a field that does not apply to the kind, a value out of its range or
-//! fields that contradict each other are [`JsonError`]s naming the field.
+//! fields that contradict each other are [`TlpError`]s naming the field.
 
 use core::fmt::Write as _;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::TlpError;
 use crate::model::{
     AtomicOp, AtomicRequest, Attr, Body, CfgType, Completion, ConfigRequest, CplStatus, Fmt, IoRequest,
     MemOp, MemRequest, Message, MessageCode, MsgRouting, Prefix, RoutingId, Tlp,
 };
 
-/// Why a JSON value does not describe a TLP.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JsonError {
-    /// The text is not JSON at all.
-    #[error("not valid JSON: {0}")]
-    Syntax(String),
-    /// The JSON value is not an object.
-    #[error("expected a JSON object describing one TLP, got {0}")]
-    NotAnObject(&'static str),
-    /// A field is missing, of the wrong type, out of range, unknown, not applicable to the kind,
-    /// or inconsistent with another field.
-    #[error("field `{field}`: {problem}")]
-    Field { field: String, problem: String },
+/// A [`TlpError::JsonField`] about `field`.
+fn field_error(field: impl Into<String>, problem: impl Into<String>) -> TlpError {
+    TlpError::JsonField { field: field.into(), problem: problem.into() }
 }
 
-impl JsonError {
-    fn field(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        JsonError::Field { field: field.into(), problem: problem.into() }
-    }
-
-    /// The field the error is about, if it is about one.
-    pub fn field_name(&self) -> Option<&str> {
+impl TlpError {
+    /// The JSON field the error is about, if it is about one.
+    pub fn json_field(&self) -> Option<&str> {
         match self {
-            JsonError::Field { field, .. } => Some(field),
-            JsonError::Syntax(_) | JsonError::NotAnObject(_) => None,
+            TlpError::JsonField { field, .. } => Some(field),
+            _ => None,
         }
     }
 }
@@ -346,67 +333,65 @@ impl<'a> Fields<'a> {
 
     /// An unsigned integer no larger than `max`: a JSON number, or a string `"0x…"` of hex digits
     /// (underscores allowed).
-    fn uint(&mut self, name: &'static str, max: u64) -> Result<Option<u64>, JsonError> {
+    fn uint(&mut self, name: &'static str, max: u64) -> Result<Option<u64>, TlpError> {
         let Some(value) = self.get(name) else { return Ok(None) };
         let n = match value {
-            Value::Number(n) => n
-                .as_u64()
-                .ok_or_else(|| JsonError::field(name, format!("{n} is not a non-negative integer")))?,
-            Value::String(s) => parse_hex_u64(s).map_err(|p| JsonError::field(name, p))?,
+            Value::Number(n) => {
+                n.as_u64().ok_or_else(|| field_error(name, format!("{n} is not a non-negative integer")))?
+            }
+            Value::String(s) => parse_hex_u64(s).map_err(|p| field_error(name, p))?,
             other => {
-                return Err(JsonError::field(
+                return Err(field_error(
                     name,
                     format!("expected a number or a \"0x…\" hex string, got {}", type_name(other)),
                 ));
             }
         };
         if n > max {
-            return Err(JsonError::field(name, format!("{n} is out of range (at most {max}, {max:#x})")));
+            return Err(field_error(name, format!("{n} is out of range (at most {max}, {max:#x})")));
         }
         Ok(Some(n))
     }
 
-    fn u8(&mut self, name: &'static str, max: u8) -> Result<Option<u8>, JsonError> {
+    fn u8(&mut self, name: &'static str, max: u8) -> Result<Option<u8>, TlpError> {
         // `max` bounds the value, so the narrowing cannot lose bits.
         Ok(self.uint(name, u64::from(max))?.map(|n| n as u8))
     }
 
-    fn u16(&mut self, name: &'static str, max: u16) -> Result<Option<u16>, JsonError> {
+    fn u16(&mut self, name: &'static str, max: u16) -> Result<Option<u16>, TlpError> {
         Ok(self.uint(name, u64::from(max))?.map(|n| n as u16))
     }
 
-    fn bool(&mut self, name: &'static str) -> Result<Option<bool>, JsonError> {
+    fn bool(&mut self, name: &'static str) -> Result<Option<bool>, TlpError> {
         match self.get(name) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(other) => {
-                Err(JsonError::field(name, format!("expected true or false, got {}", type_name(other))))
+                Err(field_error(name, format!("expected true or false, got {}", type_name(other))))
             }
         }
     }
 
-    fn str(&mut self, name: &'static str) -> Result<Option<&'a str>, JsonError> {
+    fn str(&mut self, name: &'static str) -> Result<Option<&'a str>, TlpError> {
         match self.get(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => {
-                Err(JsonError::field(name, format!("expected a string, got {}", type_name(other))))
-            }
+            Some(other) => Err(field_error(name, format!("expected a string, got {}", type_name(other)))),
         }
     }
 
-    fn routing_id(&mut self, name: &'static str) -> Result<Option<RoutingId>, JsonError> {
+    fn routing_id(&mut self, name: &'static str) -> Result<Option<RoutingId>, TlpError> {
         self.str(name)?
-            .map(|s| s.parse::<RoutingId>().map_err(|e| JsonError::field(name, e.to_string())))
+            .map(|s| s.parse::<RoutingId>().map_err(|e| field_error(name, e.to_string())))
             .transpose()
     }
 
-    fn hex_bytes(&mut self, name: &'static str) -> Result<Option<Vec<u8>>, JsonError> {
-        self.str(name)?.map(|s| hex_to_bytes(s).map_err(|p| JsonError::field(name, p))).transpose()
+    fn hex_bytes(&mut self, name: &'static str) -> Result<Option<Vec<u8>>, TlpError> {
+        self.str(name)?.map(|s| hex_to_bytes(s).map_err(|p| field_error(name, p))).transpose()
     }
 
     /// Fails on the first field of the object that was not consumed.
-    fn finish(self, kind: &str) -> Result<(), JsonError> {
+    fn finish(self, kind: &str) -> Result<(), TlpError> {
         for name in self.object.keys() {
             if !self.used.iter().any(|u| u == name) {
                 let problem = if KNOWN_FIELDS.contains(&name.as_str()) {
@@ -414,7 +399,7 @@ impl<'a> Fields<'a> {
                 } else {
                     "unknown field (see docs/tlp-json.md for the field names)".to_owned()
                 };
-                return Err(JsonError::field(name.clone(), problem));
+                return Err(field_error(name.clone(), problem));
             }
         }
         Ok(())
@@ -494,25 +479,23 @@ impl Family {
 const KIND_NAMES: &str = "MRd, MRdLk, MWr, IORd, IOWr, CfgRd0, CfgWr0, CfgRd1, CfgWr1, Cpl, CplD, CplLk, CplDLk, Msg, MsgD, FetchAdd, Swap, CAS";
 
 /// Parses JSON text (one object) into a TLP.
-pub fn from_json_str(text: &str) -> Result<Tlp, JsonError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| JsonError::Syntax(e.to_string()))?;
+pub fn from_json_str(text: &str) -> Result<Tlp, TlpError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| TlpError::JsonSyntax(e.to_string()))?;
     from_json(&value)
 }
 
 /// The TLP the JSON object describes (see `docs/tlp-json.md` for fields and defaults). The result is
 /// not validated against the spec's rules; call [`Tlp::validate`] for that.
-pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
+pub fn from_json(value: &Value) -> Result<Tlp, TlpError> {
     let object = match value {
         Value::Object(o) => o,
-        other => return Err(JsonError::NotAnObject(type_name(other))),
+        other => return Err(TlpError::JsonNotAnObject(type_name(other))),
     };
     let mut f = Fields { object, used: Vec::new() };
 
-    let kind =
-        f.str("kind")?.ok_or_else(|| JsonError::field("kind", format!("missing; one of {KIND_NAMES}")))?;
-    let family = Family::from_kind(kind).ok_or_else(|| {
-        JsonError::field("kind", format!("{kind:?} is not a TLP kind; one of {KIND_NAMES}"))
-    })?;
+    let kind = f.str("kind")?.ok_or_else(|| field_error("kind", format!("missing; one of {KIND_NAMES}")))?;
+    let family = Family::from_kind(kind)
+        .ok_or_else(|| field_error("kind", format!("{kind:?} is not a TLP kind; one of {KIND_NAMES}")))?;
 
     // Common DW0 fields.
     let tc = f.u8("tc", 7)?.unwrap_or(0);
@@ -527,19 +510,16 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
     let digest = match f.str("digest")? {
         None => None,
         Some(s) => {
-            let d = parse_hex_u64(s).map_err(|p| JsonError::field("digest", p))?;
-            Some(
-                u32::try_from(d)
-                    .map_err(|_| JsonError::field("digest", format!("{s} does not fit 32 bits")))?,
-            )
+            let d = parse_hex_u64(s).map_err(|p| field_error("digest", p))?;
+            Some(u32::try_from(d).map_err(|_| field_error("digest", format!("{s} does not fit 32 bits")))?)
         }
     };
     match (f.bool("td")?, digest) {
         (Some(true), None) => {
-            return Err(JsonError::field("digest", "missing; td is true, so the 32-bit ECRC must be given"));
+            return Err(field_error("digest", "missing; td is true, so the 32-bit ECRC must be given"));
         }
         (Some(false), Some(_)) => {
-            return Err(JsonError::field(
+            return Err(field_error(
                 "td",
                 "false, but a digest is given (TD is set exactly when there is one)",
             ));
@@ -551,9 +531,9 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
     let payload = if family.has_data() {
         let payload = f
             .hex_bytes("payload")?
-            .ok_or_else(|| JsonError::field("payload", format!("missing; {kind} carries data")))?;
+            .ok_or_else(|| field_error("payload", format!("missing; {kind} carries data")))?;
         if payload.is_empty() || payload.len() % 4 != 0 || payload.len() > 4096 {
-            return Err(JsonError::field(
+            return Err(field_error(
                 "payload",
                 format!(
                     "{} bytes; a payload is 1 to 1024 whole DWs (4 to 4096 bytes, a multiple of 4)",
@@ -578,11 +558,12 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
         };
         let n = match f.uint("length_dw", 1024)? {
             Some(n) => n as usize,
-            None => default
-                .ok_or_else(|| JsonError::field("length_dw", format!("missing; {kind} needs a length")))?,
+            None => {
+                default.ok_or_else(|| field_error("length_dw", format!("missing; {kind} needs a length")))?
+            }
         };
         if n == 0 {
-            return Err(JsonError::field("length_dw", "0; a length is 1 to 1024 DWs (1024 is sent as 0)"));
+            return Err(field_error("length_dw", "0; a length is 1 to 1024 DWs (1024 is sent as 0)"));
         }
         // 1..=1024; the field holds 1024 as 0.
         (n % 1024) as u16
@@ -605,11 +586,11 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
         }
         Family::Io { write } => {
             let (first_be, last_be) = byte_enables(&mut f, length_dw, false)?;
-            let address = f.uint("address", u64::from(u32::MAX))?.ok_or_else(|| {
-                JsonError::field("address", format!("missing; {kind} needs a 32-bit address"))
-            })?;
+            let address = f
+                .uint("address", u64::from(u32::MAX))?
+                .ok_or_else(|| field_error("address", format!("missing; {kind} needs a 32-bit address")))?;
             if address & 0x3 != 0 {
-                return Err(JsonError::field(
+                return Err(field_error(
                     "address",
                     format!(
                         "{address:#x} is not DW-aligned; bits 1:0 must be 0 (first_be selects the bytes)"
@@ -625,7 +606,7 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
             let function = f.u8("function", 7)?.unwrap_or(0);
             let register = f.u16("register", 0xffc)?.unwrap_or(0);
             if register & 0x3 != 0 {
-                return Err(JsonError::field(
+                return Err(field_error(
                     "register",
                     format!("{register:#x} is not DW-aligned; it is the byte offset of a 32-bit register"),
                 ));
@@ -646,14 +627,11 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
             let completer = f.routing_id("completer_id")?.unwrap_or_default();
             let status = status_field(&mut f)?;
             let bcm = f.bool("bcm")?.unwrap_or(false);
-            let byte_count = f.u16("byte_count", 4096)?.ok_or_else(|| {
-                JsonError::field("byte_count", "missing; the remaining byte count, 1 to 4096")
-            })?;
+            let byte_count = f
+                .u16("byte_count", 4096)?
+                .ok_or_else(|| field_error("byte_count", "missing; the remaining byte count, 1 to 4096"))?;
             if byte_count == 0 {
-                return Err(JsonError::field(
-                    "byte_count",
-                    "0; a byte count is 1 to 4096 (4096 is sent as 0)",
-                ));
+                return Err(field_error("byte_count", "0; a byte count is 1 to 4096 (4096 is sent as 0)"));
             }
             let lower_address = f.u8("lower_address", 0x7f)?.unwrap_or(0);
             Body::Completion(Completion {
@@ -674,7 +652,7 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
 
     if let Some(fmt) = fmt_given {
         if fmt != tlp.fmt().bits() {
-            return Err(JsonError::field(
+            return Err(field_error(
                 "fmt",
                 format!("{fmt} does not match {kind} (Fmt of this TLP is {})", tlp.fmt().bits()),
             ));
@@ -682,7 +660,7 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
     }
     if let Some(ty) = type_given {
         if ty != tlp.type_field() {
-            return Err(JsonError::field(
+            return Err(field_error(
                 "type",
                 format!("{ty:#07b} does not match {kind} (Type of this TLP is {:#07b})", tlp.type_field()),
             ));
@@ -692,10 +670,10 @@ pub fn from_json(value: &Value) -> Result<Tlp, JsonError> {
     Ok(tlp)
 }
 
-fn attr_field(f: &mut Fields<'_>) -> Result<Attr, JsonError> {
+fn attr_field(f: &mut Fields<'_>) -> Result<Attr, TlpError> {
     let Some(value) = f.get("attr") else { return Ok(Attr::default()) };
     let Value::Object(o) = value else {
-        return Err(JsonError::field(
+        return Err(field_error(
             "attr",
             format!("expected an object {{\"ro\":bool,\"ns\":bool,\"ido\":bool}}, got {}", type_name(value)),
         ));
@@ -703,7 +681,7 @@ fn attr_field(f: &mut Fields<'_>) -> Result<Attr, JsonError> {
     let mut attr = Attr::default();
     for (name, v) in o {
         let Value::Bool(b) = v else {
-            return Err(JsonError::field(
+            return Err(field_error(
                 format!("attr.{name}"),
                 format!("expected true or false, got {}", type_name(v)),
             ));
@@ -712,16 +690,16 @@ fn attr_field(f: &mut Fields<'_>) -> Result<Attr, JsonError> {
             "ro" => attr.relaxed_ordering = *b,
             "ns" => attr.no_snoop = *b,
             "ido" => attr.id_based_ordering = *b,
-            _ => return Err(JsonError::field(format!("attr.{name}"), "unknown attribute; ro, ns or ido")),
+            _ => return Err(field_error(format!("attr.{name}"), "unknown attribute; ro, ns or ido")),
         }
     }
     Ok(attr)
 }
 
-fn prefixes_field(f: &mut Fields<'_>) -> Result<Vec<Prefix>, JsonError> {
+fn prefixes_field(f: &mut Fields<'_>) -> Result<Vec<Prefix>, TlpError> {
     let Some(value) = f.get("prefixes") else { return Ok(Vec::new()) };
     let Value::Array(items) = value else {
-        return Err(JsonError::field(
+        return Err(field_error(
             "prefixes",
             format!("expected an array of hex strings, got {}", type_name(value)),
         ));
@@ -732,20 +710,14 @@ fn prefixes_field(f: &mut Fields<'_>) -> Result<Vec<Prefix>, JsonError> {
         .map(|(i, item)| {
             let name = format!("prefixes[{i}]");
             let Value::String(s) = item else {
-                return Err(JsonError::field(
-                    name,
-                    format!("expected a hex string, got {}", type_name(item)),
-                ));
+                return Err(field_error(name, format!("expected a hex string, got {}", type_name(item))));
             };
-            let bytes = hex_to_bytes(s).map_err(|p| JsonError::field(name.clone(), p))?;
+            let bytes = hex_to_bytes(s).map_err(|p| field_error(name.clone(), p))?;
             let dw: [u8; 4] = bytes.as_slice().try_into().map_err(|_| {
-                JsonError::field(
-                    name.clone(),
-                    format!("{} bytes; a prefix is one DW (8 hex digits)", bytes.len()),
-                )
+                field_error(name.clone(), format!("{} bytes; a prefix is one DW (8 hex digits)", bytes.len()))
             })?;
             if dw[0] >> 5 != Fmt::Prefix.bits() {
-                return Err(JsonError::field(
+                return Err(field_error(
                     name,
                     format!("first byte {:#04x} lacks Fmt 100b (a prefix starts with 0x80..=0x9f)", dw[0]),
                 ));
@@ -757,7 +729,7 @@ fn prefixes_field(f: &mut Fields<'_>) -> Result<Vec<Prefix>, JsonError> {
 
 /// `first_be` defaults to 0xf; `last_be` to 0 for a 1-DW request and 0xf otherwise. Both default to
 /// 0 where the fields are reserved (AtomicOp requests).
-fn byte_enables(f: &mut Fields<'_>, length_dw: u16, reserved: bool) -> Result<(u8, u8), JsonError> {
+fn byte_enables(f: &mut Fields<'_>, length_dw: u16, reserved: bool) -> Result<(u8, u8), TlpError> {
     let (first_default, last_default) = match (reserved, length_dw) {
         (true, _) => (0, 0),
         (false, 1) => (0xf, 0),
@@ -775,12 +747,12 @@ fn memory_address(
     kind: &str,
     fmt_given: Option<u8>,
     family: Family,
-) -> Result<(u64, u8, bool), JsonError> {
+) -> Result<(u64, u8, bool), TlpError> {
     let address = f
         .uint("address", u64::MAX)?
-        .ok_or_else(|| JsonError::field("address", format!("missing; {kind} needs an address")))?;
+        .ok_or_else(|| field_error("address", format!("missing; {kind} needs an address")))?;
     if address & 0x3 != 0 {
-        return Err(JsonError::field(
+        return Err(field_error(
             "address",
             format!(
                 "{address:#x} is not DW-aligned; bits 1:0 must be 0 (they hold ph; first_be selects the bytes)"
@@ -793,7 +765,7 @@ fn memory_address(
         None => address > u64::from(u32::MAX),
         Some(fmt) if fmt == Fmt::for_header(false, data).bits() => {
             if address > u64::from(u32::MAX) {
-                return Err(JsonError::field(
+                return Err(field_error(
                     "fmt",
                     format!("{fmt} selects a 3DW header, which cannot hold address {address:#x}"),
                 ));
@@ -802,7 +774,7 @@ fn memory_address(
         }
         Some(fmt) if fmt == Fmt::for_header(true, data).bits() => true,
         Some(fmt) => {
-            return Err(JsonError::field(
+            return Err(field_error(
                 "fmt",
                 format!(
                     "{fmt} does not match {kind} ({} for a 3DW header, {} for 4DW)",
@@ -815,37 +787,35 @@ fn memory_address(
     Ok((address, ph, addr64))
 }
 
-fn status_field(f: &mut Fields<'_>) -> Result<CplStatus, JsonError> {
+fn status_field(f: &mut Fields<'_>) -> Result<CplStatus, TlpError> {
     let Some(value) = f.get("status") else { return Ok(CplStatus::Sc) };
     match value {
-        Value::String(s) => (0u8..8).map(CplStatus::from_bits).find(|st| st.name() == s).ok_or_else(|| {
-            JsonError::field("status", format!("{s:?} is not SC, UR, CRS, CA or Reserved(n)"))
-        }),
+        Value::String(s) => (0u8..8)
+            .map(CplStatus::from_bits)
+            .find(|st| st.name() == s)
+            .ok_or_else(|| field_error("status", format!("{s:?} is not SC, UR, CRS, CA or Reserved(n)"))),
         Value::Number(n) => match n.as_u64() {
             Some(bits @ 0..=7) => Ok(CplStatus::from_bits(bits as u8)),
-            _ => Err(JsonError::field("status", format!("{n} is not a 3-bit status (0 to 7)"))),
+            _ => Err(field_error("status", format!("{n} is not a 3-bit status (0 to 7)"))),
         },
-        other => Err(JsonError::field(
-            "status",
-            format!("expected a status name or number, got {}", type_name(other)),
-        )),
+        other => {
+            Err(field_error("status", format!("expected a status name or number, got {}", type_name(other))))
+        }
     }
 }
 
-fn routing_field(f: &mut Fields<'_>, type_given: Option<u8>) -> Result<MsgRouting, JsonError> {
+fn routing_field(f: &mut Fields<'_>, type_given: Option<u8>) -> Result<MsgRouting, TlpError> {
     let all = || (0u8..8).filter_map(MsgRouting::from_bits);
     match f.str("routing")? {
         Some(name) => all().find(|r| r.name() == name).ok_or_else(|| {
             let names: Vec<&str> = all().map(MsgRouting::name).collect();
-            JsonError::field("routing", format!("{name:?} is not one of {}", names.join(", ")))
+            field_error("routing", format!("{name:?} is not one of {}", names.join(", ")))
         }),
         // The routing is the low three bits of a message's Type (10rrrb).
         None => match type_given {
             Some(ty) if ty & 0x18 == 0x10 => MsgRouting::from_bits(ty & 0x7)
-                .ok_or_else(|| JsonError::field("type", format!("{ty:#07b} is a reserved message routing"))),
-            _ => {
-                Err(JsonError::field("routing", "missing; to-rc, by-addr, by-id, broadcast, local or gather"))
-            }
+                .ok_or_else(|| field_error("type", format!("{ty:#07b} is a reserved message routing"))),
+            _ => Err(field_error("routing", "missing; to-rc, by-addr, by-id, broadcast, local or gather")),
         },
     }
 }
@@ -855,17 +825,17 @@ fn message_body(
     requester: RoutingId,
     tag: u16,
     type_given: Option<u8>,
-) -> Result<Body, JsonError> {
+) -> Result<Body, TlpError> {
     let routing = routing_field(f, type_given)?;
     let code = match (f.u8("message_code", 0xff)?, f.str("message")?) {
         (Some(code), None) => MessageCode(code),
         (code, Some(name)) => {
             let named = (0u8..=0xff).map(MessageCode).find(|c| c.name() == Some(name)).ok_or_else(|| {
-                JsonError::field("message", format!("{name:?} is not a message name the spec defines"))
+                field_error("message", format!("{name:?} is not a message name the spec defines"))
             })?;
             if let Some(code) = code {
                 if code != named.0 {
-                    return Err(JsonError::field(
+                    return Err(field_error(
                         "message",
                         format!("{name} is code {:#04x}, but message_code is {code:#04x}", named.0),
                     ));
@@ -874,14 +844,14 @@ fn message_body(
             named
         }
         (None, None) => {
-            return Err(JsonError::field("message_code", "missing; give message_code or message"));
+            return Err(field_error("message_code", "missing; give message_code or message"));
         }
     };
     let mut fields = [0u8; 8];
     let fields_given = match f.hex_bytes("fields")? {
         Some(bytes) => {
             fields = bytes.as_slice().try_into().map_err(|_| {
-                JsonError::field(
+                field_error(
                     "fields",
                     format!("{} bytes; header bytes 8..16 are 8 bytes (16 hex digits)", bytes.len()),
                 )
@@ -893,7 +863,7 @@ fn message_body(
     // The interpreted views of bytes 8..16 write those bytes; with `fields` also given they must agree.
     let mut overlay = |name: &'static str, range: core::ops::Range<usize>, bytes: &[u8]| {
         if fields_given && fields[range.clone()] != *bytes {
-            return Err(JsonError::field(
+            return Err(field_error(
                 name,
                 format!("disagrees with bytes {}..{} of `fields`", range.start + 8, range.end + 8),
             ));
@@ -986,7 +956,7 @@ mod tests {
         let tlp = from_json(&json!({"kind":"MWr","address":"0x1_0000_0040","payload":"01020304"})).unwrap();
         assert_eq!(tlp.fmt(), Fmt::FourDwWithData);
         let err = from_json(&json!({"kind":"MWr","fmt":2,"address":"0x1_0000_0040","payload":"01020304"}));
-        assert_eq!(err.unwrap_err().field_name(), Some("fmt"));
+        assert_eq!(err.unwrap_err().json_field(), Some("fmt"));
         let low = from_json(&json!({"kind":"MWr","fmt":3,"address":"0x40","payload":"01020304"})).unwrap();
         assert_eq!(to_json(&low)["address"], json!("0x0000000000000040"));
     }
@@ -1007,7 +977,7 @@ mod tests {
         ];
         for (value, field) in cases {
             let err = from_json(&value).unwrap_err();
-            assert_eq!(err.field_name(), Some(field), "{value} gave {err}");
+            assert_eq!(err.json_field(), Some(field), "{value} gave {err}");
         }
     }
 

@@ -22,6 +22,7 @@
 //! its tag table, then turned into TLPs with [`memory_read_tlp`]; the matching
 //! [`ReadReassembly`](crate::completion::ReadReassembly) collects the completions of one chunk.
 
+use crate::TlpError;
 use crate::byte_enable::ByteEnables;
 use crate::model::{Attr, Body, MemOp, MemRequest, RoutingId, Tlp};
 
@@ -31,55 +32,12 @@ pub const PAGE_SIZE: u64 = 4096;
 /// The largest tag: tags are 10 bits.
 pub const MAX_TAG: u16 = 0x3ff;
 
-/// Why a request could not be formed (bad link parameters, a range no TLP can describe, byte
-/// enables breaking §2.2.5.1).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    /// Max_Payload_Size or Max_Read_Request_Size is not 128, 256, 512, 1024, 2048 or 4096.
-    #[error("{parameter} must be a power of two from 128 to 4096 bytes, got {value}")]
-    InvalidSize { parameter: &'static str, value: u16 },
-
-    /// A Device Control size encoding (MPS bits 7:5, MRRS bits 14:12) outside 000b..=101b.
-    #[error("{parameter} encoding {code:#05b} is reserved (000b..=101b = 128..=4096 bytes)")]
-    ReservedSizeEncoding { parameter: &'static str, code: u8 },
-
-    /// The Read Completion Boundary is not 64 or 128 bytes.
-    #[error("Read Completion Boundary must be 64 or 128 bytes, got {value}")]
-    InvalidRcb { value: u16 },
-
-    /// `address + len` does not fit in 64 bits.
-    #[error("range of {len} bytes at {address:#x} extends past the 64-bit address space")]
-    AddressOverflow { address: u64, len: u64 },
-
-    /// The range needs more than the 1024 DW one TLP can carry.
-    #[error("{len} bytes at {address:#x} span {length_dw} DW; one TLP carries at most 1024")]
-    TooLong { address: u64, len: u64, length_dw: u64 },
-
-    /// A single request would cross a naturally aligned 4 KiB boundary.
-    #[error("{len} bytes at {address:#x} cross the 4 KiB boundary at {boundary:#x}")]
-    CrossesPage { address: u64, len: u64, boundary: u64 },
-
-    /// A single request is longer than the limit that applies to it.
-    #[error("{len} bytes at {address:#x} need {length_dw} DW, more than {parameter} = {limit} bytes")]
-    ExceedsLimit { address: u64, len: u64, length_dw: u64, parameter: &'static str, limit: u16 },
-
-    /// A tag above 10 bits.
-    #[error("tag {tag:#x} does not fit in 10 bits")]
-    TagOutOfRange { tag: u16 },
-
-    /// Byte enables that break a §2.2.5.1 rule.
-    #[error(
-        "byte enables First DW BE {first_be:#06b}, Last DW BE {last_be:#06b} with Length {length_dw} DW: {rule}"
-    )]
-    ByteEnables { first_be: u8, last_be: u8, length_dw: u16, rule: &'static str },
-}
-
 /// Checks that `value` is a power of two in 128..=4096.
-fn check_size(parameter: &'static str, value: u16) -> Result<u16, RequestError> {
+fn check_size(parameter: &'static str, value: u16) -> Result<u16, TlpError> {
     if value.is_power_of_two() && (128..=4096).contains(&value) {
         Ok(value)
     } else {
-        Err(RequestError::InvalidSize { parameter, value })
+        Err(TlpError::InvalidSize { parameter, value })
     }
 }
 
@@ -98,11 +56,11 @@ impl LinkParams {
     pub const DEFAULT: LinkParams = LinkParams { mps: 128, mrrs: 512, rcb: 64 };
 
     /// Validates MPS and MRRS (powers of two, 128..=4096) and RCB (64 or 128).
-    pub fn new(mps: u16, mrrs: u16, rcb: u16) -> Result<Self, RequestError> {
+    pub fn new(mps: u16, mrrs: u16, rcb: u16) -> Result<Self, TlpError> {
         check_size("Max_Payload_Size", mps)?;
         check_size("Max_Read_Request_Size", mrrs)?;
         if rcb != 64 && rcb != 128 {
-            return Err(RequestError::InvalidRcb { value: rcb });
+            return Err(TlpError::InvalidRcb { value: rcb });
         }
         Ok(LinkParams { mps, mrrs, rcb })
     }
@@ -110,7 +68,7 @@ impl LinkParams {
     /// From the register encodings: Device Control Max_Payload_Size (bits 7:5) and
     /// Max_Read_Request_Size (bits 14:12), 000b = 128 … 101b = 4096, and Link Control bit 3
     /// (RCB, set = 128 bytes).
-    pub fn from_encodings(mps_code: u8, mrrs_code: u8, rcb_128: bool) -> Result<Self, RequestError> {
+    pub fn from_encodings(mps_code: u8, mrrs_code: u8, rcb_128: bool) -> Result<Self, TlpError> {
         let mps = size_from_encoding("Max_Payload_Size", mps_code)?;
         let mrrs = size_from_encoding("Max_Read_Request_Size", mrrs_code)?;
         LinkParams::new(mps, mrrs, if rcb_128 { 128 } else { 64 })
@@ -139,8 +97,8 @@ impl Default for LinkParams {
 }
 
 /// Decodes a 3-bit Max_Payload_Size / Max_Read_Request_Size field: 128 << code for 0..=5.
-pub fn size_from_encoding(parameter: &'static str, code: u8) -> Result<u16, RequestError> {
-    if code <= 5 { Ok(128 << code) } else { Err(RequestError::ReservedSizeEncoding { parameter, code }) }
+pub fn size_from_encoding(parameter: &'static str, code: u8) -> Result<u16, TlpError> {
+    if code <= 5 { Ok(128 << code) } else { Err(TlpError::ReservedSizeEncoding { parameter, code }) }
 }
 
 /// One request's worth of a split range: `len` bytes at byte address `address` (0 bytes only
@@ -158,18 +116,18 @@ impl SplitChunk {
     }
 
     /// The byte enables and Length of the request for this chunk.
-    pub fn byte_enables(&self) -> Result<ByteEnables, RequestError> {
+    pub fn byte_enables(&self) -> Result<ByteEnables, TlpError> {
         ByteEnables::for_range(self.address, self.len)
     }
 
     /// Checks that one request can carry this chunk: inside one 4 KiB page and at most `limit`
     /// bytes of DW-aligned span (`parameter` names the limit for the error).
-    fn check_single(&self, parameter: &'static str, limit: u16) -> Result<ByteEnables, RequestError> {
+    fn check_single(&self, parameter: &'static str, limit: u16) -> Result<ByteEnables, TlpError> {
         let (address, len) = (self.address, self.len as u64);
         check_within_page(address, len)?;
         let enables = self.byte_enables()?;
         if enables.length_dw as u64 * 4 > limit as u64 {
-            return Err(RequestError::ExceedsLimit {
+            return Err(TlpError::ExceedsLimit {
                 address,
                 len,
                 length_dw: enables.length_dw as u64,
@@ -182,23 +140,21 @@ impl SplitChunk {
 }
 
 /// Checks that the last of `len` bytes at `address` is below 2^64.
-fn check_address_space(address: u64, len: u64) -> Result<(), RequestError> {
+fn check_address_space(address: u64, len: u64) -> Result<(), TlpError> {
     match len.checked_sub(1) {
-        Some(last) if address.checked_add(last).is_none() => {
-            Err(RequestError::AddressOverflow { address, len })
-        }
+        Some(last) if address.checked_add(last).is_none() => Err(TlpError::AddressOverflow { address, len }),
         _ => Ok(()),
     }
 }
 
 /// Checks that `len` bytes at `address` fit in the 64-bit address space and inside the 4 KiB page of `address`
 /// (an empty range always fits).
-pub(crate) fn check_within_page(address: u64, len: u64) -> Result<(), RequestError> {
+pub(crate) fn check_within_page(address: u64, len: u64) -> Result<(), TlpError> {
     check_address_space(address, len)?;
     if (address & (PAGE_SIZE - 1)) + len > PAGE_SIZE {
         // Not the last page (the range would not fit below 2^64), so the boundary fits in u64.
         let boundary = (address | (PAGE_SIZE - 1)) + 1;
-        return Err(RequestError::CrossesPage { address, len, boundary });
+        return Err(TlpError::CrossesPage { address, len, boundary });
     }
     Ok(())
 }
@@ -206,12 +162,7 @@ pub(crate) fn check_within_page(address: u64, len: u64) -> Result<(), RequestErr
 /// The chunks of `len` bytes at `address`, each ending at the range end or at a multiple of
 /// `limit` (see the module documentation); nothing for an empty range. `limit` must be a power
 /// of two in 128..=4096 (`parameter` names it in the error).
-pub fn split_range(
-    address: u64,
-    len: u64,
-    parameter: &'static str,
-    limit: u16,
-) -> Result<Chunks, RequestError> {
+pub fn split_range(address: u64, len: u64, parameter: &'static str, limit: u16) -> Result<Chunks, TlpError> {
     let limit = check_size(parameter, limit)?;
     check_address_space(address, len)?;
     Ok(Chunks { next: address, remaining: len, limit: limit as u64 })
@@ -307,9 +258,9 @@ pub fn memory_write_tlp(
     address: u64,
     data: &[u8],
     mps: u16,
-) -> Result<Tlp, RequestError> {
+) -> Result<Tlp, TlpError> {
     let mps = check_size("Max_Payload_Size", mps)?;
-    let len = u32::try_from(data.len()).map_err(|_| RequestError::TooLong {
+    let len = u32::try_from(data.len()).map_err(|_| TlpError::RequestTooLong {
         address,
         len: data.len() as u64,
         length_dw: (data.len() as u64).div_ceil(4),
@@ -335,7 +286,7 @@ pub fn memory_write_tlps<'a>(
     address: u64,
     data: &'a [u8],
     mps: u16,
-) -> Result<MemoryWrites<'a>, RequestError> {
+) -> Result<MemoryWrites<'a>, TlpError> {
     let chunks = split_range(address, data.len() as u64, "Max_Payload_Size", mps)?;
     Ok(MemoryWrites { fields, chunks, data })
 }
@@ -371,7 +322,7 @@ impl Iterator for MemoryWrites<'_> {
 /// Length at most `mrrs` bytes, in increasing address order. Give each a tag and turn it into a
 /// TLP with [`memory_read_tlp`]; collect its completions with
 /// [`ReadReassembly::for_chunk`](crate::completion::ReadReassembly::for_chunk).
-pub fn memory_read_requests(address: u64, len: u64, mrrs: u16) -> Result<Chunks, RequestError> {
+pub fn memory_read_requests(address: u64, len: u64, mrrs: u16) -> Result<Chunks, TlpError> {
     split_range(address, len, "Max_Read_Request_Size", mrrs)
 }
 
@@ -383,10 +334,10 @@ pub fn memory_read_tlp(
     chunk: SplitChunk,
     tag: u16,
     mrrs: u16,
-) -> Result<Tlp, RequestError> {
+) -> Result<Tlp, TlpError> {
     let mrrs = check_size("Max_Read_Request_Size", mrrs)?;
     if tag > MAX_TAG {
-        return Err(RequestError::TagOutOfRange { tag });
+        return Err(TlpError::TagOutOfRange { tag });
     }
     let enables = chunk.check_single("Max_Read_Request_Size", mrrs)?;
     Ok(memory_tlp(fields, MemOp::Read, tag, &chunk, enables, Vec::new()))

@@ -3,13 +3,13 @@
 
 use tlp::byte_enable::ByteEnables;
 use tlp::completion::{
-    CompletionError, MemoryRead, Progress, ReadReassembly, io_config_read_completion,
-    io_config_write_completion, read_completions, unsuccessful_completion,
+    MemoryRead, Progress, ReadReassembly, io_config_read_completion, io_config_write_completion,
+    read_completions, unsuccessful_completion,
 };
 use tlp::split::{LinkParams, RequestFields, SplitChunk, memory_read_requests, memory_read_tlp};
 use tlp::{
     AtomicOp, AtomicRequest, Attr, Body, CfgType, Completion, ConfigRequest, CplStatus, IoRequest, MemOp,
-    MemRequest, RoutingId, Tlp,
+    MemRequest, RoutingId, Tlp, TlpError,
 };
 
 const REQUESTER: RoutingId = RoutingId::new(0x00, 0x00, 0x0);
@@ -189,16 +189,22 @@ fn memory_reads_that_break_request_rules_are_refused() {
     if let Body::Memory(m) = &mut request.body {
         m.address = 0x6ffc; // Length 4 DW from 0xffc crosses 4 KiB.
     }
-    assert!(matches!(MemoryRead::from_tlp(&request), Err(CompletionError::Request(_))));
+    assert_eq!(
+        MemoryRead::from_tlp(&request),
+        Err(TlpError::CrossesPage { address: 0x6ffc, len: 16, boundary: 0x7000 })
+    );
     let mut request = read_tlp(0x6000, 12, 1);
     if let Body::Memory(m) = &mut request.body {
         m.first_be = 0b0111; // Not contiguous with the middle DW.
     }
-    assert!(matches!(MemoryRead::from_tlp(&request), Err(CompletionError::Request(_))));
+    assert!(matches!(
+        MemoryRead::from_tlp(&request),
+        Err(TlpError::ByteEnables { first_be: 0b0111, last_be: 0b1111, length_dw: 3, .. })
+    ));
     let read = MemoryRead::from_tlp(&read_tlp(0x6000, 12, 1)).unwrap();
     assert_eq!(
         read_completions(&read, COMPLETER, &[0; 11], &link(128, 64)).map(|_| ()),
-        Err(CompletionError::DataLength { expected: 12, got: 11 })
+        Err(TlpError::ReadDataLength { expected: 12, got: 11 })
     );
 }
 
@@ -280,7 +286,7 @@ fn config_and_io_completions() {
     assert_eq!(t.kind_name(), "Cpl");
     assert!(matches!(
         io_config_read_completion(&write, COMPLETER, [0; 4]),
-        Err(CompletionError::WrongRequestKind { kind: "CfgWr0", .. })
+        Err(TlpError::WrongRequestKind { kind: "CfgWr0", .. })
     ));
 
     let io_read = Tlp {
@@ -305,7 +311,7 @@ fn config_and_io_completions() {
     );
     assert_eq!(
         unsuccessful_completion(&io_read, COMPLETER, CplStatus::Crs),
-        Err(CompletionError::CrsForNonConfig { kind: "IORd" })
+        Err(TlpError::CrsForNonConfig { kind: "IORd" })
     );
     let ur = unsuccessful_completion(&io_read, COMPLETER, CplStatus::Ur).unwrap();
     assert_eq!((cpl(&ur).byte_count, cpl(&ur).lower_address, cpl(&ur).tag), (4, 0, 3));
@@ -322,11 +328,11 @@ fn unsuccessful_memory_read_completion_carries_what_success_would() {
     );
     assert_eq!(
         unsuccessful_completion(&request, COMPLETER, CplStatus::Sc),
-        Err(CompletionError::SuccessIsNotFailure)
+        Err(TlpError::SuccessIsNotFailure)
     );
     assert_eq!(
         unsuccessful_completion(&request, COMPLETER, CplStatus::Crs),
-        Err(CompletionError::CrsForNonConfig { kind: "MRd" })
+        Err(TlpError::CrsForNonConfig { kind: "MRd" })
     );
     let zero = unsuccessful_completion(&read_tlp(0x2010, 0, 5), COMPLETER, CplStatus::Ca).unwrap();
     assert_eq!((cpl(&zero).byte_count, cpl(&zero).lower_address), (1, 0x10));
@@ -354,11 +360,11 @@ fn unsuccessful_memory_read_completion_carries_what_success_would() {
     write.payload = vec![0; 4];
     assert_eq!(
         unsuccessful_completion(&write, COMPLETER, CplStatus::Ur),
-        Err(CompletionError::NoCompletion { kind: "MWr" })
+        Err(TlpError::NoCompletion { kind: "MWr" })
     );
     assert_eq!(
         unsuccessful_completion(&ur, COMPLETER, CplStatus::Ur),
-        Err(CompletionError::NoCompletion { kind: "Cpl" })
+        Err(TlpError::NoCompletion { kind: "Cpl" })
     );
 }
 
@@ -384,7 +390,7 @@ fn unsuccessful_atomic_completion_has_operand_size_byte_count() {
 }
 
 /// Sends one read's completions through `tamper` at position `index` and returns the error.
-fn tampered(index: usize, tamper: impl Fn(&mut Tlp)) -> (CompletionError, ReadReassembly, Vec<Tlp>) {
+fn tampered(index: usize, tamper: impl Fn(&mut Tlp)) -> (TlpError, ReadReassembly, Vec<Tlp>) {
     let request = read_tlp(0x3e52, 256, 0x2a);
     let read = MemoryRead::from_tlp(&request).unwrap();
     let data = pattern(256);
@@ -410,31 +416,31 @@ fn cpl_mut(t: &mut Tlp) -> &mut Completion {
 fn reassembly_names_what_is_wrong() {
     // Completions: (28 DW, LA 0x52, BC 256), (32 DW, LA 0x40, BC 146), (5 DW, LA 0x40, BC 18).
     let (err, mut reassembly, tlps) = tampered(1, |t| cpl_mut(t).lower_address = 0x00);
-    assert_eq!(err, CompletionError::LowerAddress { expected: 0x40, got: 0x00, next_address: 0x3ec0 });
+    assert_eq!(err, TlpError::LowerAddress { expected: 0x40, got: 0x00, next_address: 0x3ec0 });
     // A rejected completion leaves the state as it was: the genuine one still fits.
     assert_eq!(reassembly.remaining(), 146);
     assert_eq!(reassembly.accept(&tlps[1]), Ok(Progress::More { remaining: 18 }));
     assert_eq!(reassembly.accept(&tlps[2]), Ok(Progress::Done(pattern(256))));
-    assert!(matches!(reassembly.accept(&tlps[2]), Err(CompletionError::AlreadyFinished { .. })));
+    assert!(matches!(reassembly.accept(&tlps[2]), Err(TlpError::AlreadyFinished { .. })));
 
     let (err, ..) = tampered(1, |t| cpl_mut(t).byte_count = 150);
-    assert_eq!(err, CompletionError::ByteCount { expected: 146, got: 150 });
+    assert_eq!(err, TlpError::ByteCount { expected: 146, got: 150 });
     let (err, ..) = tampered(2, |t| cpl_mut(t).byte_count = 20);
-    assert_eq!(err, CompletionError::ByteCount { expected: 18, got: 20 });
+    assert_eq!(err, TlpError::ByteCount { expected: 18, got: 20 });
 
     let (err, reassembly, _) = tampered(1, |t| cpl_mut(t).status = CplStatus::Ca);
-    assert_eq!(err, CompletionError::Unsuccessful { status: CplStatus::Ca, received: 110, requested: 256 });
+    assert_eq!(err, TlpError::Unsuccessful { status: CplStatus::Ca, received: 110, requested: 256 });
     assert!(reassembly.is_finished());
 
     let (err, ..) = tampered(0, |t| t.ep = true);
-    assert_eq!(err, CompletionError::Poisoned { lower_address: 0x52 });
+    assert_eq!(err, TlpError::Poisoned { lower_address: 0x52 });
     let (err, ..) = tampered(0, |t| cpl_mut(t).tag = 0x2b);
-    assert!(matches!(err, CompletionError::TransactionId { expected_tag: 0x2a, got_tag: 0x2b, .. }));
+    assert!(matches!(err, TlpError::TransactionId { expected_tag: 0x2a, got_tag: 0x2b, .. }));
     let (err, ..) = tampered(0, |t| {
         t.payload.clear();
         t.length = 0;
     });
-    assert_eq!(err, CompletionError::MissingData { remaining: 256 });
+    assert_eq!(err, TlpError::MissingData { remaining: 256 });
 
     // The last completion one DW too long: payload beyond the request.
     let (err, ..) = tampered(2, |t| {
@@ -443,7 +449,7 @@ fn reassembly_names_what_is_wrong() {
     });
     assert_eq!(
         err,
-        CompletionError::Length { expected_dw: 5, got_dw: 6, remaining: 18, lower_address: 0x40 }
+        TlpError::FinalCompletionLength { expected_dw: 5, got_dw: 6, remaining: 18, lower_address: 0x40 }
     );
 
     // A middle completion one DW short ends off the RCB.
@@ -451,7 +457,7 @@ fn reassembly_names_what_is_wrong() {
         t.payload.truncate(124);
         t.length -= 1;
     });
-    assert_eq!(err, CompletionError::RcbBoundary { end: 0x3f3c, rcb: 64, remaining: 146 });
+    assert_eq!(err, TlpError::RcbBoundary { end: 0x3f3c, rcb: 64, remaining: 146 });
 
     // The first completion again (a duplicate) after it was accepted.
     let (err, ..) = tampered(1, |t| {
@@ -465,10 +471,10 @@ fn reassembly_names_what_is_wrong() {
         .next()
         .unwrap()
     });
-    assert!(matches!(err, CompletionError::LowerAddress { expected: 0x40, got: 0x52, .. }));
+    assert!(matches!(err, TlpError::LowerAddress { expected: 0x40, got: 0x52, .. }));
 
     let (err, ..) = tampered(0, |t| *t = read_tlp(0x3e52, 256, 0x2a));
-    assert_eq!(err, CompletionError::NotACompletion { kind: "MRd" });
+    assert_eq!(err, TlpError::NotACompletion { kind: "MRd" });
 }
 
 #[test]
@@ -476,10 +482,7 @@ fn reassembly_checks_rcb_128_when_told() {
     // RCB 64 completions are legal for a Root Complex with RCB 64, not for one with RCB 128.
     let tlps = complete(0x3e52, 256, 128, 64);
     let mut strict = ReadReassembly::new(0x3e52, 256).unwrap().with_read_completion_boundary(128).unwrap();
-    assert_eq!(
-        strict.accept(&tlps[0]),
-        Err(CompletionError::RcbBoundary { end: 0x3ec0, rcb: 128, remaining: 256 })
-    );
+    assert_eq!(strict.accept(&tlps[0]), Err(TlpError::RcbBoundary { end: 0x3ec0, rcb: 128, remaining: 256 }));
     assert!(ReadReassembly::new(0x3e52, 256).unwrap().with_read_completion_boundary(32).is_err());
     assert!(ReadReassembly::new(0x3ff0, 32).is_err());
     assert!(ReadReassembly::new(0x3000, 4097).is_err());
@@ -535,13 +538,19 @@ fn reads_at_the_top_of_the_address_space_do_not_overflow() {
     if let Body::Memory(m) = &mut request.body {
         m.address = 0xffff_ffff_ffff_fff0;
     }
-    assert!(matches!(MemoryRead::from_tlp(&request), Err(CompletionError::Request(_))));
+    assert_eq!(
+        MemoryRead::from_tlp(&request),
+        Err(TlpError::AddressOverflow { address: 0xffff_ffff_ffff_fff0, len: 64 })
+    );
     let ur = unsuccessful_completion(&request, COMPLETER, CplStatus::Ur).unwrap();
     assert_eq!((cpl(&ur).byte_count, cpl(&ur).lower_address), (64, 0x70));
     // The very last bytes of the address space can be read; one more cannot.
     assert_eq!(shape(&complete(u64::MAX - 99, 100, 128, 64)), [(25, 0x1c, 100)]);
     assert!(ReadReassembly::new(u64::MAX - 3, 4).is_ok());
-    assert!(matches!(ReadReassembly::new(u64::MAX - 3, 5), Err(CompletionError::Request(_))));
+    assert_eq!(
+        ReadReassembly::new(u64::MAX - 3, 5).map(|_| ()),
+        Err(TlpError::AddressOverflow { address: u64::MAX - 3, len: 5 })
+    );
     // A hand-built MemoryRead is checked too.
     let mut read = MemoryRead::from_tlp(&read_tlp(0x1000, 8, 1)).unwrap();
     read.dw_address = 0xffff_ffff_ffff_fffc;
@@ -549,6 +558,6 @@ fn reads_at_the_top_of_the_address_space_do_not_overflow() {
     read.dw_address = 0x1002;
     assert_eq!(
         read_completions(&read, COMPLETER, &[0; 8], &link(128, 64)).map(|_| ()),
-        Err(CompletionError::UnalignedAddress { address: 0x1002 })
+        Err(TlpError::UnalignedAddress { address: 0x1002 })
     );
 }

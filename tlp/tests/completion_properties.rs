@@ -2,7 +2,8 @@
 //! §2.3.1.1, §2.2.9.1).
 
 use proptest::prelude::*;
-use tlp::completion::{CompletionError, MemoryRead, Progress, ReadReassembly, read_completions};
+use tlp::TlpError;
+use tlp::completion::{MemoryRead, Progress, ReadReassembly, read_completions};
 use tlp::split::{LinkParams, RequestFields, SplitChunk, memory_read_tlp};
 use tlp::{Attr, Body, Completion, CplStatus, RoutingId, Tlp};
 
@@ -143,7 +144,7 @@ proptest! {
                 let err = reassembly.accept(&bad).unwrap_err();
                 prop_assert_eq!(
                     err,
-                    CompletionError::LowerAddress {
+                    TlpError::LowerAddress {
                         expected: expected_la,
                         got: c_la(&bad),
                         next_address: if len == 0 { address & !3 } else { address + reassembly.received() as u64 },
@@ -153,14 +154,14 @@ proptest! {
             1 => {
                 c.byte_count = (c.byte_count - 1 + delta) % 4096 + 1;
                 let err = reassembly.accept(&bad).unwrap_err();
-                prop_assert_eq!(err, CompletionError::ByteCount { expected: expected_bc, got: cpl(&bad).byte_count });
+                prop_assert_eq!(err, TlpError::ByteCount { expected: expected_bc, got: cpl(&bad).byte_count });
             }
             2 => {
                 let status = [CplStatus::Ur, CplStatus::Ca, CplStatus::Crs, CplStatus::Reserved(5)][delta as usize % 4];
                 c.status = status;
                 let received = reassembly.received();
                 let err = reassembly.accept(&bad).unwrap_err();
-                prop_assert_eq!(err, CompletionError::Unsuccessful { status, received, requested: len });
+                prop_assert_eq!(err, TlpError::Unsuccessful { status, received, requested: len });
                 prop_assert!(reassembly.is_finished());
                 return Ok(());
             }
@@ -169,12 +170,12 @@ proptest! {
                 reassembly.accept(genuine).unwrap();
                 if reassembly.is_finished() {
                     let is_finished_error =
-                        matches!(reassembly.accept(genuine), Err(CompletionError::AlreadyFinished { .. }));
+                        matches!(reassembly.accept(genuine), Err(TlpError::AlreadyFinished { .. }));
                     prop_assert!(is_finished_error);
                 } else {
                     let is_rejected = matches!(
                         reassembly.accept(genuine),
-                        Err(CompletionError::LowerAddress { .. } | CompletionError::ByteCount { .. })
+                        Err(TlpError::LowerAddress { .. } | TlpError::ByteCount { .. })
                     );
                     prop_assert!(is_rejected);
                 }

@@ -4,10 +4,10 @@
 use proptest::prelude::*;
 use tlp::byte_enable::{ByteEnables, enabled_runs};
 use tlp::split::{
-    LinkParams, RequestError, RequestFields, SplitChunk, memory_read_requests, memory_read_tlp,
-    memory_write_tlp, memory_write_tlps, split_range,
+    LinkParams, RequestFields, SplitChunk, memory_read_requests, memory_read_tlp, memory_write_tlp,
+    memory_write_tlps, split_range,
 };
-use tlp::{Attr, Body, MemOp, MemRequest, RoutingId, Tlp};
+use tlp::{Attr, Body, MemOp, MemRequest, RoutingId, Tlp, TlpError};
 
 const REQUESTER: RoutingId = RoutingId::new(0x01, 0x00, 0x0);
 
@@ -32,17 +32,17 @@ fn link_params_are_validated() {
     assert!(LinkParams::new(4096, 4096, 128).is_ok());
     assert_eq!(
         LinkParams::new(100, 512, 64),
-        Err(RequestError::InvalidSize { parameter: "Max_Payload_Size", value: 100 })
+        Err(TlpError::InvalidSize { parameter: "Max_Payload_Size", value: 100 })
     );
     assert_eq!(
         LinkParams::new(128, 8192, 64),
-        Err(RequestError::InvalidSize { parameter: "Max_Read_Request_Size", value: 8192 })
+        Err(TlpError::InvalidSize { parameter: "Max_Read_Request_Size", value: 8192 })
     );
     assert_eq!(
         LinkParams::new(64, 512, 64),
-        Err(RequestError::InvalidSize { parameter: "Max_Payload_Size", value: 64 })
+        Err(TlpError::InvalidSize { parameter: "Max_Payload_Size", value: 64 })
     );
-    assert_eq!(LinkParams::new(128, 512, 256), Err(RequestError::InvalidRcb { value: 256 }));
+    assert_eq!(LinkParams::new(128, 512, 256), Err(TlpError::InvalidRcb { value: 256 }));
     let p = LinkParams::from_encodings(0b001, 0b010, true).unwrap();
     assert_eq!(
         (p.max_payload_size(), p.max_read_request_size(), p.read_completion_boundary()),
@@ -50,7 +50,7 @@ fn link_params_are_validated() {
     );
     assert_eq!(
         LinkParams::from_encodings(0b110, 0, false),
-        Err(RequestError::ReservedSizeEncoding { parameter: "Max_Payload_Size", code: 0b110 })
+        Err(TlpError::ReservedSizeEncoding { parameter: "Max_Payload_Size", code: 0b110 })
     );
     assert_eq!(LinkParams::default(), LinkParams::new(128, 512, 64).unwrap());
 }
@@ -143,7 +143,7 @@ fn read_of_4096_bytes_uses_length_field_zero() {
     assert_eq!((mem(&tlp).first_be, mem(&tlp).last_be), (0xf, 0xf));
     assert_eq!(
         memory_read_tlp(&fields(), chunk, 7, 2048),
-        Err(RequestError::ExceedsLimit {
+        Err(TlpError::ExceedsLimit {
             address: 0x8000,
             len: 4096,
             length_dw: 1024,
@@ -158,7 +158,7 @@ fn read_of_4096_bytes_uses_length_field_zero() {
     );
     assert_eq!(
         memory_read_tlp(&fields(), SplitChunk { address: 0x8001, len: 4096 }, 7, 4096),
-        Err(RequestError::CrossesPage { address: 0x8001, len: 4096, boundary: 0x9000 })
+        Err(TlpError::CrossesPage { address: 0x8001, len: 4096, boundary: 0x9000 })
     );
 }
 
@@ -166,7 +166,7 @@ fn read_of_4096_bytes_uses_length_field_zero() {
 fn read_tags_and_zero_length() {
     assert_eq!(
         memory_read_tlp(&fields(), SplitChunk { address: 0, len: 4 }, 0x400, 512),
-        Err(RequestError::TagOutOfRange { tag: 0x400 })
+        Err(TlpError::TagOutOfRange { tag: 0x400 })
     );
     let zero = memory_read_tlp(&fields(), SplitChunk { address: 0x1002, len: 0 }, 3, 128).unwrap();
     assert_eq!((zero.length, mem(&zero).first_be, mem(&zero).last_be, mem(&zero).address), (1, 0, 0, 0x1000));
@@ -228,12 +228,12 @@ fn write_helpers_reject_what_no_tlp_can_carry() {
     let data = [0u8; 200];
     assert!(matches!(
         memory_write_tlp(&fields(), 0x1000, &data, 128),
-        Err(RequestError::ExceedsLimit { parameter: "Max_Payload_Size", limit: 128, .. })
+        Err(TlpError::ExceedsLimit { parameter: "Max_Payload_Size", limit: 128, .. })
     ));
-    assert!(matches!(memory_write_tlp(&fields(), 0xfff0, &data, 256), Err(RequestError::CrossesPage { .. })));
+    assert!(matches!(memory_write_tlp(&fields(), 0xfff0, &data, 256), Err(TlpError::CrossesPage { .. })));
     assert!(matches!(
         memory_write_tlps(fields(), u64::MAX - 10, &data, 256),
-        Err(RequestError::AddressOverflow { .. })
+        Err(TlpError::AddressOverflow { .. })
     ));
     let zero = memory_write_tlp(&fields(), 0x1001, &[], 128).unwrap();
     assert_eq!((zero.length, mem(&zero).first_be, mem(&zero).last_be, zero.payload.len()), (1, 0, 0, 4));
@@ -350,10 +350,7 @@ fn ranges_may_end_at_the_top_of_the_address_space() {
         chunks(u64::MAX - 299, 300, 128),
         [(u64::MAX - 299, 44), (u64::MAX - 255, 128), (u64::MAX - 127, 128)]
     );
-    assert!(matches!(
-        memory_read_requests(u64::MAX - 299, 301, 128),
-        Err(RequestError::AddressOverflow { .. })
-    ));
+    assert!(matches!(memory_read_requests(u64::MAX - 299, 301, 128), Err(TlpError::AddressOverflow { .. })));
     let data = [0xaa; 6];
     let writes: Vec<Tlp> = memory_write_tlps(fields(), u64::MAX - 5, &data, 128).unwrap().collect();
     assert_eq!(writes.len(), 1);
