@@ -1,5 +1,7 @@
 //! The bridge end of a sim link: a [`Link`] whose clock the simulator drives.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -10,7 +12,7 @@ use transports::link::{
 };
 
 use super::wire::{self, Message, Role, SimMode};
-use super::{HelloParams, handshake, send_error, spawn_reader, ticks_to_picos, write_message};
+use super::{FrameReader, HelloParams, error_code_for, handshake, ticks_to_picos, write_message};
 use crate::error::{Error, Result};
 
 /// How the bridge side of a sim link is set up.
@@ -43,23 +45,20 @@ impl Default for BridgeConfig {
     }
 }
 
-/// Hello exchange on a fresh connection, then the link and its I/O tasks.
+/// Hello exchange on a fresh connection, then the link and its two I/O tasks: the reader
+/// decodes frames straight into the link's `rx` (no task in between), the writer drains the
+/// link's `tx` into batched socket writes.
 pub(super) async fn start(stream: TcpStream, config: &BridgeConfig) -> Result<Link> {
     let peer_addr = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown peer".into());
     let (read, mut write) = stream.into_split();
-    let (mut incoming, reader_task) = spawn_reader(read);
+    let mut reader = FrameReader::new(read);
     let ours = config.hello.hello(Role::Bridge);
-    let peer = match handshake(&mut write, &mut incoming, &ours, config.hello_timeout).await {
-        Ok(peer) => peer,
-        Err(e) => {
-            reader_task.abort();
-            return Err(e);
-        }
-    };
+    let peer = handshake(&mut write, &mut reader, &ours, config.hello_timeout).await?;
     let ps_per_tick = ours.agreed_ps_per_tick(&peer);
     let capacity = config.capacity.max(1);
     let (to_engine, rx) = mpsc::channel(capacity);
     let (tx, from_engine) = mpsc::channel(capacity);
+    let (to_writer, control) = mpsc::channel(CONTROL_QUEUE);
     let (clock, driver) = LinkClock::simulated();
     let progress = LinkProgress::new();
     let info = LinkInfo {
@@ -69,190 +68,271 @@ pub(super) async fn start(stream: TcpStream, config: &BridgeConfig) -> Result<Li
             peer.mode, peer.mps, peer.mrrs, peer.rcb
         ),
     };
-    let io = BridgeIo {
-        incoming,
-        write,
+    let now_ticks = Arc::new(AtomicU64::new(0));
+    let ack_pending = Arc::new(AtomicBool::new(false));
+    let inbound = Inbound {
+        reader,
         to_engine,
-        from_engine,
+        to_writer,
         driver,
-        handled: progress.subscribe(),
         mode: peer.mode,
         ps_per_tick,
-        now_ticks: 0,
+        now_ticks: now_ticks.clone(),
+        ack_pending: ack_pending.clone(),
         delivered: 0,
+    };
+    let outbound = Outbound {
+        write,
+        from_engine,
+        control,
+        handled: progress.subscribe(),
+        now_ticks,
+        ack_pending,
         out: Vec::with_capacity(WRITE_BATCH + wire::HEADER_LEN + 8 + wire::MAX_TLP_LEN),
     };
-    let task = tokio::spawn(io.run());
-    Ok(Link::new(info, clock, rx, tx).with_progress(progress).with_task(reader_task).with_task(task))
-}
-
-/// The task that owns the write half and the link's queues.
-struct BridgeIo {
-    incoming: mpsc::Receiver<Result<Message>>,
-    write: OwnedWriteHalf,
-    to_engine: mpsc::Sender<LinkInput>,
-    from_engine: mpsc::Receiver<Vec<u8>>,
-    driver: SimClockDriver,
-    handled: watch::Receiver<u64>,
-    mode: SimMode,
-    ps_per_tick: u32,
-    /// The simulator's latest time, in ticks.
-    now_ticks: u64,
-    /// Inputs handed to the engine so far (TLPs and events).
-    delivered: u64,
-    /// Outgoing frames gathered for one write.
-    out: Vec<u8>,
+    let reader_task = tokio::spawn(inbound.run());
+    let writer_task = tokio::spawn(outbound.run());
+    Ok(Link::new(info, clock, rx, tx).with_progress(progress).with_task(reader_task).with_task(writer_task))
 }
 
 /// Most bytes of outgoing frames gathered into one write.
 const WRITE_BATCH: usize = 64 * 1024;
+/// Requests from the reader to the writer: at most one acknowledgement is outstanding, plus the
+/// final close or error.
+const CONTROL_QUEUE: usize = 4;
 
-/// Why the I/O loop stopped.
+/// What the reader asks the writer to send.
+#[derive(Debug)]
+enum Control {
+    /// Lockstep: acknowledge the step to `time` once the engine has handled `after` inputs
+    /// (and after the TLPs it queued meanwhile).
+    Ack { time: u64, after: u64 },
+    /// The simulator closed orderly: answer CLOSE and stop.
+    Close,
+    /// Tell the simulator why the link is failing, then stop.
+    Fail(Message),
+    /// The simulator reported an error and is gone: stop without a word.
+    Stop,
+}
+
+/// The reader task: frames from the simulator, straight into the engine's `rx`.
+struct Inbound {
+    reader: FrameReader,
+    to_engine: mpsc::Sender<LinkInput>,
+    to_writer: mpsc::Sender<Control>,
+    driver: SimClockDriver,
+    mode: SimMode,
+    ps_per_tick: u32,
+    /// The simulator's latest time in ticks, which the writer stamps on outgoing frames.
+    now_ticks: Arc<AtomicU64>,
+    /// Lockstep: a TIME awaits its TIME_ACK (set here, cleared by the writer).
+    ack_pending: Arc<AtomicBool>,
+    /// Inputs handed to the engine so far (TLPs and events).
+    delivered: u64,
+}
+
+/// Why the reader stopped.
 enum Stop {
-    /// The simulator closed orderly, or the engine is gone; nothing more to say.
+    /// The simulator closed orderly or reported an error, or the engine is gone.
     Quiet,
     /// The connection failed or the peer broke the protocol; tell the peer if we can.
     Failed(Error),
 }
 
-impl BridgeIo {
+impl Inbound {
     async fn run(mut self) {
-        if self.deliver(LinkInput::Event { event: LinkEvent::Up, time: self.now() }).await.is_err() {
-            return;
-        }
-        let stop = self.serve().await;
-        match &stop {
-            Stop::Quiet => tracing::info!("sim link closed"),
-            Stop::Failed(e) => {
-                tracing::warn!(error = %e, "sim link failed");
-                send_error(&mut self.write, e).await;
+        if self.deliver(LinkInput::Event { event: LinkEvent::Up, time: self.now() }).await.is_ok() {
+            match self.serve().await {
+                Stop::Quiet => tracing::info!("sim link closed"),
+                Stop::Failed(e) => {
+                    tracing::warn!(error = %e, "sim link failed");
+                    let message = Message::Error { code: error_code_for(&e), message: e.to_string() };
+                    self.tell_writer(Control::Fail(message)).await;
+                }
             }
+        } else {
+            self.tell_writer(Control::Stop).await;
         }
-        // The engine learns the simulator is gone, then `rx` closes when this task ends.
+        // The engine learns the simulator is gone, then `rx` closes when both tasks end.
         let down = LinkInput::Event { event: LinkEvent::Down, time: self.now() };
         let _ = tokio::time::timeout(Duration::from_secs(1), self.to_engine.send(down)).await;
     }
 
+    /// Best effort: the writer may be gone already (the engine closed `tx`).
+    async fn tell_writer(&self, control: Control) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.to_writer.send(control)).await;
+    }
+
     fn now(&self) -> LinkInstant {
-        LinkInstant::from_picos(ticks_to_picos(self.now_ticks, self.ps_per_tick))
+        LinkInstant::from_picos(ticks_to_picos(self.now_ticks.load(Ordering::Relaxed), self.ps_per_tick))
     }
 
     async fn serve(&mut self) -> Stop {
-        let mut pending_ack: Option<u64> = None;
         loop {
-            let delivered = self.delivered;
-            let waiting_ack = pending_ack.is_some();
-            let wake = tokio::select! {
-                message = self.incoming.recv() => Wake::Incoming(message),
-                bytes = self.from_engine.recv() => Wake::Outgoing(bytes),
-                handled = self.handled.wait_for(|n| *n >= delivered), if waiting_ack => Wake::Handled(handled.is_ok()),
-            };
-            match wake {
-                Wake::Incoming(None) => {
+            let message = match self.reader.next().await {
+                Ok(Some(message)) => message,
+                Ok(None) => {
                     return Stop::Failed(Error::SimClosed("the simulator disconnected without CLOSE".into()));
                 }
-                Wake::Incoming(Some(Err(e))) => return Stop::Failed(e),
-                Wake::Incoming(Some(Ok(message))) => match self.on_message(message, &mut pending_ack).await {
-                    Ok(true) => {}
-                    Ok(false) => return Stop::Quiet,
-                    Err(stop) => return stop,
-                },
-                Wake::Outgoing(Some(bytes)) => {
-                    // The TLPs the engine has queued meanwhile go in the same write.
-                    self.append_tlp(&bytes);
-                    while self.out.len() < WRITE_BATCH {
-                        match self.from_engine.try_recv() {
-                            Ok(more) => self.append_tlp(&more),
-                            Err(_) => break,
+                Err(e) => return Stop::Failed(e),
+            };
+            match message {
+                Message::Tlp { time, bytes } => {
+                    if let Err(e) = self.advance(time, "TLP") {
+                        return Stop::Failed(e);
+                    }
+                    tracing::trace!(time, len = bytes.len(), "sim link: TLP from the simulator");
+                    let input = LinkInput::Tlp(ReceivedTlp { bytes, time: self.now() });
+                    if self.deliver(input).await.is_err() {
+                        return Stop::Quiet;
+                    }
+                }
+                Message::Time { time } => {
+                    if let Err(e) = self.advance(time, "TIME") {
+                        return Stop::Failed(e);
+                    }
+                    if self.mode == SimMode::Lockstep {
+                        if self.ack_pending.swap(true, Ordering::AcqRel) {
+                            return Stop::Failed(Error::SimProtocol(format!(
+                                "lockstep TIME {time} sent before the previous TIME was acknowledged"
+                            )));
+                        }
+                        let ack = Control::Ack { time, after: self.delivered };
+                        if self.to_writer.send(ack).await.is_err() {
+                            return Stop::Quiet;
                         }
                     }
-                    if let Err(e) = self.flush().await {
+                }
+                Message::Event { time, event } => {
+                    if let Err(e) = self.advance(time, "EVENT") {
                         return Stop::Failed(e);
                     }
+                    tracing::info!(?event, time, "sim link: event from the simulator");
+                    if self.deliver(LinkInput::Event { event, time: self.now() }).await.is_err() {
+                        return Stop::Quiet;
+                    }
                 }
-                Wake::Outgoing(None) => {
-                    let _ = write_message(&mut self.write, &Message::Close).await;
+                Message::Close => {
+                    self.tell_writer(Control::Close).await;
                     return Stop::Quiet;
                 }
-                Wake::Handled(false) => return Stop::Quiet,
-                Wake::Handled(true) => {
-                    // Responses the engine queued before counting its inputs handled belong to
-                    // this step: flush them before the acknowledgement.
-                    while let Ok(bytes) = self.from_engine.try_recv() {
-                        self.append_tlp(&bytes);
-                    }
-                    if let Err(e) = self.flush().await {
-                        return Stop::Failed(e);
-                    }
-                    let time = pending_ack.take().unwrap_or(self.now_ticks);
-                    tracing::trace!(time, "sim link: TIME_ACK");
-                    if let Err(e) = write_message(&mut self.write, &Message::TimeAck { time }).await {
-                        return Stop::Failed(e);
-                    }
+                Message::Error { code, message } => {
+                    tracing::warn!(code, %message, "sim link: the simulator reported an error");
+                    self.tell_writer(Control::Stop).await;
+                    return Stop::Quiet;
+                }
+                other @ (Message::Hello(_) | Message::TimeAck { .. }) => {
+                    return Stop::Failed(Error::SimProtocol(format!(
+                        "the simulator may not send {} after the hello exchange",
+                        other.name()
+                    )));
                 }
             }
         }
-    }
-
-    /// `Ok(false)` when the simulator closed orderly.
-    async fn on_message(&mut self, message: Message, pending_ack: &mut Option<u64>) -> Result<bool, Stop> {
-        match message {
-            Message::Tlp { time, bytes } => {
-                self.advance(time, "TLP").map_err(Stop::Failed)?;
-                tracing::trace!(time, len = bytes.len(), "sim link: TLP from the simulator");
-                let input = LinkInput::Tlp(ReceivedTlp { bytes, time: self.now() });
-                self.deliver(input).await.map_err(|()| Stop::Quiet)?;
-            }
-            Message::Time { time } => {
-                self.advance(time, "TIME").map_err(Stop::Failed)?;
-                if self.mode == SimMode::Lockstep {
-                    if let Some(previous) = pending_ack {
-                        return Err(Stop::Failed(Error::SimProtocol(format!(
-                            "lockstep TIME {time} sent before TIME {previous} was acknowledged"
-                        ))));
-                    }
-                    *pending_ack = Some(time);
-                }
-            }
-            Message::Event { time, event } => {
-                self.advance(time, "EVENT").map_err(Stop::Failed)?;
-                tracing::info!(?event, time, "sim link: event from the simulator");
-                self.deliver(LinkInput::Event { event, time: self.now() }).await.map_err(|()| Stop::Quiet)?;
-            }
-            Message::Close => {
-                let _ = write_message(&mut self.write, &Message::Close).await;
-                return Ok(false);
-            }
-            Message::Error { code, message } => {
-                tracing::warn!(code, %message, "sim link: the simulator reported an error");
-                return Ok(false);
-            }
-            other @ (Message::Hello(_) | Message::TimeAck { .. }) => {
-                return Err(Stop::Failed(Error::SimProtocol(format!(
-                    "the simulator may not send {} after the hello exchange",
-                    other.name()
-                ))));
-            }
-        }
-        Ok(true)
     }
 
     /// Moves the clock to the simulator's `time` (ticks); time running backwards is an error.
     fn advance(&mut self, time: u64, what: &str) -> Result<()> {
-        if time < self.now_ticks {
+        let now = self.now_ticks.load(Ordering::Relaxed);
+        if time < now {
             return Err(Error::SimProtocol(format!(
-                "{what} at tick {time} is earlier than tick {} already reported",
-                self.now_ticks
+                "{what} at tick {time} is earlier than tick {now} already reported"
             )));
         }
-        self.now_ticks = time;
+        self.now_ticks.store(time, Ordering::Relaxed);
         self.driver.advance_to(self.now());
         Ok(())
     }
 
-    async fn send_tlp(&mut self, bytes: Vec<u8>) -> Result<()> {
-        self.append_tlp(&bytes);
-        self.flush().await
+    /// Hands an input to the engine. `Err` when the engine dropped `rx`.
+    async fn deliver(&mut self, input: LinkInput) -> Result<(), ()> {
+        self.to_engine.send(input).await.map_err(drop)?;
+        self.delivered += 1;
+        Ok(())
+    }
+}
+
+/// The writer task: the engine's TLPs, gathered into few writes, and the reader's requests.
+struct Outbound {
+    write: OwnedWriteHalf,
+    from_engine: mpsc::Receiver<Vec<u8>>,
+    control: mpsc::Receiver<Control>,
+    handled: watch::Receiver<u64>,
+    now_ticks: Arc<AtomicU64>,
+    ack_pending: Arc<AtomicBool>,
+    /// Outgoing frames gathered for one write.
+    out: Vec<u8>,
+}
+
+/// What woke the writer.
+enum Wake {
+    Control(Option<Control>),
+    Outgoing(Option<Vec<u8>>),
+    Handled(bool),
+}
+
+impl Outbound {
+    async fn run(mut self) {
+        if let Err(e) = self.serve().await {
+            tracing::warn!(error = %e, "sim link: sending to the simulator failed");
+        }
+    }
+
+    async fn serve(&mut self) -> Result<()> {
+        // Lockstep: (time, inputs the engine must have handled) of the step awaiting its ack.
+        let mut pending_ack: Option<(u64, u64)> = None;
+        loop {
+            let after = pending_ack.map_or(0, |(_, after)| after);
+            let wake = tokio::select! {
+                control = self.control.recv() => Wake::Control(control),
+                bytes = self.from_engine.recv() => Wake::Outgoing(bytes),
+                handled = self.handled.wait_for(|n| *n >= after), if pending_ack.is_some() => {
+                    Wake::Handled(handled.is_ok())
+                }
+            };
+            match wake {
+                Wake::Outgoing(Some(bytes)) => {
+                    // The TLPs the engine has queued meanwhile go in the same write.
+                    self.append_tlp(&bytes);
+                    self.gather_queued();
+                    self.flush().await?;
+                }
+                Wake::Outgoing(None) => return write_message(&mut self.write, &Message::Close).await,
+                Wake::Control(Some(Control::Ack { time, after })) => pending_ack = Some((time, after)),
+                Wake::Control(Some(Control::Close)) => {
+                    return write_message(&mut self.write, &Message::Close).await;
+                }
+                Wake::Control(Some(Control::Fail(message))) => {
+                    if let Err(e) = write_message(&mut self.write, &message).await {
+                        tracing::debug!(error = %e, "sim link: could not send ERROR to the simulator");
+                    }
+                    return Ok(());
+                }
+                Wake::Control(Some(Control::Stop) | None) | Wake::Handled(false) => return Ok(()),
+                Wake::Handled(true) => {
+                    // Responses the engine queued before counting its inputs handled belong to
+                    // this step: flush them before the acknowledgement.
+                    self.gather_queued();
+                    self.flush().await?;
+                    let time = pending_ack.take().map_or(0, |(time, _)| time);
+                    tracing::trace!(time, "sim link: TIME_ACK");
+                    // Cleared before the write: once the simulator has the ack it may send the
+                    // next TIME, which the reader must not take for a premature one.
+                    self.ack_pending.store(false, Ordering::Release);
+                    write_message(&mut self.write, &Message::TimeAck { time }).await?;
+                }
+            }
+        }
+    }
+
+    /// Appends the TLPs already queued by the engine, up to one batch.
+    fn gather_queued(&mut self) {
+        while self.out.len() < WRITE_BATCH {
+            match self.from_engine.try_recv() {
+                Ok(more) => self.append_tlp(&more),
+                Err(_) => break,
+            }
+        }
     }
 
     /// Adds a TLP's frame to the outgoing buffer.
@@ -265,8 +345,9 @@ impl BridgeIo {
             );
             return;
         }
-        tracing::trace!(time = self.now_ticks, len = bytes.len(), "sim link: TLP to the simulator");
-        wire::append_tlp_frame(&mut self.out, self.now_ticks, bytes);
+        let time = self.now_ticks.load(Ordering::Relaxed);
+        tracing::trace!(time, len = bytes.len(), "sim link: TLP to the simulator");
+        wire::append_tlp_frame(&mut self.out, time, bytes);
     }
 
     /// Writes the outgoing buffer.
@@ -279,42 +360,4 @@ impl BridgeIo {
         self.out.clear();
         result.map_err(|source| Error::SimIo { context: "sending TLP frames".into(), source })
     }
-
-    /// Hands an input to the engine, still sending the engine's TLPs while `rx` is full (so that
-    /// neither side blocks the other). `Err` when the engine dropped `rx`.
-    async fn deliver(&mut self, input: LinkInput) -> Result<(), ()> {
-        let mut input = Some(input);
-        loop {
-            let wake = tokio::select! {
-                permit = self.to_engine.reserve() => match permit {
-                    Ok(permit) => {
-                        if let Some(input) = input.take() {
-                            permit.send(input);
-                        }
-                        None
-                    }
-                    Err(_) => return Err(()),
-                },
-                Some(bytes) = self.from_engine.recv() => Some(bytes),
-            };
-            match wake {
-                None => {
-                    self.delivered += 1;
-                    return Ok(());
-                }
-                Some(bytes) => {
-                    if self.send_tlp(bytes).await.is_err() {
-                        return Err(());
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// What woke the I/O loop.
-enum Wake {
-    Incoming(Option<Result<Message>>),
-    Outgoing(Option<Vec<u8>>),
-    Handled(bool),
 }

@@ -22,8 +22,6 @@ use std::time::Duration;
 
 use tlp::split::LinkParams;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use transports::link::Link;
 
 pub use bridge::BridgeConfig;
@@ -260,50 +258,132 @@ fn prepare(stream: &TcpStream) -> Result<()> {
     stream.set_nodelay(true).map_err(|source| Error::SimIo { context: "setting TCP_NODELAY".into(), source })
 }
 
-/// Capacity of the channel between a socket's reader task and its owner.
-const READER_QUEUE: usize = 256;
-/// Read buffer of a connection: a burst of frames costs one read system call, not two per frame
+/// Read buffer of a connection: a burst of frames costs one `read` system call, not two per frame
 /// (header, then payload).
 const READ_BUFFER: usize = 64 * 1024;
 
-/// Spawns the task that owns the read half of a connection: it decodes frames into a bounded
-/// queue and stops after end of stream or the first error (which it queues).
-pub(crate) fn spawn_reader(
+/// What [`FrameReader::try_next`] found without waiting.
+pub(crate) enum TryFrame {
+    Message(wire::Message),
+    /// Nothing complete has arrived yet.
+    Pending,
+    /// The peer closed the connection cleanly between frames.
+    End,
+}
+
+/// The frames arriving on the read half of a connection, decoded out of one reusable buffer:
+/// a burst of frames costs one `read`, nothing is zero-filled, and a TLP's bytes are copied once
+/// (into the `Vec` its message owns). Both `next` and `try_next` are cancel-safe: bytes read are
+/// kept in the buffer until a whole frame is there.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
     read: tokio::net::tcp::OwnedReadHalf,
-) -> (mpsc::Receiver<Result<wire::Message>>, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(READER_QUEUE);
-    let task = tokio::spawn(async move {
-        let mut read = tokio::io::BufReader::with_capacity(READ_BUFFER, read);
+    buf: Vec<u8>,
+    /// Bytes of `buf` before this offset have been decoded.
+    pos: usize,
+}
+
+impl FrameReader {
+    pub(crate) fn new(read: tokio::net::tcp::OwnedReadHalf) -> Self {
+        FrameReader { read, buf: Vec::with_capacity(READ_BUFFER), pos: 0 }
+    }
+
+    /// The next frame already buffered, if a whole one is.
+    fn decode(&mut self) -> Result<Option<wire::Message>> {
+        let Some(rest) = self.buf.get(self.pos..) else { return Ok(None) };
+        match wire::decode_frame(rest)? {
+            Some((message, used)) => {
+                self.pos += used;
+                if self.pos == self.buf.len() {
+                    self.buf.clear();
+                    self.pos = 0;
+                }
+                Ok(Some(message))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Moves the undecoded tail to the front so that the spare capacity takes a whole burst (a
+    /// partial frame is at most one frame, far below the buffer's capacity).
+    fn make_room(&mut self) {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let frame = wire::HEADER_LEN + wire::MAX_PAYLOAD_LEN;
+        if self.buf.capacity() - self.buf.len() < frame {
+            self.buf.reserve(READ_BUFFER.max(frame));
+        }
+    }
+
+    /// What a read of `n` bytes means: `Ok(false)` at a clean end of stream.
+    fn after_read(&self, n: usize) -> Result<bool> {
+        if n > 0 {
+            return Ok(true);
+        }
+        let partial = self.buf.len() - self.pos;
+        if partial == 0 {
+            Ok(false)
+        } else {
+            Err(Error::SimProtocol(format!(
+                "connection closed inside a frame ({partial} bytes of it received)"
+            )))
+        }
+    }
+
+    fn read_error(source: std::io::Error) -> Error {
+        Error::SimIo { context: "reading frames".into(), source }
+    }
+
+    /// The next frame, waiting for it. `Ok(None)` at a clean end of stream between frames.
+    pub(crate) async fn next(&mut self) -> Result<Option<wire::Message>> {
+        use tokio::io::AsyncReadExt;
         loop {
-            match wire::read_message(&mut read).await {
-                Ok(Some(message)) => {
-                    if tx.send(Ok(message)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
+            if let Some(message) = self.decode()? {
+                return Ok(Some(message));
+            }
+            self.make_room();
+            let n = self.read.read_buf(&mut self.buf).await.map_err(Self::read_error)?;
+            if !self.after_read(n)? {
+                return Ok(None);
             }
         }
-    });
-    (rx, task)
+    }
+
+    /// The next frame if one has arrived, without waiting.
+    pub(crate) fn try_next(&mut self) -> Result<TryFrame> {
+        loop {
+            if let Some(message) = self.decode()? {
+                return Ok(TryFrame::Message(message));
+            }
+            self.make_room();
+            match self.read.try_read_buf(&mut self.buf) {
+                Ok(n) => {
+                    if !self.after_read(n)? {
+                        return Ok(TryFrame::End);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(TryFrame::Pending),
+                Err(e) => return Err(Self::read_error(e)),
+            }
+        }
+    }
 }
 
 /// Sends our HELLO, reads the peer's and checks it. On a mismatch the peer is told why in an
 /// ERROR frame before the error is returned.
 pub(crate) async fn handshake(
     write: &mut tokio::net::tcp::OwnedWriteHalf,
-    incoming: &mut mpsc::Receiver<Result<wire::Message>>,
+    incoming: &mut FrameReader,
     ours: &Hello,
     timeout: Duration,
 ) -> Result<Hello> {
     write_message(write, &wire::Message::Hello(*ours)).await?;
-    let received = tokio::time::timeout(timeout, incoming.recv())
+    let received = tokio::time::timeout(timeout, incoming.next())
         .await
-        .map_err(|_| Error::SimTimeout { what: "the peer's HELLO".into(), timeout })?;
+        .map_err(|_| Error::SimTimeout { what: "the peer's HELLO".into(), timeout })?
+        .transpose();
     let peer = match received {
         Some(Ok(wire::Message::Hello(peer))) => peer,
         Some(Ok(wire::Message::Error { code, message })) => {

@@ -6,12 +6,10 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use transports::link::LinkEvent;
 
 use super::wire::{self, Hello, Message, Role, SimMode};
-use super::{HelloParams, SimListener, connect_stream, handshake, send_error, spawn_reader, write_message};
+use super::{FrameReader, HelloParams, SimListener, TryFrame, connect_stream, handshake, send_error};
 use crate::error::{Error, Result};
 
 /// How the simulator side of a sim link is set up.
@@ -26,7 +24,9 @@ pub struct SimulatorConfig {
     /// Lockstep: longest wall-clock wait for a TIME_ACK. A safety net against a hung bridge, not
     /// part of the simulated behaviour.
     pub ack_timeout: Duration,
-    /// Most TLPs from the bridge buffered before the simulator takes them with `try_recv`.
+    /// Most TLPs from the bridge buffered before the simulator takes them with `try_recv`
+    /// (while it waits for a TIME_ACK, or writes and keeps reading so that neither side blocks
+    /// the other).
     pub max_buffered: usize,
 }
 
@@ -75,24 +75,25 @@ impl Ended {
     }
 }
 
-/// The simulator's end of a sim link.
+/// One item read off the socket: a message, a read error, or `None` for the end of the stream.
+type Incoming = Option<Result<Message>>;
+
+/// The simulator's end of a sim link. It has no task of its own: it reads the socket when asked
+/// for a TLP (and while its own writes wait), so a TLP from the bridge crosses no channel.
 #[derive(Debug)]
 pub struct SimulatorEnd {
     write: OwnedWriteHalf,
-    incoming: mpsc::Receiver<Result<Message>>,
-    reader_task: JoinHandle<()>,
+    reader: FrameReader,
+    /// Items read while writing, not yet handled (bounded by `config.max_buffered`).
+    unread: VecDeque<Incoming>,
     received: VecDeque<BridgeTlp>,
     peer: Hello,
     config: SimulatorConfig,
     now: u64,
     ended: Option<Ended>,
     close_sent: bool,
-}
-
-impl Drop for SimulatorEnd {
-    fn drop(&mut self) {
-        self.reader_task.abort();
-    }
+    /// Outgoing frames of one write, reused.
+    out: Vec<u8>,
 }
 
 impl SimulatorEnd {
@@ -114,25 +115,20 @@ impl SimulatorEnd {
             ));
         }
         let (read, mut write) = stream.into_split();
-        let (mut incoming, reader_task) = spawn_reader(read);
+        let mut reader = FrameReader::new(read);
         let ours = config.hello.hello(Role::Simulator);
-        let peer = match handshake(&mut write, &mut incoming, &ours, config.hello_timeout).await {
-            Ok(peer) => peer,
-            Err(e) => {
-                reader_task.abort();
-                return Err(e);
-            }
-        };
+        let peer = handshake(&mut write, &mut reader, &ours, config.hello_timeout).await?;
         Ok(SimulatorEnd {
             write,
-            incoming,
-            reader_task,
+            reader,
+            unread: VecDeque::new(),
             received: VecDeque::new(),
             peer,
             config: *config,
             now: 0,
             ended: None,
             close_sent: false,
+            out: Vec::new(),
         })
     }
 
@@ -164,44 +160,74 @@ impl SimulatorEnd {
 
     /// Sends a TLP (raw wire bytes) stamped with the current time.
     pub async fn send_tlp(&mut self, bytes: &[u8]) -> Result<()> {
-        self.check_open()?;
-        if bytes.len() < 4 || bytes.len() > wire::MAX_TLP_LEN || bytes.len() % 4 != 0 {
-            return Err(Error::SimProtocol(format!(
-                "a TLP is 4..={} bytes in whole DWs, not {} bytes",
-                wire::MAX_TLP_LEN,
-                bytes.len()
-            )));
-        }
-        write_message(&mut self.write, &Message::Tlp { time: self.now, bytes: bytes.to_vec() }).await
+        self.send_tlps([bytes]).await
     }
 
     /// Sends several TLPs (raw wire bytes) stamped with the current time in one write, e.g. the
     /// completions of one read. Each is checked as by [`SimulatorEnd::send_tlp`]; nothing is sent
     /// if one is malformed.
     pub async fn send_tlps<'a>(&mut self, tlps: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
-        use tokio::io::AsyncWriteExt;
         self.check_open()?;
-        let mut out = Vec::new();
+        self.out.clear();
         for bytes in tlps {
             if bytes.len() < 4 || bytes.len() > wire::MAX_TLP_LEN || bytes.len() % 4 != 0 {
+                self.out.clear();
                 return Err(Error::SimProtocol(format!(
                     "a TLP is 4..={} bytes in whole DWs, not {} bytes",
                     wire::MAX_TLP_LEN,
                     bytes.len()
                 )));
             }
-            wire::append_tlp_frame(&mut out, self.now, bytes);
+            wire::append_tlp_frame(&mut self.out, self.now, bytes);
         }
-        self.write
-            .write_all(&out)
-            .await
-            .map_err(|source| Error::SimIo { context: "sending TLP frames".into(), source })
+        self.write_out("sending TLP frames").await
+    }
+
+    /// Writes `self.out`, reading what the bridge sends meanwhile into `unread` (up to
+    /// `max_buffered` items): a bridge that is itself blocked writing to us then still drains
+    /// our frames, so neither side waits for the other forever.
+    async fn write_out(&mut self, what: &str) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let fail = |source| Error::SimIo { context: what.to_owned(), source };
+        let mut written = 0;
+        while written < self.out.len() {
+            let draining = self.unread.len() < self.config.max_buffered
+                && !matches!(self.unread.back(), Some(None | Some(Err(_))));
+            tokio::select! {
+                n = self.write.write(&self.out[written..]) => {
+                    let n = n.map_err(fail)?;
+                    if n == 0 {
+                        self.out.clear();
+                        return Err(fail(std::io::ErrorKind::WriteZero.into()));
+                    }
+                    written += n;
+                }
+                item = self.reader.next(), if draining => self.unread.push_back(item.transpose()),
+            }
+        }
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Writes one non-TLP message (reading meanwhile, as [`SimulatorEnd::write_out`]).
+    async fn send_message(&mut self, message: &Message) -> Result<()> {
+        self.out.clear();
+        self.out.extend_from_slice(&message.to_frame());
+        self.write_out(&format!("sending a {} frame", message.name())).await
+    }
+
+    /// The next item from the bridge: one read while writing, else from the socket.
+    async fn next_item(&mut self) -> Incoming {
+        match self.unread.pop_front() {
+            Some(item) => item,
+            None => self.reader.next().await.transpose(),
+        }
     }
 
     /// Reports a link event at the current time.
     pub async fn send_event(&mut self, event: LinkEvent) -> Result<()> {
         self.check_open()?;
-        write_message(&mut self.write, &Message::Event { time: self.now, event }).await
+        self.send_message(&Message::Event { time: self.now, event }).await
     }
 
     /// Tells the bridge that simulated time has reached `time` ticks. Lockstep: then waits (at most
@@ -216,14 +242,14 @@ impl SimulatorEnd {
             )));
         }
         self.now = time;
-        write_message(&mut self.write, &Message::Time { time }).await?;
+        self.send_message(&Message::Time { time }).await?;
         if self.mode() == SimMode::FreeRunning {
             return Ok(());
         }
         let timeout = self.config.ack_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let message = match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+            let message = match tokio::time::timeout_at(deadline, self.next_item()).await {
                 Ok(m) => m,
                 Err(_) => {
                     let e =
@@ -253,17 +279,18 @@ impl SimulatorEnd {
             if let Some(ended) = &self.ended {
                 return Err(ended.to_error());
             }
-            match self.incoming.try_recv() {
-                Ok(message) => {
-                    // Handled synchronously: `on_message` only writes to the socket on errors,
-                    // which `try_recv` reports without telling the peer.
-                    self.on_message_sync(Some(message))?;
-                }
-                Err(mpsc::error::TryRecvError::Empty) => return Ok(None),
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.on_message_sync(None)?;
-                }
-            }
+            // Handled synchronously: `on_message` only writes to the socket on errors, which
+            // `try_recv` reports without telling the peer.
+            let item = match self.unread.pop_front() {
+                Some(item) => item,
+                None => match self.reader.try_next() {
+                    Ok(TryFrame::Message(message)) => Some(Ok(message)),
+                    Ok(TryFrame::Pending) => return Ok(None),
+                    Ok(TryFrame::End) => None,
+                    Err(e) => Some(Err(e)),
+                },
+            };
+            self.on_message_sync(item)?;
         }
     }
 
@@ -274,7 +301,7 @@ impl SimulatorEnd {
             if let Some(tlp) = self.try_recv()? {
                 return Ok(Some(tlp));
             }
-            match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+            match tokio::time::timeout_at(deadline, self.next_item()).await {
                 Ok(message) => {
                     if self.on_message(message).await?.is_some() {
                         let e = Error::SimProtocol("TIME_ACK without a pending TIME".into());
@@ -292,12 +319,12 @@ impl SimulatorEnd {
         if self.ended.is_some() {
             return Ok(());
         }
-        write_message(&mut self.write, &Message::Close).await?;
+        self.send_message(&Message::Close).await?;
         self.close_sent = true;
         let timeout = self.config.hello_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+            match tokio::time::timeout_at(deadline, self.next_item()).await {
                 Ok(Some(Ok(Message::Close))) | Ok(None) => return Ok(()),
                 Ok(Some(Ok(Message::Error { code, message }))) => {
                     return Err(Error::SimPeerError { code, message });
