@@ -53,7 +53,8 @@ pub struct ProbeReport {
 #[derive(Clone, Debug, PartialEq)]
 pub struct NegotiatedCaps {
     pub max_msg_fds: u32,
-    pub max_data_xfer_size: u64,
+    /// As the client keeps it: clamped to 64 MiB, so it fits in u32.
+    pub max_data_xfer_size: u32,
     pub max_dma_maps: u32,
     /// Supported DMA page sizes, OR-ed together.
     pub pgsizes: u64,
@@ -377,7 +378,7 @@ pub fn render_text(report: &ProbeReport) -> String {
         format_args!(
             "max_data_xfer_size  {} ({})",
             caps.max_data_xfer_size,
-            human_size(caps.max_data_xfer_size)
+            human_size(u64::from(caps.max_data_xfer_size))
         ),
     );
     t.line(2, format_args!("max_dma_maps        {}", caps.max_dma_maps));
@@ -809,6 +810,20 @@ fn render_vendor_text(t: &mut Text, vs: &VendorSpecific) {
 // JSON
 // ---------------------------------------------------------------------------------------------
 
+/// A 64-bit address or size as the TLP JSON form writes 64-bit values (`docs/tlp-json.md`): a
+/// `"0x…"` string, zero-padded to `digits` (0: as few digits as needed), exact in every JSON reader.
+fn hex64(value: u64, digits: usize) -> Value {
+    Value::String(tlp::json::u64_to_hex(value, digits))
+}
+
+/// Hex digits of a BAR's address: its register width.
+fn bar_address_digits(kind: BarKind) -> usize {
+    match kind {
+        BarKind::Mem64 => 16,
+        BarKind::Mem32 | BarKind::Io => 8,
+    }
+}
+
 /// The report as one JSON document; the schema is in `docs/probe.md`.
 pub fn render_json(report: &ProbeReport) -> Value {
     let caps = &report.capabilities;
@@ -820,7 +835,7 @@ pub fn render_json(report: &ProbeReport) -> Value {
             "max_msg_fds": caps.max_msg_fds,
             "max_data_xfer_size": caps.max_data_xfer_size,
             "max_dma_maps": caps.max_dma_maps,
-            "pgsizes": caps.pgsizes,
+            "pgsizes": hex64(caps.pgsizes, 0),
             "twin_socket": caps.twin_socket,
             "write_multiple": caps.write_multiple,
             "migration": caps.migration,
@@ -855,7 +870,10 @@ fn region_json(r: &RegionReport) -> Value {
         .map(|c| match c {
             RegionCap::SparseMmap { areas } => json!({
                 "kind": "sparse_mmap",
-                "areas": areas.iter().map(|a| json!({ "offset": a.offset, "size": a.size })).collect::<Vec<_>>(),
+                "areas": areas
+                    .iter()
+                    .map(|a| json!({ "offset": hex64(a.offset, 0), "size": hex64(a.size, 0) }))
+                    .collect::<Vec<_>>(),
             }),
             RegionCap::Type { region_type, subtype } => {
                 json!({ "kind": "type", "region_type": region_type, "subtype": subtype })
@@ -866,21 +884,14 @@ fn region_json(r: &RegionReport) -> Value {
     json!({
         "index": r.index,
         "name": r.name,
-        "size": r.size,
+        "size": hex64(r.size, 0),
         "flags": { "read": r.flags.readable, "write": r.flags.writable, "mmap": r.flags.mmap },
         "caps": caps,
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 fn config_json(report: &ProbeReport) -> Value {
-    let raw = hex(&report.config);
+    let raw = tlp::json::bytes_to_hex(&report.config);
     let config = match decode_config(report) {
         Ok(c) => c,
         Err(e) => {
@@ -923,16 +934,16 @@ fn config_json(report: &ProbeReport) -> Value {
                 "slot": b.slot,
                 "kind": match b.kind { BarKind::Io => "io", BarKind::Mem32 => "mem32", BarKind::Mem64 => "mem64" },
                 "prefetchable": b.prefetchable,
-                "address": b.address,
-                "size": bar_size(report, b.slot),
+                "address": hex64(b.address, bar_address_digits(b.kind)),
+                "size": bar_size(report, b.slot).map(|size| hex64(size, 0)),
             })
         })
         .collect();
     let rom = v.expansion_rom().map(|ExpansionRom { enabled, address }| {
         json!({
-            "address": address,
+            "address": hex64(u64::from(address), 8),
             "enabled": enabled,
-            "size": region(report, region_index::ROM).map(|r| r.size).filter(|&s| s != 0),
+            "size": region(report, region_index::ROM).map(|r| r.size).filter(|&s| s != 0).map(|s| hex64(s, 0)),
         })
     });
     let capabilities: Vec<Value> =
@@ -979,7 +990,7 @@ fn capability_json(cap: &Capability, decoded: &Result<DecodedCapability, tlp::Tl
                 "vectors_enabled": m.control.vectors_enabled(),
                 "is_64bit": m.control.is_64bit(),
                 "per_vector_masking": m.control.per_vector_masking(),
-                "address": m.address,
+                "address": hex64(m.address, if m.control.is_64bit() { 16 } else { 8 }),
                 "data": m.data,
                 "mask_bits": m.mask_bits,
                 "pending_bits": m.pending_bits,
@@ -1009,7 +1020,9 @@ fn capability_json(cap: &Capability, decoded: &Result<DecodedCapability, tlp::Tl
 
 fn pcie_json(p: &PciExpress) -> Value {
     let timeout = |d: Option<(Duration, Duration)>| {
-        d.map(|(lo, hi)| json!({ "min_us": lo.as_micros() as u64, "max_us": hi.as_micros() as u64 }))
+        // At most 64 s (range D), so microseconds fit in u32.
+        let us = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+        d.map(|(lo, hi)| json!({ "min_us": us(lo), "max_us": us(hi) }))
     };
     json!({
         "version": p.capabilities.version(),
@@ -1302,15 +1315,16 @@ mod tests {
         assert_eq!(json["version"], serde_json::json!({ "major": 0, "minor": 2 }));
         assert_eq!(json["capabilities"]["twin_socket"], true);
         assert_eq!(json["capabilities"]["max_data_xfer_size"], 1048576);
+        assert_eq!(json["capabilities"]["pgsizes"], "0x1000");
         assert_eq!(json["capabilities"]["migration"], Value::Null);
         assert_eq!(json["device"]["reset_supported"], true);
         assert_eq!(json["regions"].as_array().unwrap().len(), 9);
         assert_eq!(
             json["regions"][0],
             serde_json::json!({
-                "index": 0, "name": "BAR0", "size": 16384,
+                "index": 0, "name": "BAR0", "size": "0x4000",
                 "flags": { "read": true, "write": true, "mmap": true },
-                "caps": [{ "kind": "sparse_mmap", "areas": [{ "offset": 0, "size": 4096 }] }],
+                "caps": [{ "kind": "sparse_mmap", "areas": [{ "offset": "0x0", "size": "0x1000" }] }],
             })
         );
         assert_eq!(json["irqs"][2]["name"], "MSI-X");
@@ -1326,19 +1340,21 @@ mod tests {
         assert_eq!(config["header"]["class"]["name"], "Non-Volatile memory controller");
         assert_eq!(
             config["bars"][0],
-            serde_json::json!({ "slot": 0, "kind": "mem64", "prefetchable": true, "address": 0x1_fe00_0000u64, "size": 16384 })
+            serde_json::json!({ "slot": 0, "kind": "mem64", "prefetchable": true, "address": "0x00000001fe000000", "size": "0x4000" })
         );
         assert_eq!(config["bars"][1]["kind"], "io");
+        assert_eq!(config["bars"][1]["address"], "0x0000c000");
+        assert_eq!(config["bars"][1]["size"], "0x100");
         assert_eq!(config["bars"][2]["size"], Value::Null);
         assert_eq!(
             config["expansion_rom"],
-            serde_json::json!({ "address": 0xfd04_0000u32, "enabled": true, "size": 65536 })
+            serde_json::json!({ "address": "0xfd040000", "enabled": true, "size": "0x10000" })
         );
         let caps = config["capabilities"].as_array().unwrap();
         let ids: Vec<u64> = caps.iter().map(|c| c["id"].as_u64().unwrap()).collect();
         assert_eq!(ids, [0x01, 0x05, 0x11, 0x10, 0x0d]);
         assert_eq!(caps[1]["msi"]["vectors_capable"], 8);
-        assert_eq!(caps[1]["msi"]["address"], 0xfee0_0000u32);
+        assert_eq!(caps[1]["msi"]["address"], "0x00000000fee00000");
         assert_eq!(caps[1]["msi"]["mask_bits"], 0);
         assert_eq!(caps[2]["msix"]["table_size"], 32);
         assert_eq!(caps[3]["pcie"]["max_payload_size"], 256);
@@ -1360,6 +1376,27 @@ mod tests {
         assert_eq!(ext[2]["name"], Value::Null);
         assert_eq!(config["errors"], serde_json::json!([]));
         assert_eq!(config["warnings"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn json_keeps_64_bit_values_exact_as_hex_strings() {
+        // Above 2^53, where a JSON number read as f64 is rounded.
+        let high_address = 0xfedc_ba98_7654_0000u64;
+        let mut config = config_image();
+        // BAR0 stays a prefetchable 64-bit memory BAR (type bits 0b1100), now at `high_address`.
+        config[0x10..0x14].copy_from_slice(&(high_address as u32 | 0b1100).to_le_bytes());
+        config[0x14..0x18].copy_from_slice(&((high_address >> 32) as u32).to_le_bytes());
+        let mut r = report(config);
+        r.capabilities.pgsizes = 0xffff_ffff_ffff_f001;
+        r.regions[0].size = (1 << 53) + 0x1000;
+        let text = serde_json::to_string_pretty(&render_json(&r)).unwrap();
+        let json: Value = serde_json::from_str(&text).unwrap();
+        let read = |v: &Value| tlp::json::hex_to_u64(v.as_str().unwrap()).unwrap();
+        assert_eq!(json["config"]["bars"][0]["address"], "0xfedcba9876540000");
+        assert_eq!(read(&json["config"]["bars"][0]["address"]), high_address);
+        assert_eq!(read(&json["config"]["bars"][0]["size"]), (1 << 53) + 0x1000);
+        assert_eq!(read(&json["regions"][0]["size"]), (1 << 53) + 0x1000);
+        assert_eq!(read(&json["capabilities"]["pgsizes"]), 0xffff_ffff_ffff_f001);
     }
 
     #[test]

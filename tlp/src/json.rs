@@ -120,7 +120,14 @@ fn length_is_reserved(tlp: &Tlp) -> bool {
 
 /// `"0x"` + 8 hex digits for an address in a 3DW header, 16 for a 4DW header.
 fn address_hex(address: u64, four_dw: bool) -> String {
-    if four_dw { format!("0x{address:016x}") } else { format!("0x{address:08x}") }
+    u64_to_hex(address, if four_dw { 16 } else { 8 })
+}
+
+/// `"0x"` + lower-case hex of `value`, zero-padded to at least `digits` digits (0: as few as
+/// needed, `"0x0"` for zero): the form of a 64-bit value in this JSON and in `tlpbridge probe
+/// --json`, exact in every JSON parser where a number above 2^53 would not be.
+pub fn u64_to_hex(value: u64, digits: usize) -> String {
+    format!("0x{value:0digits$x}")
 }
 
 /// Lower-case hex of `bytes`, no separators.
@@ -339,7 +346,7 @@ impl<'a> Fields<'a> {
             Value::Number(n) => {
                 n.as_u64().ok_or_else(|| field_error(name, format!("{n} is not a non-negative integer")))?
             }
-            Value::String(s) => parse_hex_u64(s).map_err(|p| field_error(name, p))?,
+            Value::String(s) => hex_to_u64(s).map_err(|p| field_error(name, p))?,
             other => {
                 return Err(field_error(
                     name,
@@ -417,8 +424,8 @@ fn type_name(value: &Value) -> &'static str {
     }
 }
 
-/// `"0x…"` hex (underscores allowed) → u64.
-fn parse_hex_u64(s: &str) -> Result<u64, String> {
+/// `"0x…"` or `"0X…"` hex (underscores allowed) → u64; the inverse of [`u64_to_hex`].
+pub fn hex_to_u64(s: &str) -> Result<u64, String> {
     let digits = s
         .strip_prefix("0x")
         .or_else(|| s.strip_prefix("0X"))
@@ -510,7 +517,7 @@ pub fn from_json(value: &Value) -> Result<Tlp, TlpError> {
     let digest = match f.str("digest")? {
         None => None,
         Some(s) => {
-            let d = parse_hex_u64(s).map_err(|p| field_error("digest", p))?;
+            let d = hex_to_u64(s).map_err(|p| field_error("digest", p))?;
             Some(u32::try_from(d).map_err(|_| field_error("digest", format!("{s} does not fit 32 bits")))?)
         }
     };
@@ -1002,6 +1009,24 @@ mod tests {
         assert_eq!(hex_to_bytes("0a_0B 0c"), Ok(vec![0x0a, 0x0b, 0x0c]));
         assert!(hex_to_bytes("abc").is_err());
         assert!(hex_to_bytes("zz").is_err());
+    }
+
+    #[test]
+    fn u64_hex_pads_to_the_digits_asked_and_reads_back_exactly() {
+        assert_eq!(u64_to_hex(0, 0), "0x0");
+        assert_eq!(u64_to_hex(0x4000, 0), "0x4000");
+        assert_eq!(u64_to_hex(0xfee0_0000, 8), "0xfee00000");
+        assert_eq!(u64_to_hex(0x1_fe00_0000, 16), "0x00000001fe000000");
+        assert_eq!(u64_to_hex(0x1_fe00_0000, 8), "0x1fe000000");
+        // 2^53 + 1 is where f64-based JSON readers start rounding.
+        for value in [0, 1, (1u64 << 53) + 1, 0xffff_ffff_ffff_f000, u64::MAX] {
+            assert_eq!(hex_to_u64(&u64_to_hex(value, 0)), Ok(value));
+            assert_eq!(hex_to_u64(&u64_to_hex(value, 16)), Ok(value));
+        }
+        assert_eq!(hex_to_u64("0X1_0000"), Ok(0x1_0000));
+        assert!(hex_to_u64("0x").is_err());
+        assert!(hex_to_u64("4096").is_err());
+        assert!(hex_to_u64("0x1_0000_0000_0000_0000").is_err());
     }
 }
 

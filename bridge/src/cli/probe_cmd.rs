@@ -174,7 +174,7 @@ async fn gather(client: &Client, path: &Path, timeout: Duration) -> Result<Probe
     let server = &negotiated.server;
     let capabilities = NegotiatedCaps {
         max_msg_fds: server.max_msg_fds,
-        max_data_xfer_size: u64::from(server.max_data_xfer_size),
+        max_data_xfer_size: server.max_data_xfer_size,
         max_dma_maps: server.max_dma_maps,
         pgsizes: server.pgsizes,
         twin_socket: negotiated.twin_socket,
