@@ -181,6 +181,8 @@ pub struct LoadGen {
     irqs: u64,
     /// When the last completion to one of the card's DMA reads was sent.
     last_completion_sent: Option<Instant>,
+    /// Encoding buffer for completions.
+    scratch: Vec<u8>,
 }
 
 /// Timing of one copy by the card, seen at the root port.
@@ -203,6 +205,7 @@ impl LoadGen {
             next_tag: 0,
             irqs: 0,
             last_completion_sent: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -235,14 +238,41 @@ impl LoadGen {
         }
     }
 
-    /// Takes one TLP from the bridge: serves a DMA request from the card (MRd: CplDs from host
-    /// memory; MWr: into host memory) or counts an MSI and returns `None`; returns anything else.
+    /// Takes one TLP from the bridge and serves it if it is a DMA request from the card or an
+    /// MSI (see [`LoadGen::serve`]); then serves, in the same write, the card's requests that
+    /// have already arrived behind it. Returns the first TLP that is none of these.
     async fn pump_one(&mut self, step: &str) -> Result<Option<Tlp>, BridgeError> {
         let received =
             self.end.recv(STEP_TIMEOUT).await.map_err(|e| bench_error(step, e))?.ok_or_else(|| {
                 bench_error(step, format!("no TLP from the bridge within {STEP_TIMEOUT:?}"))
             })?;
-        let tlp = Tlp::parse(&received.bytes).map_err(|e| bench_error(step, e))?;
+        let mut completions = false;
+        let mut ours = self.serve(&received.bytes, &mut completions, step)?;
+        while ours.is_none() {
+            match self.end.try_recv().map_err(|e| bench_error(step, e))? {
+                Some(received) => ours = self.serve(&received.bytes, &mut completions, step)?,
+                None => break,
+            }
+        }
+        if self.end.has_queued() {
+            self.end.flush().await.map_err(|e| bench_error(step, e))?;
+        }
+        if completions {
+            self.last_completion_sent = Some(Instant::now());
+        }
+        Ok(ours)
+    }
+
+    /// Serves a DMA request from the card (MRd: CplDs from host memory, queued on the link and
+    /// `completions` set; MWr: into host memory) or counts an MSI and returns `None`; returns
+    /// anything else.
+    fn serve(
+        &mut self,
+        bytes: &[u8],
+        completions: &mut bool,
+        step: &str,
+    ) -> Result<Option<Tlp>, BridgeError> {
+        let tlp = Tlp::parse(bytes).map_err(|e| bench_error(step, e))?;
         match &tlp.body {
             Body::Memory(request) if request.op == MemOp::Write => {
                 if request.address == MSI_ADDRESS {
@@ -283,15 +313,16 @@ impl LoadGen {
                     .host
                     .get(at..end)
                     .ok_or_else(|| bench_error(step, format!("DMA read outside host memory: {tlp}")))?;
-                let completions: Vec<Tlp> = read_completions(&read, RC, data, &self.link)
-                    .map_err(|e| bench_error(step, e))?
-                    .collect();
-                let frames: Vec<Vec<u8>> = completions.iter().map(Tlp::to_bytes).collect();
-                self.end
-                    .send_tlps(frames.iter().map(Vec::as_slice))
-                    .await
-                    .map_err(|e| bench_error(step, e))?;
-                self.last_completion_sent = Some(Instant::now());
+                // Each completion is encoded into one reused buffer and queued as a frame.
+                for completion in
+                    read_completions(&read, RC, data, &self.link).map_err(|e| bench_error(step, e))?
+                {
+                    self.scratch.resize(completion.buffer_len(), 0);
+                    let len = completion.emit(&mut self.scratch).map_err(|e| bench_error(step, e))?;
+                    let frame = self.scratch.get(..len).unwrap_or_default();
+                    self.end.queue_tlp(frame).map_err(|e| bench_error(step, e))?;
+                }
+                *completions = true;
                 Ok(None)
             }
             _ => Ok(Some(tlp)),

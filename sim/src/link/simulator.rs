@@ -158,27 +158,55 @@ impl SimulatorEnd {
         }
     }
 
-    /// Sends a TLP (raw wire bytes) stamped with the current time.
+    /// Sends a TLP (raw wire bytes) stamped with the current time (after any TLPs queued with
+    /// [`SimulatorEnd::queue_tlp`]).
     pub async fn send_tlp(&mut self, bytes: &[u8]) -> Result<()> {
         self.send_tlps([bytes]).await
     }
 
     /// Sends several TLPs (raw wire bytes) stamped with the current time in one write, e.g. the
-    /// completions of one read. Each is checked as by [`SimulatorEnd::send_tlp`]; nothing is sent
-    /// if one is malformed.
+    /// completions of one read. Each is checked as by [`SimulatorEnd::send_tlp`]; nothing of this
+    /// call is sent if one is malformed.
     pub async fn send_tlps<'a>(&mut self, tlps: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
         self.check_open()?;
-        self.out.clear();
+        let before = self.out.len();
         for bytes in tlps {
-            if bytes.len() < 4 || bytes.len() > wire::MAX_TLP_LEN || bytes.len() % 4 != 0 {
-                self.out.clear();
-                return Err(Error::SimProtocol(format!(
-                    "a TLP is 4..={} bytes in whole DWs, not {} bytes",
-                    wire::MAX_TLP_LEN,
-                    bytes.len()
-                )));
+            if let Err(e) = self.queue_tlp(bytes) {
+                self.out.truncate(before);
+                return Err(e);
             }
-            wire::append_tlp_frame(&mut self.out, self.now, bytes);
+        }
+        self.flush().await
+    }
+
+    /// Queues a TLP (raw wire bytes, stamped with the current time) for the next write: the
+    /// next [`SimulatorEnd::flush`] or send. Lets a simulator answer several requests in one
+    /// system call.
+    pub fn queue_tlp(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() < 4 || bytes.len() > wire::MAX_TLP_LEN || bytes.len() % 4 != 0 {
+            return Err(Error::SimProtocol(format!(
+                "a TLP is 4..={} bytes in whole DWs, not {} bytes",
+                wire::MAX_TLP_LEN,
+                bytes.len()
+            )));
+        }
+        wire::append_tlp_frame(&mut self.out, self.now, bytes);
+        Ok(())
+    }
+
+    /// Whether TLPs are queued and not yet written.
+    pub fn has_queued(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Writes the queued TLPs.
+    pub async fn flush(&mut self) -> Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.check_open() {
+            self.out.clear();
+            return Err(e);
         }
         self.write_out("sending TLP frames").await
     }
@@ -194,12 +222,21 @@ impl SimulatorEnd {
             let draining = self.unread.len() < self.config.max_buffered
                 && !matches!(self.unread.back(), Some(None | Some(Err(_))));
             tokio::select! {
+                // The write first: reading is only for while the socket is full.
+                biased;
                 n = self.write.write(&self.out[written..]) => {
-                    let n = n.map_err(fail)?;
-                    if n == 0 {
-                        self.out.clear();
-                        return Err(fail(std::io::ErrorKind::WriteZero.into()));
-                    }
+                    let n = match n {
+                        Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
+                        other => other,
+                    };
+                    let n = match n {
+                        Ok(n) => n,
+                        Err(e) => {
+                            // The connection is broken: nothing queued can be sent any more.
+                            self.out.clear();
+                            return Err(fail(e));
+                        }
+                    };
                     written += n;
                 }
                 item = self.reader.next(), if draining => self.unread.push_back(item.transpose()),
@@ -211,7 +248,7 @@ impl SimulatorEnd {
 
     /// Writes one non-TLP message (reading meanwhile, as [`SimulatorEnd::write_out`]).
     async fn send_message(&mut self, message: &Message) -> Result<()> {
-        self.out.clear();
+        // After any queued TLPs, which were stamped earlier.
         self.out.extend_from_slice(&message.to_frame());
         self.write_out(&format!("sending a {} frame", message.name())).await
     }
