@@ -20,7 +20,7 @@ use sim::rc::{RcConfig, Report, RootComplex, Script};
 use tlp::split::LinkParams;
 use tokio::task::JoinHandle;
 
-use crate::capture::{Capture, CaptureConfig, CaptureSummary, CaptureWriter};
+use crate::capture::{Capture, CaptureConfig, CaptureError, CaptureSummary, CaptureWriter};
 use crate::engine::counters::TLP_KINDS;
 use crate::engine::{CountersSnapshot, Engine, EngineConfig, ServerEndpoint};
 
@@ -54,11 +54,9 @@ pub enum DemoError {
     #[error("the bridge could not start: {0}")]
     Bridge(#[source] crate::engine::BridgeError),
     #[error("the capture: {0}")]
-    Capture(#[source] crate::capture::CaptureError),
+    Capture(#[source] CaptureError),
     #[error("the demo did not finish within {limit:?} of wall-clock time; it was stuck {phase}")]
     Watchdog { limit: Duration, phase: &'static str },
-    #[error("{0}")]
-    Internal(String),
 }
 
 /// What to run and how.
@@ -226,7 +224,7 @@ async fn start_bridge(
 async fn finish_capture(writer: CaptureWriter) -> Result<CaptureSummary, DemoError> {
     tokio::task::spawn_blocking(move || writer.finish())
         .await
-        .map_err(|e| DemoError::Internal(format!("the capture writer's thread: {e}")))?
+        .map_err(|e| DemoError::Capture(CaptureError::Thread(e.to_string())))?
         .map_err(DemoError::Capture)
 }
 
