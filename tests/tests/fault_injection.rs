@@ -6,7 +6,10 @@
 //! - a server that stops answering (SIGSTOP): the read in flight gets Completer Abort after the
 //!   device timeout; after SIGCONT the late reply is dropped and later reads see later writes;
 //! - a server killed with a read in flight: the bridge answers it with Completer Abort (never
-//!   hangs) and stops with status 1 (no reconnection yet, docs/run.md);
+//!   hangs); with `--no-reconnect` it stops with status 1;
+//! - a server killed and restarted at its socket path: meanwhile reads get Completer Abort and
+//!   config reads CRS; the bridge reconnects, restores the host's config (BARs, MSI-X), reports
+//!   the lost device state with ERR_FATAL, and MMIO, DMA and MSI-X work again;
 //! - a root port that never returns completions: the device's DMA read fails with ETIMEDOUT
 //!   after the completion timeout and the bridge keeps serving;
 //! - a flood of posted writes: back-pressure, every write lands, in order, and the bridge's
@@ -93,6 +96,7 @@ const DST_LO: u64 = 0x10;
 const LENGTH: u64 = 0x18;
 const DOORBELL: u64 = 0x1c;
 const STATUS: u64 = 0x20;
+const IRQ_CONTROL: u64 = 0x24;
 const DMA_ERRNO: u64 = 0x2c;
 const SCRATCH_LO: u64 = 0x30;
 
@@ -218,7 +222,8 @@ async fn a_stopped_server_gets_completer_abort_and_its_late_reply_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_with_a_read_in_flight_fails_the_read_and_the_bridge_stops() {
-    let mut bench = Bench::start("fault-kill", &["--device-timeout", "10s"], patient_rc()).await;
+    let mut bench =
+        Bench::start("fault-kill", &["--device-timeout", "10s", "--no-reconnect"], patient_rc()).await;
     let scratch = bench.bar0 + SCRATCH_LO;
     bench.write32(scratch, 7).await;
     assert_eq!(bench.read32(scratch).await, Ok(7));
@@ -236,7 +241,7 @@ async fn a_server_killed_with_a_read_in_flight_fails_the_read_and_the_bridge_sto
     // sees the CA or, when the close overtakes it, the closed link. Never data, never a hang.
     assert!(in_flight.is_err(), "read {in_flight:?} from a killed server");
 
-    // No reconnection yet: the bridge reports the lost server and exits with status 1.
+    // Without reconnection the bridge reports the lost server and exits with status 1.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = bench.bridge.0.try_wait().unwrap() {
@@ -248,6 +253,95 @@ async fn a_server_killed_with_a_read_in_flight_fails_the_read_and_the_bridge_sto
     assert_eq!(status.code(), Some(1), "{}", bench.log());
     let log = bench.log();
     assert!(log.contains("answering Completer Abort"), "the in-flight read was not answered:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_is_reconnected_restored_and_reported_with_err_fatal() {
+    let bin = tlpbridge_tests::tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
+    // CRS retried for 100 us of simulated time only, so that the test sees it.
+    let rc = RcConfig { crs_timeout: Duration::from_micros(100), ..patient_rc() };
+    let mut bench = Bench::start("fault-restart", &["--reconnect-window", "60s"], rc).await;
+    let (bar0, bar2) = (bench.bar0, bench.bar2);
+    bench.write32(bar0 + SCRATCH_LO, 0xfeed_f00d).await;
+    assert_eq!(bench.read32(bar0 + SCRATCH_LO).await, Ok(0xfeed_f00d));
+    let vendor_device = bench.rc.config_read(0).await.unwrap();
+    let bar0_register = bench.rc.config_read(0x10).await.unwrap();
+    let command = bench.rc.config_read(0x04).await.unwrap() & 0xffff;
+
+    bench.device.0.kill().unwrap();
+    bench.device.0.wait().unwrap();
+    // The server is gone: a read cannot complete (CA, never a hang), a config read gets CRS,
+    // and a posted write is dropped.
+    assert_completer_abort(bench.read32(bar0 + SCRATCH_LO).await, &bench.log());
+    let crs = bench.rc.config_read(0).await;
+    assert!(
+        crs.as_ref().is_err_and(|e| e.to_string().contains("CRS")),
+        "config read while the server is gone: {crs:?}"
+    );
+    bench.write32(bar0 + SCRATCH_LO, 0x1111_1111).await;
+    assert!(bench.bridge.0.try_wait().unwrap().is_none(), "the bridge stopped:\n{}", bench.log());
+
+    let socket = bench._dir.socket_path("dev.sock").unwrap_or_else(|e| panic!("{e}"));
+    bench.device = spawn(
+        &bin,
+        &["sim", "device", "--socket", socket.to_str().unwrap()],
+        &bench._dir.join("device2.log"),
+    );
+    // Reads get CA until the bridge has reconnected; then the device answers at the same BAR.
+    let mut id = Err(String::new());
+    for _ in 0..3000 {
+        id = bench.read32(bar0 + ID).await;
+        if id.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(id, Ok(0xd3a0_0001), "{}", bench.log());
+    // The device lost its state, and the bridge reported that to the root complex.
+    assert_eq!(bench.read32(bar0 + SCRATCH_LO).await, Ok(0), "SCRATCH of the restarted device");
+    assert!(
+        bench.rc.messages().contains(&tlp::MessageCode::ERR_FATAL),
+        "no ERR_FATAL; messages {:?}\n{}",
+        bench.rc.messages(),
+        bench.log()
+    );
+    // The host's configuration was restored: same IDs, BAR and Command as enumerated.
+    assert_eq!(bench.rc.config_read(0).await.unwrap(), vendor_device);
+    assert_eq!(bench.rc.config_read(0x10).await.unwrap(), bar0_register);
+    assert_eq!(bench.rc.config_read(0x04).await.unwrap() & 0xffff, command);
+
+    // MMIO, DMA and the interrupt enumeration programmed (MSI-X vector 0) all work again.
+    bench.write32(bar0 + SCRATCH_LO, 0x0bad_cafe).await;
+    assert_eq!(bench.read32(bar0 + SCRATCH_LO).await, Ok(0x0bad_cafe));
+    bench.rc.mem_write(bar2 + 0x40, &[9, 8, 7, 6]).await.unwrap();
+    assert_eq!(bench.rc.mem_read(bar2 + 0x40, 4).await.unwrap(), vec![9, 8, 7, 6]);
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    bench.rc.memory_mut().write(0x4000, &pattern);
+    bench.write32(bar0 + SRC_LO, 0x4000).await;
+    bench.write32(bar0 + DST_LO, 0x8000).await;
+    bench.write32(bar0 + LENGTH, 4096).await;
+    bench.write32(bar0 + IRQ_CONTROL, 0x0000_0005).await; // MSI-X vector 0
+    let irqs_before = bench.rc.irq_log().len();
+    bench.write32(bar0 + DOORBELL, 1).await;
+    let mut status = 1;
+    for _ in 0..20_000 {
+        status = bench.read32(bar0 + STATUS).await.unwrap();
+        if status & 1 == 0 {
+            break;
+        }
+    }
+    assert_eq!(status & 0xff07, 0x0002, "STATUS {status:#x} (DONE expected)\n{}", bench.log());
+    let mut copied = vec![0u8; 4096];
+    assert!(bench.rc.memory().read(0x8000, &mut copied));
+    assert_eq!(copied, pattern, "the copy after the restart");
+    for _ in 0..1000 {
+        if bench.rc.irq_log().len() > irqs_before {
+            break;
+        }
+        bench.rc.sleep_until(bench.rc.now() + 10_000).await.unwrap();
+    }
+    assert!(bench.rc.irq_log().len() > irqs_before, "no MSI-X after the restart\n{}", bench.log());
+    assert!(bench.bridge.0.try_wait().unwrap().is_none(), "the bridge stopped:\n{}", bench.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

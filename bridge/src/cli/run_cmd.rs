@@ -58,6 +58,13 @@ pub struct RunArgs {
     /// How long to wait for the server's socket to appear.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
+    /// When the server's connection ends, how long to wait for a restarted server at --server
+    /// before stopping; the root port sees a device reset reported with ERR_FATAL (docs/run.md).
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    reconnect_window: Duration,
+    /// Stop (exit status 1) as soon as the server's connection ends instead of reconnecting.
+    #[arg(long, conflicts_with = "reconnect_window")]
+    no_reconnect: bool,
 }
 
 fn parse_size(text: &str) -> Result<u16, String> {
@@ -163,6 +170,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             DmaWindows::List(args.dma_window.clone())
         },
         connect_window: args.connect_timeout,
+        reconnect_window: (!args.no_reconnect).then_some(args.reconnect_window),
         ..EngineConfig::default()
     };
     if let Err(e) = config.validate() {

@@ -73,6 +73,9 @@ pub struct EngineConfig {
     pub dma_windows: DmaWindows,
     /// How long to keep retrying to connect to the server socket.
     pub connect_window: Duration,
+    /// When the server's connection ends, how long to try connecting to a restarted server at
+    /// the same path (`None`: the engine stops). Never used with [`ServerEndpoint::Socket`].
+    pub reconnect_window: Option<Duration>,
     /// Depth of the posted and of the non-posted request queue.
     pub request_queue_depth: usize,
     /// Non-posted requests awaiting the server at once.
@@ -101,6 +104,7 @@ impl Default for EngineConfig {
             split_prefetchable: AccessSplit::Whole,
             dma_windows: DmaWindows::Default,
             connect_window: Duration::from_secs(5),
+            reconnect_window: None,
             request_queue_depth: 64,
             max_outstanding_non_posted: 32,
             max_concurrent_dma: 16,

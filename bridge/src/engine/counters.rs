@@ -104,6 +104,10 @@ counters! {
     interrupts_masked,
     /// Device resets (FLR, hot reset, link down).
     resets,
+    /// Posted writes dropped because the server was gone (between its loss and reconnection).
+    posted_lost,
+    /// Connections re-established to a restarted server (each one a device reset).
+    server_reconnects,
     /// Engine tasks that panicked (a bug: always 0).
     task_panics,
 }

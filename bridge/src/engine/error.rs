@@ -40,6 +40,19 @@ pub enum BridgeError {
     #[error("the vfio-user server connection ended: {0}")]
     ServerDisconnected(transports::DisconnectReason),
 
+    /// The server's connection ended and no server came back at its path in time.
+    #[error(
+        "the vfio-user server connection ended ({reason}) and no server answered at {path} within {window:?}: {last_error}"
+    )]
+    ServerLost { reason: transports::DisconnectReason, path: PathBuf, window: Duration, last_error: String },
+
+    /// The server that came back at the path presents a different device than the one the host
+    /// enumerated.
+    #[error(
+        "the restarted vfio-user server presents a different device ({0}); restart the bridge so that the host enumerates it anew"
+    )]
+    ServerChanged(String),
+
     /// The link closed for good (its implementation stopped).
     #[error("the root-port link {0} closed")]
     LinkClosed(String),

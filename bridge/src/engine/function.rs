@@ -133,10 +133,16 @@ pub struct FunctionState {
     pub link: LinkParams,
     /// The server is connected and not resetting (else config requests get CRS).
     pub ready: bool,
+    /// The server's connection ended and the engine is connecting to a restarted one: memory
+    /// and I/O requests get Completer Abort, posted writes are dropped (counted).
+    pub server_lost: bool,
     /// The bridge may use 10-bit tags if the host enables them.
     pub ten_bit_tags_allowed: bool,
     /// Raw bytes of the registers the bridge snoops (BARs, ROM, capabilities), 256 bytes.
     shadow: Vec<u8>,
+    /// Which bytes of `shadow` the host has written since reset (replayed into a restarted
+    /// server by [`FunctionState::host_config_writes`]).
+    host_written: Vec<bool>,
     /// The state right after `new`, restored by `reset`.
     pristine: Option<Box<FunctionState>>,
 }
@@ -231,8 +237,10 @@ impl FunctionState {
             interrupt_pin: view.interrupt_pin(),
             link,
             ready: false,
+            server_lost: false,
             ten_bit_tags_allowed: ten_bit,
             shadow: vec![0; cs::PCI_CONFIG_LEN],
+            host_written: vec![false; cs::PCI_CONFIG_LEN],
             pristine: None,
         };
         let mut state = state;
@@ -347,6 +355,9 @@ impl FunctionState {
         } else {
             return effects;
         }
+        if let Some(written) = self.host_written.get_mut(start..start + data.len()) {
+            written.fill(true);
+        }
         let touches = |reg: u16, width: u16| cs::write_touches(offset, len, reg, width);
         if touches(header::COMMAND, 2) {
             let before = self.command;
@@ -421,6 +432,48 @@ impl FunctionState {
             }
         }
         effects
+    }
+
+    /// The host's configuration writes since reset, as `(offset, bytes)` runs that never cross
+    /// a dword, for replaying into a restarted server so that it decodes the addresses the host
+    /// assigned. Command comes last (the device decodes only once its BARs are in place);
+    /// Status (write-1-to-clear) and Initiate Function Level Reset are left out. Only the first
+    /// 256 bytes are tracked: extended configuration space is not replayed.
+    pub fn host_config_writes(&self) -> Vec<(u16, Vec<u8>)> {
+        let mut bytes = self.shadow.clone();
+        if let Some(reg) = self.device_control_offset {
+            let high = usize::from(reg) + 1;
+            if let Some(b) = bytes.get_mut(high) {
+                *b &= !((DeviceControl::INITIATE_FLR >> 8) as u8);
+            }
+        }
+        let command = usize::from(header::COMMAND);
+        let status = usize::from(header::COMMAND) + 2..usize::from(header::COMMAND) + 4;
+        let mut runs = Vec::new();
+        let mut command_run = None;
+        for dword in (0..cs::PCI_CONFIG_LEN).step_by(4) {
+            let mut at = dword;
+            while at < dword + 4 {
+                let written =
+                    |i: usize| self.host_written.get(i).copied().unwrap_or(false) && !status.contains(&i);
+                if !written(at) {
+                    at += 1;
+                    continue;
+                }
+                let start = at;
+                while at < dword + 4 && written(at) {
+                    at += 1;
+                }
+                let run = (start as u16, bytes.get(start..at).unwrap_or(&[]).to_vec());
+                if start == command || start == command + 1 {
+                    command_run = Some(run);
+                } else {
+                    runs.push(run);
+                }
+            }
+        }
+        runs.extend(command_run);
+        runs
     }
 
     fn update_link_params(&mut self) {
@@ -531,5 +584,30 @@ mod tests {
         assert_eq!(f.link, LinkParams::DEFAULT);
         f.reset(false);
         assert_eq!(f.id, RoutingId::new(0, 0, 0));
+    }
+
+    #[test]
+    fn host_config_writes_replay_bars_and_caps_then_command_without_status_or_flr() {
+        let mut f = state();
+        assert!(f.host_config_writes().is_empty(), "nothing written since reset");
+        // Command and Status in one dword write: Status bits are write-1-to-clear.
+        f.snoop_config_write(0x04, &0xffff_0006u32.to_le_bytes());
+        f.snoop_config_write(0x10, &0xffff_ffffu32.to_le_bytes()); // sizing, then the address
+        f.snoop_config_write(0x10, &0xfe00_0000u32.to_le_bytes());
+        f.snoop_config_write(0x3c, &[0x0b]); // Interrupt Line
+        f.snoop_config_write(0x43, &[0x01]); // a byte in the middle of a dword
+        f.snoop_config_write(0x78, &(0x8000u16 | (1 << 5)).to_le_bytes()); // Device Control + FLR
+        assert_eq!(
+            f.host_config_writes(),
+            vec![
+                (0x10, vec![0x00, 0x00, 0x00, 0xfe]),
+                (0x3c, vec![0x0b]),
+                (0x43, vec![0x01]),
+                (0x78, vec![0x20, 0x00]),
+                (0x04, vec![0x06, 0x00]),
+            ]
+        );
+        f.reset(true);
+        assert!(f.host_config_writes().is_empty(), "a reset forgets the host's writes");
     }
 }

@@ -22,7 +22,7 @@ use tlp::config_space::{MsixTableEntry, msix};
 use tlp::split::{RequestFields, memory_write_tlp};
 use tlp::{MessageCode, MsgRouting};
 use transports::vfio_user::wire::irq_index;
-use transports::vfio_user::{Client, IrqAction, IrqData};
+use transports::vfio_user::{IrqAction, IrqData};
 
 use super::Shared;
 use super::counters::Counters;
@@ -188,7 +188,6 @@ impl Mode {
 /// The interrupt task: owns the mode and everything interrupts put on the link.
 pub struct InterruptTask {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) client: Client,
     pub(crate) intx: Option<IndexFds>,
     pub(crate) msi: Option<IndexFds>,
     pub(crate) msix: Option<IndexFds>,
@@ -198,12 +197,11 @@ pub struct InterruptTask {
 impl InterruptTask {
     pub fn new(
         shared: Arc<Shared>,
-        client: Client,
         intx: Option<IndexFds>,
         msi: Option<IndexFds>,
         msix: Option<IndexFds>,
     ) -> Self {
-        InterruptTask { shared, client, intx, msi, msix, mode: Mode::None }
+        InterruptTask { shared, intx, msi, msix, mode: Mode::None }
     }
 
     pub async fn run(
@@ -255,13 +253,16 @@ impl InterruptTask {
     }
 
     async fn reconfigure(&mut self) {
+        // Before the first connection there is nothing to configure; after a server restart the
+        // control task sends Reconfigure again once the new connection is in place.
+        let Some(client) = self.shared.client() else { return };
         let desired = self.desired_mode();
         if desired != self.mode {
             if self.mode == Mode::Intx && self.shared.irq().intx_asserted {
                 self.send_intx(false).await;
             }
             if let Some(old) = self.mode.index() {
-                if let Err(e) = self.client.disable_irqs(old).await {
+                if let Err(e) = client.disable_irqs(old).await {
                     warn!(index = old, error = %e, "SET_IRQS disabling an interrupt index failed");
                 }
             }
@@ -275,7 +276,7 @@ impl InterruptTask {
                     Some(fds) if count > 0 => {
                         let borrowed: Vec<BorrowedFd<'_>> =
                             fds.fds.iter().take(count).map(|fd| fd.as_fd()).collect();
-                        self.client.set_irqs_eventfds(index, 0, &borrowed).await
+                        client.set_irqs_eventfds(index, 0, &borrowed).await
                     }
                     _ => Ok(()),
                 };
@@ -399,8 +400,8 @@ impl InterruptTask {
             return;
         }
         self.send_intx(false).await;
-        if let Err(e) =
-            self.client.set_irqs_action(irq_index::INTX, 0, 1, IrqAction::Unmask, IrqData::None).await
+        let Some(client) = self.shared.client() else { return };
+        if let Err(e) = client.set_irqs_action(irq_index::INTX, 0, 1, IrqAction::Unmask, IrqData::None).await
         {
             debug!(error = %e, "SET_IRQS(INTX, UNMASK) failed");
         }

@@ -17,15 +17,17 @@ mod requests;
 mod tags;
 mod tx;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use tlp::split::LinkParams;
+use tlp::{MessageCode, MsgRouting};
 use transports::link::{Link, LinkClock};
 use transports::vfio_user::wire::irq_index;
 use transports::vfio_user::{Client, ClientConfig, ClientEvent, EventReceiver};
@@ -71,6 +73,9 @@ pub(crate) struct Shared {
     pub irq_commands: mpsc::Sender<IrqCommand>,
     function: Mutex<FunctionState>,
     irq: Mutex<IrqShared>,
+    /// The connection to the server: `None` until the first one, replaced when the engine
+    /// reconnects to a restarted server. Tasks take a clone per request.
+    client: Mutex<Option<Client>>,
 }
 
 impl Shared {
@@ -86,6 +91,24 @@ impl Shared {
 
     pub(crate) fn irq(&self) -> MutexGuard<'_, IrqShared> {
         self.irq.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current server connection (a cheap clone).
+    pub(crate) fn client(&self) -> Option<Client> {
+        self.client.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_client(&self, client: Option<Client>) {
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = client;
+    }
+
+    /// Hands the asynchronous half of a reset to the control task. Never waits: a full queue
+    /// already holds a reset, whose asynchronous half (fail DMA, DEVICE_RESET, re-arm) covers
+    /// this one too, and the link reader must not stall behind a reconnecting control task.
+    pub(crate) fn request_reset(&self, kind: ResetKind) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.control.try_send(Control::Reset(kind)) {
+            debug!(?kind, "a reset is already pending; this one is folded into it");
+        }
     }
 
     /// The synchronous half of a reset: from now on config requests get CRS and nothing
@@ -112,7 +135,6 @@ pub(crate) async fn wait_shutdown(shutdown: &mut watch::Receiver<bool>) {
 /// A running bridge.
 pub struct Engine {
     shared: Arc<Shared>,
-    client: Client,
     link: Link,
     tasks: JoinSet<()>,
     /// The reader, the dispatchers and their completion tasks: stopped first, drained.
@@ -161,6 +183,7 @@ impl Engine {
             irq_commands: irq_tx.clone(),
             function: Mutex::new(unconnected),
             irq: Mutex::new(IrqShared::default()),
+            client: Mutex::new(None),
         });
         let exit_tx = Arc::new(exit_tx);
         let (posted_tx, posted_rx) = mpsc::channel(config.request_queue_depth);
@@ -171,7 +194,6 @@ impl Engine {
             shared: shared.clone(),
             posted: posted_tx,
             non_posted: np_tx,
-            control: shared.control.clone(),
             posted_count: 0,
             progress: link.progress.clone(),
         };
@@ -195,13 +217,18 @@ impl Engine {
         };
 
         let handler = dma::DmaBridge { shared: shared.clone() };
-        let (client, events) = match connect(server, &config, shared.device_timeout, handler).await {
-            Ok(c) => c,
-            Err(e) => {
-                stop(request_tasks, shutdown).await;
-                return Err(e);
-            }
+        let server_path = match &server {
+            ServerEndpoint::Path(path) => Some(path.clone()),
+            ServerEndpoint::Socket(_) => None,
         };
+        let (client, events) =
+            match connect(server, config.connect_window, &config, shared.device_timeout, handler).await {
+                Ok(c) => c,
+                Err(e) => {
+                    stop(request_tasks, shutdown).await;
+                    return Err(e);
+                }
+            };
         shared.max_xfer.store(client.negotiated().server.max_data_xfer_size, Ordering::Relaxed);
         let layout = match read_layout(&client).await {
             Ok(layout) => layout,
@@ -238,30 +265,29 @@ impl Engine {
             f.ready = true;
         }
         let (intx, msi, msix) = irq_fds;
-        let irq_task = interrupts::InterruptTask::new(shared.clone(), client.clone(), intx, msi, msix);
+        let reconnect = match (server_path, config.reconnect_window) {
+            (Some(path), Some(window)) => {
+                Some(Reconnect { path, window, identity: DeviceIdentity::of(&layout) })
+            }
+            _ => None,
+        };
+        shared.set_client(Some(client));
+        let irq_task = interrupts::InterruptTask::new(shared.clone(), intx, msi, msix);
         tasks.spawn(irq_task.run(irq_rx, shutdown_rx.clone()));
         let _ = irq_tx.try_send(IrqCommand::Reconfigure);
-        tasks.spawn(control_task(
+        // With the request tasks: shutdown waits for it, so that a reset already requested (a
+        // link that went down as it closed) reaches the server before the connection closes.
+        request_tasks.spawn(control_task(
             shared.clone(),
-            client.clone(),
             control_rx,
             events,
             exit_tx.clone(),
             shutdown_rx.clone(),
+            reconnect,
         ));
         let (posted_done_tx, posted_done_rx) = watch::channel(0u64);
-        request_tasks.spawn(requests::posted_dispatcher(
-            shared.clone(),
-            client.clone(),
-            posted_rx,
-            posted_done_tx,
-        ));
-        request_tasks.spawn(requests::non_posted_dispatcher(
-            shared.clone(),
-            client.clone(),
-            np_rx,
-            posted_done_rx,
-        ));
+        request_tasks.spawn(requests::posted_dispatcher(shared.clone(), posted_rx, posted_done_tx));
+        request_tasks.spawn(requests::non_posted_dispatcher(shared.clone(), np_rx, posted_done_rx));
         let (bars, msi, msix) = {
             let f = shared.function();
             (f.bars.clone(), f.msi.is_some(), f.msix.is_some())
@@ -275,7 +301,7 @@ impl Engine {
             completion_timeout = ?shared.cpl_timeout,
             "bridge running"
         );
-        Ok(Engine { shared, client, link, tasks, request_tasks, shutdown, exit })
+        Ok(Engine { shared, link, tasks, request_tasks, shutdown, exit })
     }
 
     /// The live counters.
@@ -288,9 +314,10 @@ impl Engine {
         self.shared.tags.in_use()
     }
 
-    /// The vfio-user client (for diagnostics; the engine owns the connection).
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The current vfio-user connection (for diagnostics; the engine owns it). `None` once
+    /// shut down.
+    pub fn client(&self) -> Option<Client> {
+        self.shared.client()
     }
 
     /// Completes when the engine stops on its own (link closed, server disconnected), with why.
@@ -319,11 +346,16 @@ impl Engine {
             }
         }
         self.shared.tags.abort_all(self.shared.clock.now());
-        // The failed DMA's error replies reach the server before the connection closes.
-        if !self.client.flush_dma_replies(self.shared.config.shutdown_grace).await {
-            warn!("device DMA still unanswered at shutdown; the server sees the connection close instead");
+        if let Some(client) = self.shared.client() {
+            // The failed DMA's error replies reach the server before the connection closes.
+            if !client.flush_dma_replies(self.shared.config.shutdown_grace).await {
+                warn!(
+                    "device DMA still unanswered at shutdown; the server sees the connection close instead"
+                );
+            }
+            client.close().await;
         }
-        self.client.close().await;
+        self.shared.set_client(None);
         self.tasks.abort_all();
         while let Some(result) = self.tasks.join_next().await {
             self.shared.counters.joined(Some(result));
@@ -344,6 +376,7 @@ struct Layout {
 
 async fn connect(
     server: ServerEndpoint,
+    window: Duration,
     config: &EngineConfig,
     device_timeout: Duration,
     handler: dma::DmaBridge,
@@ -363,7 +396,7 @@ async fn connect(
             .await
             .map_err(|source| BridgeError::ServerSetup { step: "connecting".to_owned(), source }),
         ServerEndpoint::Path(path) => {
-            let deadline = tokio::time::Instant::now() + config.connect_window;
+            let deadline = tokio::time::Instant::now() + window;
             loop {
                 match Client::connect(&path, client_config.clone(), handler.clone()).await {
                     Ok(c) => return Ok(c),
@@ -374,11 +407,7 @@ async fn connect(
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     Err(source @ transports::Error::Connect { .. }) => {
-                        return Err(BridgeError::ServerUnreachable {
-                            path,
-                            window: config.connect_window,
-                            source,
-                        });
+                        return Err(BridgeError::ServerUnreachable { path, window, source });
                     }
                     Err(source) => {
                         return Err(BridgeError::ServerSetup { step: "connecting".to_owned(), source });
@@ -457,38 +486,107 @@ fn setup_eventfds(
     ))
 }
 
-/// Resets and server events.
+/// What the engine needs to reconnect to a restarted server.
+struct Reconnect {
+    path: PathBuf,
+    window: Duration,
+    /// What the host enumerated: a restarted server must present the same device.
+    identity: DeviceIdentity,
+}
+
+/// The parts of a device that the host's enumeration depends on.
+#[derive(Debug, PartialEq, Eq)]
+struct DeviceIdentity {
+    /// Vendor/Device ID, Revision/Class Code, Header Type, Subsystem IDs, Interrupt Pin.
+    header: [u8; 14],
+    region_sizes: [u64; 7],
+    irq_counts: [u32; 3],
+}
+
+impl DeviceIdentity {
+    fn of(layout: &Layout) -> Self {
+        let byte = |i: usize| layout.device.config.get(i).copied().unwrap_or(0);
+        let mut header = [0u8; 14];
+        let offsets = [0x00, 0x01, 0x02, 0x03, 0x08, 0x09, 0x0a, 0x0b, 0x0e, 0x2c, 0x2d, 0x2e, 0x2f, 0x3d];
+        for (dst, offset) in header.iter_mut().zip(offsets) {
+            *dst = byte(offset);
+        }
+        DeviceIdentity { header, region_sizes: layout.device.region_sizes, irq_counts: layout.irq_counts }
+    }
+
+    /// What differs from `other`, in words.
+    fn difference(&self, other: &DeviceIdentity) -> Option<String> {
+        if self.header != other.header {
+            let ids = |h: &[u8; 14]| {
+                format!(
+                    "{:02x}{:02x}:{:02x}{:02x} class {:02x}{:02x}{:02x}",
+                    h[1], h[0], h[3], h[2], h[7], h[6], h[5]
+                )
+            };
+            return Some(format!("config header {} (was {})", ids(&other.header), ids(&self.header)));
+        }
+        if self.region_sizes != other.region_sizes {
+            return Some(format!("region sizes {:x?} (were {:x?})", other.region_sizes, self.region_sizes));
+        }
+        if self.irq_counts != other.irq_counts {
+            return Some(format!(
+                "INTx/MSI/MSI-X counts {:?} (were {:?})",
+                other.irq_counts, self.irq_counts
+            ));
+        }
+        None
+    }
+}
+
+/// Resets and server events. Pending resets are served before shutdown is noticed, so that
+/// a link that went down as it closed still resets the device.
 async fn control_task(
     shared: Arc<Shared>,
-    client: Client,
     mut control: mpsc::Receiver<Control>,
     mut events: EventReceiver,
     exit: Arc<watch::Sender<Option<Arc<BridgeError>>>>,
     mut shutdown: watch::Receiver<bool>,
+    reconnect: Option<Reconnect>,
 ) {
     loop {
         tokio::select! {
-            _ = wait_shutdown(&mut shutdown) => return,
+            biased;
+            request = control.recv() => match request {
+                Some(Control::Reset(kind)) => reset(&shared, kind).await,
+                None => return,
+            },
             event = events.recv() => match event {
                 Some(ClientEvent::Disconnected { reason }) => {
                     warn!(reason = %reason, "vfio-user server connection ended");
-                    shared.tags.abort_all(shared.clock.now().saturating_add(shared.cpl_timeout));
-                    exit.send_replace(Some(Arc::new(BridgeError::ServerDisconnected(reason))));
-                    return;
+                    let outcome = match &reconnect {
+                        Some(r) => tokio::select! {
+                            _ = wait_shutdown(&mut shutdown) => return,
+                            outcome = recover_server(&shared, r, reason) => outcome,
+                        },
+                        None => {
+                            shared.tags.abort_all(shared.clock.now().saturating_add(shared.cpl_timeout));
+                            Err(BridgeError::ServerDisconnected(reason))
+                        }
+                    };
+                    match outcome {
+                        Ok(new_events) => events = new_events,
+                        Err(e) => {
+                            warn!(error = %e, "the bridge stops");
+                            exit.send_replace(Some(Arc::new(e)));
+                            return;
+                        }
+                    }
                 }
                 None => return,
             },
-            request = control.recv() => match request {
-                Some(Control::Reset(kind)) => reset(&shared, &client, kind).await,
-                None => return,
-            },
+            _ = wait_shutdown(&mut shutdown) => return,
         }
     }
 }
 
 /// The asynchronous half of a reset (after [`Shared::begin_reset`]): fail outstanding DMA,
 /// DEVICE_RESET, re-arm interrupts, ready again.
-async fn reset(shared: &Shared, client: &Client, kind: ResetKind) {
+async fn reset(shared: &Shared, kind: ResetKind) {
     Counters::inc(&shared.counters.resets);
     info!(?kind, "device reset");
     match kind {
@@ -498,9 +596,111 @@ async fn reset(shared: &Shared, client: &Client, kind: ResetKind) {
         ResetKind::HotReset | ResetKind::LinkDown => shared.tags.release_all(),
     }
     let _ = shared.irq_commands.send(IrqCommand::Reset).await;
-    if let Err(e) = client.reset().await {
-        warn!(?kind, error = %e, "DEVICE_RESET failed; the device may keep its old state");
+    if let Some(client) = shared.client() {
+        // The failed DMA's error replies go first: a server that waits on a DMA reply (one
+        // socket, libvfio-user #279) takes the next message as that reply.
+        client.flush_dma_replies(shared.device_timeout).await;
+        if let Err(e) = client.reset().await {
+            warn!(?kind, error = %e, "DEVICE_RESET failed; the device may keep its old state");
+        }
     }
-    shared.function().ready = true;
+    {
+        let mut f = shared.function();
+        // A reset while the server is gone leaves the function waiting for it.
+        f.ready = !f.server_lost;
+    }
     let _ = shared.irq_commands.send(IrqCommand::Reconfigure).await;
+}
+
+/// The server's connection ended: keep the function as the host programmed it, answer the
+/// root port meanwhile (config CRS, memory CA, posted writes dropped), connect to the restarted
+/// server, check that it is the same device, replay the host's config writes, re-map DMA and
+/// re-arm interrupts, then report the lost device state to the root complex with ERR_FATAL
+/// (docs/design.md §7).
+async fn recover_server(
+    shared: &Arc<Shared>,
+    r: &Reconnect,
+    reason: transports::DisconnectReason,
+) -> Result<EventReceiver> {
+    {
+        let mut f = shared.function();
+        f.ready = false;
+        f.server_lost = true;
+    }
+    shared.tags.abort_all(shared.clock.now().saturating_add(shared.cpl_timeout));
+    let _ = shared.irq_commands.send(IrqCommand::Reset).await;
+    info!(path = %r.path.display(), window = ?r.window, "waiting for the vfio-user server to come back");
+    let handler = dma::DmaBridge { shared: shared.clone() };
+    let endpoint = ServerEndpoint::Path(r.path.clone());
+    let (client, events) =
+        match connect(endpoint, r.window, &shared.config, shared.device_timeout, handler).await {
+            Ok(c) => c,
+            Err(BridgeError::ServerUnreachable { path, window, source }) => {
+                return Err(BridgeError::ServerLost { reason, path, window, last_error: source.to_string() });
+            }
+            Err(e) => return Err(e),
+        };
+    let layout = match read_layout(&client).await {
+        Ok(layout) => layout,
+        Err(e) => {
+            client.close().await;
+            return Err(e);
+        }
+    };
+    if let Some(difference) = r.identity.difference(&DeviceIdentity::of(&layout)) {
+        client.close().await;
+        return Err(BridgeError::ServerChanged(difference));
+    }
+    let max_xfer = client.negotiated().server.max_data_xfer_size;
+    // The new device is at its reset values: put back what the host programmed, as a host's
+    // own error recovery would (pci_restore_state), so that its BARs decode again.
+    let writes = shared.function().host_config_writes();
+    for (offset, bytes) in writes {
+        let pieces =
+            requests::access_pieces(u64::from(offset), bytes.len() as u32, AccessSplit::Aligned8, max_xfer);
+        for (at, count) in pieces {
+            let from = (at - u64::from(offset)) as usize;
+            let piece = bytes.get(from..from + count as usize).unwrap_or(&[]);
+            if let Err(source) = client.region_write(function::CONFIG_REGION, at, piece).await {
+                client.close().await;
+                return Err(BridgeError::ServerSetup {
+                    step: format!("restoring config register {at:#x} on the restarted server"),
+                    source,
+                });
+            }
+        }
+    }
+    // The MSI-X table lives in a BAR: the engine's copy is the host's, the server's is new.
+    let msix_table = shared.function().msix.map(|m| (u32::from(m.table_bir), u64::from(m.table_offset)));
+    if let Some((region, base)) = msix_table {
+        let table = shared.irq().msix_table.clone();
+        for (at, count) in requests::access_pieces(base, table.len() as u32, AccessSplit::Aligned8, max_xfer)
+        {
+            let from = (at - base) as usize;
+            let piece = table.get(from..from + count as usize).unwrap_or(&[]);
+            if let Err(source) = client.region_write(region, at, piece).await {
+                client.close().await;
+                return Err(BridgeError::ServerSetup {
+                    step: format!(
+                        "restoring the MSI-X table (region {region}, offset {at:#x}) on the restarted server"
+                    ),
+                    source,
+                });
+            }
+        }
+    }
+    shared.max_xfer.store(max_xfer, Ordering::Relaxed);
+    shared.set_client(Some(client));
+    let id = {
+        let mut f = shared.function();
+        f.server_lost = false;
+        f.ready = true;
+        f.id
+    };
+    Counters::inc(&shared.counters.server_reconnects);
+    Counters::inc(&shared.counters.resets);
+    let _ = shared.irq_commands.send(IrqCommand::Reconfigure).await;
+    shared.send_message(MessageCode::ERR_FATAL, MsgRouting::ToRootComplex, id).await;
+    info!(path = %r.path.display(), "vfio-user server reconnected; device state lost, ERR_FATAL sent");
+    Ok(events)
 }

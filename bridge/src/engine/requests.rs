@@ -30,7 +30,7 @@ use super::config::AccessSplit;
 use super::counters::Counters;
 use super::function::{BarHit, CONFIG_REGION};
 use super::interrupts::IrqCommand;
-use super::{Control, ResetKind, Shared};
+use super::{ResetKind, Shared};
 use crate::capture::{Direction, TlpFlags};
 
 /// A request from the root port with its place in the posted order.
@@ -57,7 +57,6 @@ pub struct LinkReader {
     pub shared: Arc<Shared>,
     pub posted: mpsc::Sender<Request>,
     pub non_posted: mpsc::Sender<Request>,
-    pub control: mpsc::Sender<Control>,
     pub posted_count: u64,
     /// Counts every input once handled (answered, dropped or queued for the device), which a
     /// lockstep simulator waits for before it advances time.
@@ -92,7 +91,7 @@ impl LinkReader {
                 warn!(?event, %time, "link reset: resetting the device");
                 let kind = if event == LinkEvent::Down { ResetKind::LinkDown } else { ResetKind::HotReset };
                 self.shared.begin_reset(kind);
-                let _ = self.control.send(Control::Reset(kind)).await;
+                self.shared.request_reset(kind);
             }
         }
     }
@@ -129,9 +128,9 @@ impl LinkReader {
             warn!(tlp = %tlp, "poisoned request dropped");
             return;
         }
-        let (ready, id) = {
+        let (ready, server_lost, id) = {
             let f = shared.function();
-            (f.ready, f.id)
+            (f.ready, f.server_lost, f.id)
         };
         match &tlp.body {
             Body::Completion(_) => shared.tags.deliver(&tlp, id),
@@ -159,6 +158,11 @@ impl LinkReader {
             }
             Body::Memory(m) if m.op == MemOp::Read && ready => self.queue_non_posted(tlp).await,
             Body::Io(_) if ready => self.queue_non_posted(tlp).await,
+            // The function exists but its server is gone: it cannot complete the request.
+            Body::Memory(m) if m.op == MemOp::Read && server_lost => {
+                shared.complete_with(&tlp, CplStatus::Ca).await
+            }
+            Body::Io(_) if server_lost => shared.complete_with(&tlp, CplStatus::Ca).await,
             // MRdLk (endpoints do not support locks), AtomicOps (no completer support), and
             // memory/I/O requests while the device is not ready.
             _ => shared.complete_with(&tlp, CplStatus::Ur).await,
@@ -200,12 +204,19 @@ pub fn access_pieces(
 /// The posted dispatcher.
 pub async fn posted_dispatcher(
     shared: Arc<Shared>,
-    client: Client,
     mut queue: mpsc::Receiver<Request>,
     done: watch::Sender<u64>,
 ) {
     while let Some(request) = queue.recv().await {
-        forward_posted(&shared, &client, &request.tlp).await;
+        match shared.client() {
+            Some(client) if !shared.function().server_lost => {
+                forward_posted(&shared, &client, &request.tlp).await
+            }
+            _ => {
+                Counters::inc(&shared.counters.posted_lost);
+                debug!(tlp = %request.tlp, "posted write dropped: the server is gone");
+            }
+        }
         done.send_replace(request.posted_before + 1);
     }
 }
@@ -275,7 +286,6 @@ impl Pieces {
 /// The non-posted dispatcher.
 pub async fn non_posted_dispatcher(
     shared: Arc<Shared>,
-    client: Client,
     mut queue: mpsc::Receiver<Request>,
     mut posted_done: watch::Receiver<u64>,
 ) {
@@ -294,6 +304,10 @@ pub async fn non_posted_dispatcher(
             break;
         }
         let Ok(permit) = limit.clone().acquire_owned().await else { break };
+        let Some(client) = shared.client() else {
+            shared.complete_with(&request.tlp, CplStatus::Ca).await;
+            continue;
+        };
         dispatch_non_posted(&shared, &client, request.tlp, permit, &mut completions).await;
     }
     let grace = Instant::now() + shared.config.shutdown_grace;
@@ -559,7 +573,7 @@ async fn complete(
     }
     if after.flr {
         shared.begin_reset(ResetKind::Flr);
-        let _ = shared.control.send(Control::Reset(ResetKind::Flr)).await;
+        shared.request_reset(ResetKind::Flr);
     } else if after.interrupts {
         let _ = shared.irq_commands.send(IrqCommand::Reconfigure).await;
     }
