@@ -13,6 +13,9 @@ use super::memory::HostMemory;
 use super::report::{IrqKind, LatencyStats};
 use crate::error::{Error, Result};
 
+/// How many device messages [`RootComplex::messages`] keeps.
+pub const MAX_LOGGED_MESSAGES: usize = 4096;
+
 /// How the root complex behaves.
 #[derive(Clone, Debug)]
 pub struct RcConfig {
@@ -150,6 +153,8 @@ pub struct RootComplex<I: RootPortIo> {
     pending_irqs: BTreeMap<(IrqKind, u32), u64>,
     irq_log: Vec<IrqEvent>,
     intx: [bool; 4],
+    /// Messages from the device other than INTx (error reports, PM), oldest first, bounded.
+    messages: Vec<MessageCode>,
     counters: Counters,
 }
 
@@ -175,6 +180,7 @@ impl<I: RootPortIo> RootComplex<I> {
             pending_irqs: BTreeMap::new(),
             irq_log: Vec::new(),
             intx: [false; 4],
+            messages: Vec::new(),
             counters: Counters::default(),
         })
     }
@@ -206,6 +212,12 @@ impl<I: RootPortIo> RootComplex<I> {
     /// INTA..INTD as the device's Assert/Deassert messages left them.
     pub fn intx_state(&self) -> [bool; 4] {
         self.intx
+    }
+
+    /// Messages the device sent other than INTx Assert/Deassert (ERR_COR/NONFATAL/FATAL,
+    /// PME_TO_Ack, ...), in arrival order; the first [`MAX_LOGGED_MESSAGES`] only.
+    pub fn messages(&self) -> &[MessageCode] {
+        &self.messages
     }
 
     /// Gives the link back (to close it).
@@ -438,7 +450,10 @@ impl<I: RootPortIo> RootComplex<I> {
                 *state = false;
             }
         } else {
-            tracing::info!(code = c, "rc: message from the device ignored");
+            tracing::info!(code = c, name = code.name().unwrap_or("unknown"), "rc: message from the device");
+            if self.messages.len() < MAX_LOGGED_MESSAGES {
+                self.messages.push(code);
+            }
         }
     }
 
