@@ -593,16 +593,147 @@ async fn reply_naming_another_command_closes_the_connection() {
     assert_malformed_closes(raw).await;
 }
 
+/// Replies to ids never sent (main socket), replies on the twin socket and a reply after a
+/// timeout are counted and dropped; the framing is intact, so the connection goes on and the
+/// real reply still completes its request.
 #[tokio::test]
-async fn reply_to_an_id_never_sent_closes_the_connection() {
-    let (client, mut events, peer) =
-        connect(config(), Hello::libvfio_user_like(8, 1 << 20, true), NoDma).await;
+async fn replies_to_ids_never_sent_are_counted_and_dropped() {
+    let config = ClientConfig { request_timeout: Duration::from_millis(200), ..config() };
+    let (client, mut events, mut peer) =
+        connect(config, Hello::libvfio_user_like(8, 1 << 20, true), NoDma).await;
+    assert_eq!(client.stats(), transports::vfio_user::ClientStats::default());
     let (request, task) = recv_after(&peer, client.clone(), |c| async move { c.device_info().await }).await;
-    let mut header = request.header;
-    header.id = header.id.wrapping_add(100);
-    send_reply(&peer.main, &header, &[0; 16]).await;
-    assert!(matches!(task.await.unwrap(), Err(Error::Disconnected(DisconnectReason::Malformed(_)))));
-    assert!(matches!(expect_disconnected(&mut events).await, DisconnectReason::Malformed(_)));
+    for offset in [100u16, 101, 0x8000] {
+        let mut bogus = request.header;
+        bogus.id = request.header.id.wrapping_add(offset);
+        send_reply(&peer.main, &bogus, &[0; 16]).await;
+    }
+    let twin = peer.twin.take().unwrap();
+    send_reply(&twin, &request.header, &[0; 16]).await;
+    let info = [16u32, 3, 9, 5].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>();
+    send_reply(&peer.main, &request.header, &info).await;
+    let info = task.await.unwrap().unwrap();
+    assert_eq!((info.num_regions, info.num_irqs), (9, 5));
+
+    // A late reply is counted apart.
+    let (late, task) = recv_after(&peer, client.clone(), |c| async move { c.device_info().await }).await;
+    assert!(matches!(task.await.unwrap(), Err(Error::Timeout { .. })));
+    send_reply(&peer.main, &late.header, &[0; 16]).await;
+    // Replies are handled in order: once this request completes, every reply above was seen.
+    let (request, task) =
+        recv_after(&peer, client.clone(), |c| async move { c.region_read(7, 0, 4).await }).await;
+    let access = RegionAccessRepr { offset: 0, region: 7, count: 4 };
+    send_reply(&peer.main, &request.header, &access.to_bytes_with(&[1, 2, 3, 4])).await;
+    assert_eq!(task.await.unwrap().unwrap(), vec![1, 2, 3, 4]);
+    let stats = client.stats();
+    assert_eq!((stats.unknown_replies, stats.late_replies), (4, 1), "{stats:?}");
+    assert!(client.disconnect_reason().is_none());
+    assert!(events.try_recv().is_err(), "no Disconnected event");
+    drop(twin);
+}
+
+/// The stall from the end-to-end fault tests (a single-socket server writing 1000 DMA_READs
+/// back to back, reading nothing until it is done): the reader keeps reading while the replies
+/// wait for the server, every command is answered exactly once, and the hold is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dma_flood_from_a_server_that_does_not_read_is_served_on_one_socket() {
+    let memory = Memory::new(MEM_BASE, 0x1000);
+    let config = ClientConfig { dma: DmaMode::Windows(vec![memory.window()]), ..config() };
+    let (client, _events, mut peer) =
+        connect(config, Hello::libvfio_user_like(8, 1 << 20, false), memory.clone()).await;
+    const FLOOD: usize = 1000;
+    let mut flood = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..FLOOD {
+        let id = peer.next_id();
+        ids.insert(id);
+        let access = DmaAccessRepr { address: MEM_BASE + (i as u64 % 64) * 4, count: 4 };
+        let bytes = wire::encode_message(
+            id,
+            Command::DmaRead,
+            MessageType::Command,
+            false,
+            None,
+            &access.to_bytes_with(&[]),
+        )
+        .unwrap();
+        flood.extend_from_slice(&bytes);
+    }
+    // One write of all 1000 (far more than the socket buffer holds): it completes only if
+    // the client keeps reading while its own replies back up.
+    tokio::time::timeout(STEP, peer.main.send(&flood, &[]))
+        .await
+        .expect("the client stopped reading")
+        .unwrap();
+    for _ in 0..FLOOD {
+        let reply = recv(&peer.main).await;
+        assert_eq!((reply.header.message_type, reply.header.error), (MessageType::Reply, None));
+        assert!(ids.remove(&reply.header.id), "reply to {} twice or never asked", reply.header.id);
+        assert_eq!(reply.payload.len(), 16 + 4);
+    }
+    let (request, task) =
+        recv_after(&peer, client.clone(), |c| async move { c.region_read(7, 0, 4).await }).await;
+    let access = RegionAccessRepr { offset: 0, region: 7, count: 4 };
+    send_reply(&peer.main, &request.header, &access.to_bytes_with(&[9; 4])).await;
+    assert_eq!(task.await.unwrap().unwrap(), vec![9; 4]);
+    let stats = client.stats();
+    assert_eq!((stats.dma_commands, stats.dma_refused_busy), (FLOOD as u64, 0));
+}
+
+/// Past `dma_queue_depth` waiting commands, DMA is refused with EBUSY (counted), and past the
+/// DMA_WRITE byte budget too; everything accepted is served once the handler moves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dma_beyond_the_queue_bounds_is_refused_with_ebusy_and_counted() {
+    const EBUSY: u32 = 16;
+    let mut memory = Memory::new(MEM_BASE, 0x1000);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    memory.gate = Some(gate.clone());
+    let config = ClientConfig {
+        dma: DmaMode::Windows(vec![memory.window()]),
+        max_concurrent_dma: 1,
+        dma_queue_depth: 4,
+        max_data_xfer_size: 64,
+        dma_queue_bytes: 100,
+        ..config()
+    };
+    let (client, _events, mut peer) =
+        connect(config, Hello::libvfio_user_like(8, 1 << 20, true), memory.clone()).await;
+    // One running (parked at the gate), then four queued: the sixth and seventh are refused.
+    let mut sent = vec![peer.send_dma(Command::DmaRead, MEM_BASE, 4, &[]).await];
+    while memory.calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..6 {
+        sent.push(peer.send_dma(Command::DmaRead, MEM_BASE, 4, &[]).await);
+    }
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let reply = recv(peer.dma_socket()).await;
+        assert_eq!(reply.header.error, Some(EBUSY));
+        busy.push(reply.header.id);
+    }
+    assert_eq!(busy, sent[5..7].to_vec(), "the last two are refused, in order");
+    gate.add_permits(5);
+    for _ in 0..5 {
+        let reply = recv(peer.dma_socket()).await;
+        assert_eq!(reply.header.error, None);
+        assert!(sent[..5].contains(&reply.header.id));
+    }
+    // Two 64-byte DMA_WRITEs: the first is held at the gate (64 of 100 bytes), the second
+    // would need 128 and is refused; once the first is answered its bytes are free again.
+    let first = peer.send_dma(Command::DmaWrite, MEM_BASE, 64, &[7; 64]).await;
+    let second = peer.send_dma(Command::DmaWrite, MEM_BASE + 64, 64, &[8; 64]).await;
+    let reply = recv(peer.dma_socket()).await;
+    assert_eq!((reply.header.id, reply.header.error), (second, Some(EBUSY)));
+    gate.add_permits(2);
+    let reply = recv(peer.dma_socket()).await;
+    assert_eq!((reply.header.id, reply.header.error), (first, None));
+    let third = peer.send_dma(Command::DmaWrite, MEM_BASE + 128, 64, &[9; 64]).await;
+    let reply = recv(peer.dma_socket()).await;
+    assert_eq!((reply.header.id, reply.header.error), (third, None));
+    let stats = client.stats();
+    assert_eq!((stats.dma_commands, stats.dma_refused_busy), (10, 3), "{stats:?}");
+    assert!(client.disconnect_reason().is_none());
 }
 
 #[tokio::test]

@@ -2,16 +2,26 @@
 //!
 //! Tasks per connection (all owned by the client and stopped when it closes or is dropped):
 //! - one reader per socket (main, and twin when granted): the only code that reads it;
-//! - one writer per socket: the only code that writes it, fed by bounded queues, so the order
-//!   on the wire is the queue order;
-//! - one DMA dispatcher running at most `max_concurrent_dma` handler calls at once.
+//! - one reply writer per socket, writing the answers to server commands (DMA results and
+//!   refusals) from two bounded queues;
+//! - one DMA dispatcher running at most `max_concurrent_dma` handler calls at once, fed by a
+//!   bounded queue the readers never wait on (a full queue refuses the command with EBUSY).
 //!
-//! Requests register a oneshot in the pending table under a 16-bit id that is unique among
-//! in-flight (and recently timed-out) requests; the main reader completes them by id.
+//! Client commands are written by the requesting task itself, whole, under the socket's async
+//! mutex (FIFO, so the order on the wire is the order in which writes began), with no hop
+//! through a task. Requests register a oneshot in the pending table under a 16-bit id that is
+//! unique among in-flight (and recently timed-out) requests; the main reader completes them by
+//! id.
+//!
+//! Deadlock freedom with a single-socket server that floods DMA commands without reading its
+//! replies (the old design stalled there): the main reader only ever waits on the refusal
+//! queue, which only fills while the server does not read at all, and that is bounded by the
+//! reply writer's stall limit (`request_timeout`), after which the connection is failed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -75,8 +85,15 @@ pub struct ClientConfig {
     pub max_concurrent_dma: usize,
     /// Longest wait for one DMA handler call; past it the server gets ETIMEDOUT.
     pub dma_handler_timeout: Duration,
-    /// Depth of each socket's outgoing queue.
+    /// Depth of each socket's queue of refusals and error replies to server commands (the
+    /// reader waits while it is full, which only happens while the server does not read).
     pub send_queue_depth: usize,
+    /// Server DMA commands accepted and waiting for a handler slot; more are refused with
+    /// EBUSY (counted in [`ClientStats::dma_refused_busy`]).
+    pub dma_queue_depth: usize,
+    /// DMA_WRITE data bytes held at once (waiting, being written, or awaiting the reply); a
+    /// DMA_WRITE that does not fit is refused with EBUSY. At least `max_data_xfer_size`.
+    pub dma_queue_bytes: usize,
     /// Sees every message on the main and twin sockets, VERSION included (capture).
     pub tap: Option<Arc<dyn MessageTap>>,
 }
@@ -94,6 +111,8 @@ impl Default for ClientConfig {
             max_concurrent_dma: 16,
             dma_handler_timeout: Duration::from_secs(5),
             send_queue_depth: 256,
+            dma_queue_depth: 1024,
+            dma_queue_bytes: 16 << 20,
             tap: None,
         }
     }
@@ -118,8 +137,16 @@ impl ClientConfig {
         if self.twin_socket && self.max_msg_fds == 0 {
             return bad("twin_socket needs max_msg_fds >= 1 to receive the socket".to_owned());
         }
-        if self.max_concurrent_dma == 0 || self.send_queue_depth == 0 {
-            return bad("max_concurrent_dma and send_queue_depth must be at least 1".to_owned());
+        if self.max_concurrent_dma == 0 || self.send_queue_depth == 0 || self.dma_queue_depth == 0 {
+            return bad(
+                "max_concurrent_dma, send_queue_depth and dma_queue_depth must be at least 1".to_owned()
+            );
+        }
+        if self.dma_queue_bytes < self.max_data_xfer_size as usize {
+            return bad(format!(
+                "dma_queue_bytes {} is below max_data_xfer_size {}: the largest DMA_WRITE could never be served",
+                self.dma_queue_bytes, self.max_data_xfer_size
+            ));
         }
         if self.request_timeout.is_zero()
             || self.reset_timeout.is_zero()
@@ -299,22 +326,82 @@ struct Shared {
     dma_enabled: bool,
     /// Server DMA commands received whose reply is not yet written (see [`DmaTicket`]).
     dma_unanswered: watch::Sender<usize>,
+    /// The part of `dma_unanswered` that arrived on the main socket of a connection without a
+    /// twin socket: while it is non-zero, client commands are held (libvfio-user #279).
+    dma_holding: watch::Sender<usize>,
+    /// DMA_WRITE data bytes received and not yet answered (queued, being written, or waiting
+    /// for the reply to go out).
+    dma_write_bytes: AtomicUsize,
+    stats: StatsCounters,
+}
+
+/// The counters behind [`ClientStats`].
+#[derive(Debug, Default)]
+struct StatsCounters {
+    unknown_replies: AtomicU64,
+    late_replies: AtomicU64,
+    dma_commands: AtomicU64,
+    dma_refused_busy: AtomicU64,
+    held_requests: AtomicU64,
+}
+
+/// What the client dropped, refused or held because of the server, since it connected (a
+/// snapshot from [`Client::stats`]; every counter only grows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Replies to message ids not in flight (never sent, posted, or already answered), and
+    /// replies on the twin socket: logged and dropped, the connection goes on.
+    pub unknown_replies: u64,
+    /// Replies that came after their request timed out or was abandoned: logged and dropped.
+    pub late_replies: u64,
+    /// DMA_READ/DMA_WRITE commands received from the server (both sockets).
+    pub dma_commands: u64,
+    /// Of those, refused with EBUSY because `dma_queue_depth` commands were already waiting
+    /// for a handler slot or the DMA_WRITE data would exceed `dma_queue_bytes`.
+    pub dma_refused_busy: u64,
+    /// Client requests that had to wait for unanswered server DMA before they could be written
+    /// (single-socket mode, libvfio-user #279).
+    pub held_requests: u64,
 }
 
 /// Counts one server DMA command from its arrival until its reply is written, it turns out to
-/// need none, or it is dropped with the connection: whichever path drops the ticket uncounts it.
-struct DmaTicket(Arc<Shared>);
+/// need none, or it is dropped with the connection: whichever path drops the ticket uncounts it
+/// (and releases the hold and the DMA_WRITE bytes it stands for).
+struct DmaTicket {
+    shared: Arc<Shared>,
+    holds: bool,
+    write_bytes: usize,
+}
 
 impl DmaTicket {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new(shared: Arc<Shared>, holds: bool) -> Self {
         shared.dma_unanswered.send_modify(|n| *n += 1);
-        DmaTicket(shared)
+        if holds {
+            shared.dma_holding.send_modify(|n| *n += 1);
+        }
+        DmaTicket { shared, holds, write_bytes: 0 }
+    }
+
+    /// Charges `bytes` of DMA_WRITE data against `budget`; `false` (nothing charged) if they
+    /// do not fit next to what is already held.
+    fn charge_write_bytes(&mut self, bytes: usize, budget: usize) -> bool {
+        let charged = self.shared.dma_write_bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            held.checked_add(bytes).filter(|total| *total <= budget)
+        });
+        if charged.is_ok() {
+            self.write_bytes += bytes;
+        }
+        charged.is_ok()
     }
 }
 
 impl Drop for DmaTicket {
     fn drop(&mut self) {
-        self.0.dma_unanswered.send_modify(|n| *n = n.saturating_sub(1));
+        self.shared.dma_write_bytes.fetch_sub(self.write_bytes, Ordering::AcqRel);
+        if self.holds {
+            self.shared.dma_holding.send_modify(|n| *n = n.saturating_sub(1));
+        }
+        self.shared.dma_unanswered.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -377,95 +464,128 @@ async fn wait_shutdown(shutdown: &mut watch::Receiver<bool>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Writer
+// Writing
 // ---------------------------------------------------------------------------------------------
 
-/// A client command on its way to the main socket.
-struct Outgoing {
-    bytes: Vec<u8>,
-    fds: Vec<OwnedFd>,
-}
-
-/// Input to a writer that bypasses the command queue.
-enum Control {
-    /// A server DMA command arrived on the main socket: hold commands until it is answered.
-    DmaStarted,
-    /// The answer to a server command (`None`: it asked for no reply); `counted` ends a hold;
-    /// `ticket` (a DMA command's) is dropped once the reply is written.
-    ServerReply { bytes: Option<Vec<u8>>, counted: bool, ticket: Option<DmaTicket> },
-}
-
-async fn writer_task(
+/// Writes whole messages to one socket. Requesters write their commands themselves (no hop
+/// through a task); the lock keeps messages from different tasks from interleaving, and being
+/// FIFO it keeps the order in which tasks asked to write.
+struct MessageWriter {
     socket: Arc<MessageSocket>,
-    mut control: mpsc::Receiver<Control>,
-    mut commands: Option<mpsc::Receiver<Outgoing>>,
-    shared: Arc<Shared>,
-    hold_during_dma: bool,
-) {
-    let mut shutdown = shared.shutdown.subscribe();
-    let mut dma_outstanding = 0usize;
-    let mut held_logged = false;
-    loop {
-        let hold = hold_during_dma && dma_outstanding > 0;
-        if hold && !held_logged {
-            debug!(
-                dma_outstanding,
-                "holding client commands until server DMA is answered (libvfio-user #279)"
-            );
-            held_logged = true;
+    lock: tokio::sync::Mutex<()>,
+}
+
+enum WriteError {
+    /// The deadline passed before the first byte went out; the connection is intact.
+    TimedOut,
+    /// Server DMA arrived on this socket while waiting for the lock; nothing was written.
+    Held,
+    /// The connection is gone (or was just failed because a message was cut in half).
+    Failed(DisconnectReason),
+}
+
+/// Fails the connection if a send is abandoned (its future dropped) after part of the message
+/// went out: the peer can no longer find the next header.
+struct HalfWritten<'a> {
+    shared: &'a Shared,
+    sent: AtomicUsize,
+    settled: bool,
+}
+
+impl Drop for HalfWritten<'_> {
+    fn drop(&mut self) {
+        if !self.settled && self.sent.load(Ordering::Relaxed) > 0 {
+            self.shared.fail(DisconnectReason::Io(
+                "a message was abandoned half-written, so the stream's framing is lost".to_owned(),
+            ));
         }
-        let (bytes, fds, counted, _ticket) = tokio::select! {
-            biased;
-            _ = wait_shutdown(&mut shutdown) => return,
-            ctl = control.recv() => match ctl {
-                Some(Control::DmaStarted) => {
-                    dma_outstanding += 1;
-                    continue;
-                }
-                Some(Control::ServerReply { bytes, counted, ticket }) => match bytes {
-                    Some(bytes) => (bytes, Vec::new(), counted, ticket),
-                    None => {
-                        if counted {
-                            dma_outstanding = dma_outstanding.saturating_sub(1);
-                        }
-                        continue;
-                    }
-                },
-                None => return,
-            },
-            out = next_command(&mut commands), if !hold => match out {
-                Some(out) => (out.bytes, out.fds, false, None),
-                None => {
-                    // Every Client handle is gone; keep serving server replies until shutdown.
-                    commands = None;
-                    continue;
-                }
-            },
-        };
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
-        let sent = tokio::select! {
-            biased;
-            _ = wait_shutdown(&mut shutdown) => return,
-            sent = socket.send(&bytes, &borrowed) => sent,
-        };
-        if let Err(e) = sent {
-            shared.fail(DisconnectReason::Io(e.to_string()));
-            return;
+    }
+}
+
+impl MessageWriter {
+    /// Writes `bytes` whole, with `fds`, before `deadline`. With `hold`, nothing is written
+    /// while it is non-zero (checked once the lock is held, so a command never overtakes DMA
+    /// the reader has already seen).
+    async fn write(
+        &self,
+        shared: &Shared,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        deadline: Instant,
+        hold: Option<&watch::Sender<usize>>,
+    ) -> Result<(), WriteError> {
+        let _turn = timeout_at(deadline, self.lock.lock()).await.map_err(|_| WriteError::TimedOut)?;
+        if hold.is_some_and(|hold| *hold.borrow() > 0) {
+            return Err(WriteError::Held);
         }
-        if counted {
-            dma_outstanding = dma_outstanding.saturating_sub(1);
-            if dma_outstanding == 0 {
-                held_logged = false;
+        let mut progress = HalfWritten { shared, sent: AtomicUsize::new(0), settled: false };
+        let outcome = timeout_at(deadline, self.socket.send_tracked(bytes, fds, &progress.sent)).await;
+        let sent = progress.sent.load(Ordering::Relaxed);
+        progress.settled = true;
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Err(_) if sent == 0 => Err(WriteError::TimedOut),
+            Err(_) => {
+                let reason = DisconnectReason::Io(format!(
+                    "the server stopped reading: {sent} of {} bytes of a message written when the deadline passed",
+                    bytes.len()
+                ));
+                shared.fail(reason.clone());
+                Err(WriteError::Failed(reason))
+            }
+            Ok(Err(e)) => {
+                let reason = DisconnectReason::Io(e.to_string());
+                shared.fail(reason.clone());
+                Err(WriteError::Failed(reason))
             }
         }
     }
 }
 
-async fn next_command(commands: &mut Option<mpsc::Receiver<Outgoing>>) -> Option<Outgoing> {
-    match commands {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
+/// The answer to a server command, on its way to the socket the command came from. The
+/// ticket (a DMA command's) is dropped once the reply is written.
+struct ServerReply {
+    bytes: Vec<u8>,
+    ticket: Option<DmaTicket>,
+}
+
+/// Writes the answers to server commands on one socket: DMA results from the handlers and
+/// refusals from the reader, each from its own bounded queue. A reply the server does not take
+/// within `stall_limit` (it stopped reading its socket) ends the connection.
+async fn reply_writer(
+    writer: Arc<MessageWriter>,
+    mut results: mpsc::Receiver<ServerReply>,
+    mut refusals: mpsc::Receiver<ServerReply>,
+    shared: Arc<Shared>,
+    stall_limit: Duration,
+) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let reply = tokio::select! {
+            biased;
+            _ = wait_shutdown(&mut shutdown) => return,
+            Some(reply) = results.recv() => reply,
+            Some(reply) = refusals.recv() => reply,
+            else => return,
+        };
+        match writer.write(&shared, &reply.bytes, &[], Instant::now() + stall_limit, None).await {
+            // The command is answered: release the hold and the DMA_WRITE bytes it stood for.
+            Ok(()) => drop(reply.ticket),
+            Err(WriteError::TimedOut | WriteError::Held) => {
+                shared.fail(DisconnectReason::Io(format!(
+                    "the server has not read its socket for {stall_limit:?} while replies to its commands wait"
+                )));
+                return;
+            }
+            Err(WriteError::Failed(_)) => return,
+        }
     }
+}
+
+/// Logs the 1st, 2nd, 4th, 8th… occurrence of something a misbehaving server can repeat at
+/// will at warn level and the rest at debug, so a flood cannot flood the log.
+fn is_worth_a_warning(count: u64) -> bool {
+    count.is_power_of_two()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -478,8 +598,7 @@ struct DmaJob {
     access: DmaAccessRepr,
     data: Vec<u8>,
     fds_attached: usize,
-    reply_to: mpsc::Sender<Control>,
-    counted: bool,
+    reply_to: mpsc::Sender<ServerReply>,
     ticket: DmaTicket,
 }
 
@@ -490,8 +609,13 @@ struct Reader {
     carries_replies: bool,
     /// DMA arriving here holds the main socket's commands (single-socket mode).
     counts_toward_hold: bool,
-    control: mpsc::Sender<Control>,
+    /// Refusals and error replies, written by this socket's reply writer.
+    refusals: mpsc::Sender<ServerReply>,
+    /// Where handlers send this socket's DMA results.
+    results: mpsc::Sender<ServerReply>,
     jobs: mpsc::Sender<DmaJob>,
+    /// Budget of DMA_WRITE data held at once (see `ClientConfig::dma_queue_bytes`).
+    dma_queue_bytes: usize,
     max_size: usize,
     max_fds: usize,
     name: &'static str,
@@ -526,21 +650,32 @@ impl Reader {
         let header = message.header;
         match header.message_type {
             MessageType::Reply if self.carries_replies => self.complete(message),
-            MessageType::Reply => Err(DisconnectReason::Malformed(format!(
-                "{header}: reply on the twin socket, where the client sends no commands"
-            ))),
+            MessageType::Reply => {
+                self.unknown_reply(&header, "on the twin socket, where the client sends no commands");
+                Ok(())
+            }
             MessageType::Command => match header.command {
                 Command::DmaRead | Command::DmaWrite => self.dma_command(message).await,
                 other => {
                     warn!(socket = self.name, command = %other, id = header.id, "server sent a command only clients send; replying ENOSYS");
                     if !header.no_reply {
                         let bytes = error_reply(&header, nix::errno::Errno::ENOSYS as u32);
-                        let reply = Control::ServerReply { bytes: Some(bytes), counted: false, ticket: None };
-                        self.send_control(reply).await?;
+                        self.refuse(ServerReply { bytes, ticket: None }).await?;
                     }
                     Ok(())
                 }
             },
+        }
+    }
+
+    /// A reply nobody waits for: counted, logged and dropped (the framing is intact, so the
+    /// stream goes on).
+    fn unknown_reply(&self, header: &HeaderRepr, why: &str) {
+        let count = self.shared.stats.unknown_replies.fetch_add(1, Ordering::Relaxed) + 1;
+        if is_worth_a_warning(count) {
+            warn!(socket = self.name, command = %header.command, id = header.id, size = header.size, count, why, "vfio-user reply to a message id never sent dropped");
+        } else {
+            debug!(socket = self.name, command = %header.command, id = header.id, size = header.size, count, why, "vfio-user reply to a message id never sent dropped");
         }
     }
 
@@ -556,15 +691,15 @@ impl Reader {
                     None
                 }
                 None => {
-                    return Err(DisconnectReason::Malformed(format!(
-                        "{header}: reply to message id {} which is not in flight",
-                        header.id
-                    )));
+                    drop(table);
+                    self.unknown_reply(&header, "not in flight");
+                    return Ok(());
                 }
             }
         };
         let Some(waiter) = waiter else {
-            warn!(command = %header.command, id = header.id, "late vfio-user reply after timeout dropped");
+            let count = self.shared.stats.late_replies.fetch_add(1, Ordering::Relaxed) + 1;
+            warn!(command = %header.command, id = header.id, count, "late vfio-user reply after timeout dropped");
             return Ok(());
         };
         if waiter.command != header.command {
@@ -584,7 +719,8 @@ impl Reader {
 
     async fn dma_command(&self, message: ReceivedMessage) -> Result<(), DisconnectReason> {
         let header = message.header;
-        let ticket = DmaTicket::new(self.shared.clone());
+        let mut ticket = DmaTicket::new(self.shared.clone(), self.counts_toward_hold);
+        self.shared.stats.dma_commands.fetch_add(1, Ordering::Relaxed);
         let malformed = |what: String| DisconnectReason::Malformed(format!("{header}: {what}"));
         let view = wire::dma_access::View::new_checked(&message.payload[..])
             .map_err(|e| malformed(e.to_string()))?;
@@ -599,6 +735,9 @@ impl Reader {
                         data.len()
                     )));
                 }
+                if !ticket.charge_write_bytes(data.len(), self.dma_queue_bytes) {
+                    return self.refuse_busy(&header, &access, ticket, "DMA_WRITE data budget spent").await;
+                }
                 (DmaDirection::DeviceWrite, data.to_vec())
             }
             _ => {
@@ -611,27 +750,56 @@ impl Reader {
                 (DmaDirection::DeviceRead, Vec::new())
             }
         };
-        if self.counts_toward_hold {
-            self.send_control(Control::DmaStarted).await?;
-        }
         let job = DmaJob {
             direction,
             header,
             access,
             data,
             fds_attached: message.fds.len(),
-            reply_to: self.control.clone(),
-            counted: self.counts_toward_hold,
+            reply_to: self.results.clone(),
             ticket,
         };
-        self.jobs.send(job).await.map_err(|_| DisconnectReason::Io("DMA dispatcher stopped".to_owned()))
+        // Never wait for a handler slot here: the handlers' replies may need the server to
+        // read, and the server may be blocked writing more commands that only this task reads.
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                self.refuse_busy(&job.header, &job.access, job.ticket, "DMA queue full").await
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(DisconnectReason::Io("DMA dispatcher stopped".to_owned()))
+            }
+        }
     }
 
-    async fn send_control(&self, control: Control) -> Result<(), DisconnectReason> {
-        self.control
-            .send(control)
+    /// Refuses a DMA command the queue has no room for with EBUSY.
+    async fn refuse_busy(
+        &self,
+        header: &HeaderRepr,
+        access: &DmaAccessRepr,
+        ticket: DmaTicket,
+        why: &'static str,
+    ) -> Result<(), DisconnectReason> {
+        let count = self.shared.stats.dma_refused_busy.fetch_add(1, Ordering::Relaxed) + 1;
+        if is_worth_a_warning(count) {
+            warn!(socket = self.name, command = %header.command, id = header.id, address = access.address, len = access.count, count, why, "server DMA refused with EBUSY");
+        } else {
+            debug!(socket = self.name, command = %header.command, id = header.id, address = access.address, len = access.count, count, why, "server DMA refused with EBUSY");
+        }
+        if header.no_reply {
+            return Ok(());
+        }
+        let bytes = error_reply(header, DmaError::Busy.errno());
+        self.refuse(ServerReply { bytes, ticket: Some(ticket) }).await
+    }
+
+    /// Queues a refusal for the reply writer; waits while its queue is full, which only
+    /// happens while the server does not read its socket (bounded by the writer's stall limit).
+    async fn refuse(&self, reply: ServerReply) -> Result<(), DisconnectReason> {
+        self.refusals
+            .send(reply)
             .await
-            .map_err(|_| DisconnectReason::Io(format!("{} writer stopped", self.name)))
+            .map_err(|_| DisconnectReason::Io(format!("{} reply writer stopped", self.name)))
     }
 }
 
@@ -674,28 +842,27 @@ async fn serve_dma<H: DmaHandler>(
 ) {
     let header = job.header;
     let outcome = perform_dma(&*handler, &shared, &job, handler_timeout).await;
-    let bytes = if header.no_reply {
-        None
-    } else {
-        Some(match outcome {
-            Ok(data) => wire::encode_message(
-                header.id,
-                header.command,
-                MessageType::Reply,
-                false,
-                None,
-                &job.access.to_bytes_with(&data),
-            )
-            .unwrap_or_default(),
-            Err(e) => {
-                debug!(error = %e, errno = e.errno(), "server DMA refused or failed");
-                error_reply(&header, e.errno())
-            }
-        })
+    if header.no_reply {
+        // Answered by not answering: the ticket goes with the job.
+        return;
+    }
+    let bytes = match outcome {
+        Ok(data) => wire::encode_message(
+            header.id,
+            header.command,
+            MessageType::Reply,
+            false,
+            None,
+            &job.access.to_bytes_with(&data),
+        )
+        .unwrap_or_default(),
+        Err(e) => {
+            debug!(error = %e, errno = e.errno(), "server DMA refused or failed");
+            error_reply(&header, e.errno())
+        }
     };
     // A closed writer means the connection is already going down.
-    let reply = Control::ServerReply { bytes, counted: job.counted, ticket: Some(job.ticket) };
-    let _ = job.reply_to.send(reply).await;
+    let _ = job.reply_to.send(ServerReply { bytes, ticket: Some(job.ticket) }).await;
 }
 
 /// Checks a server DMA request and runs it; the data is what the reply carries.
@@ -754,7 +921,10 @@ struct Inner {
     shared: Arc<Shared>,
     negotiated: Negotiated,
     config: ClientConfig,
-    commands: mpsc::Sender<Outgoing>,
+    /// Client commands are written by the requesting task itself through this.
+    main_writer: Arc<MessageWriter>,
+    /// No twin socket: commands wait while server DMA on the main socket is unanswered.
+    hold_during_dma: bool,
     in_flight: Arc<Semaphore>,
     /// Serialises DMA_MAP/DMA_UNMAP so the window table matches the server's.
     map_lock: tokio::sync::Mutex<()>,
@@ -974,6 +1144,9 @@ impl Client {
             our_max_xfer: config.max_data_xfer_size,
             dma_enabled: config.dma != DmaMode::Disabled,
             dma_unanswered: watch::channel(0).0,
+            dma_holding: watch::channel(0).0,
+            dma_write_bytes: AtomicUsize::new(0),
+            stats: StatsCounters::default(),
         });
         // Replies carry at most the larger transfer size plus two fixed parts; info replies
         // are bounded by MAX_REGION_INFO_ARGSZ.
@@ -984,60 +1157,47 @@ impl Client {
 
         let main = Arc::new(socket);
         let handler = Arc::new(handler);
-        let (commands_tx, commands_rx) = mpsc::channel(config.send_queue_depth);
-        let (jobs_tx, jobs_rx) = mpsc::channel(config.max_concurrent_dma);
-        let (main_ctl_tx, main_ctl_rx) = mpsc::channel(config.max_concurrent_dma * 2 + 4);
+        let (jobs_tx, jobs_rx) = mpsc::channel(config.dma_queue_depth);
         let mut tasks = Vec::new();
-        let mut sockets = vec![main.clone()];
-        tasks.push(tokio::spawn(
-            writer_task(
-                main.clone(),
-                main_ctl_rx,
-                Some(commands_rx),
-                shared.clone(),
-                !negotiated.twin_socket,
-            )
-            .instrument(debug_span!("vfio_user_writer", socket = "main")),
-        ));
-        tasks.push(tokio::spawn(
-            Reader {
-                socket: main.clone(),
-                shared: shared.clone(),
-                carries_replies: true,
-                counts_toward_hold: !negotiated.twin_socket,
-                control: main_ctl_tx,
-                jobs: jobs_tx.clone(),
-                max_size,
-                max_fds,
-                name: "main",
-            }
-            .run()
-            .instrument(debug_span!("vfio_user_reader", socket = "main")),
-        ));
-        if let Some(twin) = twin {
-            let twin = Arc::new(twin);
-            sockets.push(twin.clone());
-            let (twin_ctl_tx, twin_ctl_rx) = mpsc::channel(config.max_concurrent_dma * 2 + 4);
+        let serve_socket = |socket: Arc<MessageSocket>,
+                            name: &'static str,
+                            tasks: &mut Vec<JoinHandle<()>>| {
+            let writer =
+                Arc::new(MessageWriter { socket: socket.clone(), lock: tokio::sync::Mutex::new(()) });
+            let (results_tx, results_rx) = mpsc::channel(config.max_concurrent_dma);
+            let (refusals_tx, refusals_rx) = mpsc::channel(config.send_queue_depth);
             tasks.push(tokio::spawn(
-                writer_task(twin.clone(), twin_ctl_rx, None, shared.clone(), false)
-                    .instrument(debug_span!("vfio_user_writer", socket = "twin")),
+                reply_writer(writer.clone(), results_rx, refusals_rx, shared.clone(), config.request_timeout)
+                    .instrument(debug_span!("vfio_user_writer", socket = name)),
             ));
+            let is_main = name == "main";
             tasks.push(tokio::spawn(
                 Reader {
-                    socket: twin,
+                    socket,
                     shared: shared.clone(),
-                    carries_replies: false,
-                    counts_toward_hold: false,
-                    control: twin_ctl_tx,
-                    jobs: jobs_tx,
+                    carries_replies: is_main,
+                    counts_toward_hold: is_main && !negotiated.twin_socket,
+                    refusals: refusals_tx,
+                    results: results_tx,
+                    jobs: jobs_tx.clone(),
+                    dma_queue_bytes: config.dma_queue_bytes,
                     max_size,
                     max_fds,
-                    name: "twin",
+                    name,
                 }
                 .run()
-                .instrument(debug_span!("vfio_user_reader", socket = "twin")),
+                .instrument(debug_span!("vfio_user_reader", socket = name)),
             ));
+            writer
+        };
+        let main_writer = serve_socket(main.clone(), "main", &mut tasks);
+        let mut sockets = vec![main];
+        if let Some(twin) = twin {
+            let twin = Arc::new(twin);
+            serve_socket(twin.clone(), "twin", &mut tasks);
+            sockets.push(twin);
         }
+        drop(jobs_tx);
         tasks.push(tokio::spawn(dma_dispatcher(
             handler,
             shared.clone(),
@@ -1046,13 +1206,15 @@ impl Client {
             config.dma_handler_timeout,
         )));
 
+        let hold_during_dma = !negotiated.twin_socket;
         let client = Client {
             inner: Arc::new(Inner {
                 shared,
                 negotiated,
                 in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
                 config: config.clone(),
-                commands: commands_tx,
+                main_writer,
+                hold_during_dma,
                 map_lock: tokio::sync::Mutex::new(()),
                 sockets,
                 tasks: Mutex::new(tasks),
@@ -1078,6 +1240,19 @@ impl Client {
     /// `None` while connected; the reason once the connection has ended.
     pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
         self.inner.shared.disconnect_reason()
+    }
+
+    /// What the client has dropped, refused or held because of the server so far.
+    pub fn stats(&self) -> ClientStats {
+        let counters = &self.inner.shared.stats;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ClientStats {
+            unknown_replies: load(&counters.unknown_replies),
+            late_replies: load(&counters.late_replies),
+            dma_commands: load(&counters.dma_commands),
+            dma_refused_busy: load(&counters.dma_refused_busy),
+            held_requests: load(&counters.held_requests),
+        }
     }
 
     /// The DMA windows currently mapped.
@@ -1157,25 +1332,65 @@ impl Client {
             _slot: slot,
         };
         let bytes = wire::encode_message(id, command, MessageType::Command, false, None, &payload)?;
-        debug!(command = %command, id, size = bytes.len(), fds = fds.len(), "vfio-user request queued");
-        self.enqueue(Outgoing { bytes, fds }, deadline, command, Some(id), timeout).await?;
+        self.write_command(&bytes, &fds, deadline, command, id, timeout).await?;
+        debug!(command = %command, id, size = bytes.len(), fds = fds.len(), "vfio-user request sent");
         Ok(pending)
     }
 
-    async fn enqueue(
+    /// Writes one client command on the main socket, first waiting (without a turn at the
+    /// socket) while server DMA on the main socket is unanswered in single-socket mode.
+    async fn write_command(
         &self,
-        out: Outgoing,
+        bytes: &[u8],
+        fds: &[OwnedFd],
         deadline: Instant,
         command: Command,
-        id: Option<u16>,
+        id: u16,
         timeout: Duration,
     ) -> Result<(), Error> {
-        match timeout_at(deadline, self.inner.commands.send(out)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Error::Disconnected(
-                self.inner.shared.disconnect_reason().unwrap_or(DisconnectReason::ClosedByClient),
+        let shared = &*self.inner.shared;
+        let hold = self.inner.hold_during_dma.then_some(&shared.dma_holding);
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
+        let mut counted = false;
+        loop {
+            if let Some(hold) = hold {
+                if *hold.borrow() > 0 {
+                    if !counted {
+                        counted = true;
+                        shared.stats.held_requests.fetch_add(1, Ordering::Relaxed);
+                        debug!(command = %command, id, dma_outstanding = *hold.borrow(), "request held until server DMA is answered (libvfio-user #279)");
+                    }
+                    self.wait_hold_released(hold, deadline, command, id, timeout).await?;
+                }
+            }
+            match self.inner.main_writer.write(shared, bytes, &borrowed, deadline, hold).await {
+                Ok(()) => return Ok(()),
+                Err(WriteError::Held) => continue,
+                Err(WriteError::TimedOut) => return Err(Error::Timeout { command, id: Some(id), timeout }),
+                Err(WriteError::Failed(reason)) => return Err(Error::Disconnected(reason)),
+            }
+        }
+    }
+
+    async fn wait_hold_released(
+        &self,
+        hold: &watch::Sender<usize>,
+        deadline: Instant,
+        command: Command,
+        id: u16,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        let mut holding = hold.subscribe();
+        let mut shutdown = shared.shutdown.subscribe();
+        tokio::select! {
+            released = timeout_at(deadline, holding.wait_for(|n| *n == 0)) => match released {
+                Ok(_) => Ok(()),
+                Err(_) => Err(Error::Timeout { command, id: Some(id), timeout }),
+            },
+            _ = wait_shutdown(&mut shutdown) => Err(Error::Disconnected(
+                shared.disconnect_reason().unwrap_or(DisconnectReason::ClosedByClient),
             )),
-            Err(_) => Err(Error::Timeout { command, id, timeout }),
         }
     }
 
@@ -1205,14 +1420,7 @@ impl Client {
             table.allocate_id()
         };
         let bytes = wire::encode_message(id, command, MessageType::Command, true, None, &payload)?;
-        self.enqueue(
-            Outgoing { bytes, fds: Vec::new() },
-            Instant::now() + timeout,
-            command,
-            Some(id),
-            timeout,
-        )
-        .await
+        self.write_command(&bytes, &[], Instant::now() + timeout, command, id, timeout).await
     }
 
     fn protocol_error(&self, what: String) -> Error {

@@ -43,6 +43,9 @@ pub enum DmaError {
     /// The request carried fds, which DMA requests never do (refused by the client): EINVAL.
     #[error("DMA request carried file descriptors")]
     UnexpectedFds,
+    /// The client's DMA queue is full (refused by the client, a flood): EBUSY.
+    #[error("too many DMA requests waiting; the client's DMA queue is full")]
+    Busy,
 }
 
 impl DmaError {
@@ -56,6 +59,7 @@ impl DmaError {
             DmaError::LinkDown => nix::errno::Errno::ENOTCONN,
             DmaError::TooLarge => nix::errno::Errno::E2BIG,
             DmaError::UnexpectedFds => nix::errno::Errno::EINVAL,
+            DmaError::Busy => nix::errno::Errno::EBUSY,
         };
         errno as u32
     }

@@ -16,7 +16,7 @@ pub mod wire;
 
 pub use caps::{ClientCapabilities, ServerCapabilities, TwinSocket};
 pub use client::{
-    Client, ClientConfig, ClientEvent, DeviceInfo, DmaMode, EventReceiver, IrqAction, IrqData, IrqInfo,
+    Client, ClientConfig, ClientEvent, ClientStats, DeviceInfo, DmaMode, EventReceiver, IrqAction, IrqData, IrqInfo,
     Negotiated, PendingRegionRead, PendingRegionWrite, RegionInfo,
 };
 pub use dma::{DmaDirection, DmaError, DmaHandler, DmaWindow, DmaWindowTable, NoDma};

@@ -10,11 +10,13 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use bytes::BufMut;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::tap::{MessageTap, SocketRole, TapDirection};
 use super::wire::{HEADER_LEN, Header, HeaderRepr};
@@ -38,6 +40,13 @@ pub struct MessageSocket {
     stream: UnixStream,
     /// Sees every whole message sent or received (capture).
     tap: Option<(Arc<dyn MessageTap>, SocketRole)>,
+    /// The control-message buffer of `recvmsg`, allocated once instead of per message (only
+    /// the one reading task locks it, so it is never contended).
+    cmsg_buffer: Mutex<Vec<u8>>,
+}
+
+fn cmsg_buffer() -> Mutex<Vec<u8>> {
+    Mutex::new(nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]))
 }
 
 fn io_error(context: &'static str) -> impl FnOnce(io::Error) -> Error {
@@ -46,7 +55,7 @@ fn io_error(context: &'static str) -> impl FnOnce(io::Error) -> Error {
 
 impl MessageSocket {
     pub fn new(stream: UnixStream) -> Self {
-        Self { stream, tap: None }
+        Self { stream, tap: None, cmsg_buffer: cmsg_buffer() }
     }
 
     /// Reports every message this socket sends or receives from now on to `tap`, as `role`.
@@ -60,11 +69,23 @@ impl MessageSocket {
         std_stream.set_nonblocking(true).map_err(io_error("making the socket non-blocking"))?;
         let stream =
             UnixStream::from_std(std_stream).map_err(io_error("registering the socket with tokio"))?;
-        Ok(Self { stream, tap: None })
+        Ok(Self { stream, tap: None, cmsg_buffer: cmsg_buffer() })
     }
 
     /// Sends one whole message; `fds` go with its first bytes.
     pub async fn send(&self, message: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        self.send_tracked(message, fds, &AtomicUsize::new(0)).await
+    }
+
+    /// [`MessageSocket::send`] that counts the bytes written so far in `sent`, so that a caller
+    /// whose send is cut short (timeout, cancellation) knows whether the peer got part of the
+    /// message (and the stream's framing is lost) or none of it.
+    pub async fn send_tracked(
+        &self,
+        message: &[u8],
+        fds: &[BorrowedFd<'_>],
+        sent: &AtomicUsize,
+    ) -> Result<(), Error> {
         // Reported before the first byte goes out: the peer's reply may be received (and
         // reported by the reader task) before this send returns.
         if let Some((tap, role)) = &self.tap {
@@ -72,10 +93,10 @@ impl MessageSocket {
         }
         let raw_fds: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
         let socket_fd = self.stream.as_raw_fd();
-        let mut sent = 0usize;
+        let mut written_total = 0usize;
         let mut fds_pending = !raw_fds.is_empty();
-        while sent < message.len() {
-            let rest = message.get(sent..).unwrap_or(&[]);
+        while written_total < message.len() {
+            let rest = message.get(written_total..).unwrap_or(&[]);
             let written = self
                 .stream
                 .async_io(Interest::WRITABLE, || {
@@ -94,7 +115,8 @@ impl MessageSocket {
                 });
             }
             fds_pending = false;
-            sent += written;
+            written_total += written;
+            sent.store(written_total, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -106,17 +128,18 @@ impl MessageSocket {
         let mut header_bytes = [0u8; HEADER_LEN];
         let mut got = 0usize;
         let mut fds: Vec<OwnedFd> = Vec::new();
-        let mut cmsg_buffer = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
         while got < HEADER_LEN {
             let (bytes, truncated) = self
                 .stream
                 .async_io(Interest::READABLE, || {
                     let slot = header_bytes.get_mut(got..).unwrap_or(&mut []);
                     let mut iov = [IoSliceMut::new(slot)];
+                    let mut cmsg_buffer =
+                        self.cmsg_buffer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     let msg = recvmsg::<()>(
                         socket_fd,
                         &mut iov,
-                        Some(&mut cmsg_buffer),
+                        Some(&mut *cmsg_buffer),
                         MsgFlags::MSG_CMSG_CLOEXEC,
                     )
                     .map_err(io::Error::from)?;
@@ -159,24 +182,26 @@ impl MessageSocket {
                 fds.len()
             )));
         }
-        let mut payload = vec![0u8; header.payload_len()];
-        let mut filled = 0usize;
-        while filled < payload.len() {
-            let rest = payload.get_mut(filled..).unwrap_or(&mut []);
-            let bytes = self
-                .stream
-                .async_io(Interest::READABLE, || {
-                    nix::sys::socket::recv(socket_fd, rest, MsgFlags::empty()).map_err(io::Error::from)
-                })
-                .await
-                .map_err(io_error("receiving a message body"))?;
-            if bytes == 0 {
-                return Err(Error::Malformed(format!(
-                    "{header}: connection closed after {filled} of {} payload bytes",
-                    payload.len()
-                )));
+        // Read into the spare capacity: the body is not zeroed first, and `len()` only counts
+        // bytes the socket filled in.
+        let wanted = header.payload_len();
+        let mut payload = Vec::with_capacity(wanted);
+        while payload.len() < wanted {
+            self.stream.readable().await.map_err(io_error("receiving a message body"))?;
+            let missing = wanted - payload.len();
+            let mut rest = (&mut payload).limit(missing);
+            match self.stream.try_read_buf(&mut rest) {
+                Ok(0) => {
+                    return Err(Error::Malformed(format!(
+                        "{header}: connection closed after {} of {wanted} payload bytes",
+                        payload.len()
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(Error::Io { context: "receiving a message body", source }),
             }
-            filled += bytes;
         }
         if let Some((tap, role)) = &self.tap {
             let mut whole = Vec::with_capacity(HEADER_LEN + payload.len());
