@@ -3,10 +3,12 @@
 //! Interface 0 (LINKTYPE_USER0) carries the TLPs on the root-port link, interface 1
 //! (LINKTYPE_USER1) the vfio-user messages on the client's sockets; each record has a small
 //! pseudo-header ([`format`]). The data path only ever calls [`CaptureHandle::tlp`] or
-//! [`CaptureHandle::vfio_user`], which copy the bytes into a bounded queue with `try_send`: a
-//! full queue drops the record and counts it, never waits. One writer thread does the file I/O,
-//! flushing whenever its queue runs empty (and at least every [`CaptureConfig::flush_interval`]),
-//! so a killed bridge leaves a file that is complete up to its last few records.
+//! [`CaptureHandle::vfio_user`], which append the record to a shared batch buffer (one short
+//! lock, one copy, no allocation once the buffer has grown): a full batch drops the record and
+//! counts it, never waits. One writer thread takes the whole batch at a time (swapping in an
+//! empty buffer), encodes its Enhanced Packet Blocks straight into the file buffer, and flushes
+//! whenever no records are waiting (and at least every [`CaptureConfig::flush_interval`]), so a
+//! killed bridge leaves a file that is complete up to its last few records.
 //!
 //! Drops are written into the file twice: as `epb_dropcount` on the next record of the same
 //! interface (so a file cut short by SIGKILL still shows them) and, by [`CaptureWriter::finish`],
@@ -20,15 +22,13 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pcap_file::DataLink;
 use pcap_file::pcapng::PcapNgWriter;
-use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
 };
@@ -120,7 +120,46 @@ impl Default for CaptureConfig {
 const POLL_BUSY: Duration = Duration::from_millis(1);
 const POLL_IDLE: Duration = Duration::from_millis(5);
 
-/// What to do when the writer's queue is full.
+/// Per-record fields in the batch buffer, in front of the record's data (pseudo-header and
+/// bytes): interface (1 byte), direction bits (1), reserved (2), data length (u32), wall-clock
+/// nanoseconds (u64), all native-endian. Private to this process: the file gets real EPBs.
+mod batch_record {
+    use std::ops::Range;
+    pub const INTERFACE: usize = 0;
+    pub const DIRECTION: usize = 1;
+    pub const DATA_LEN: Range<usize> = 4..8;
+    pub const WALL_NS: Range<usize> = 8..16;
+    pub const LEN: usize = 16;
+}
+
+/// Records waiting for the writer thread, packed into one buffer.
+#[derive(Debug, Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    records: usize,
+    /// The writer asked to finish (set by [`CaptureWriter::finish`]).
+    finish: bool,
+    /// The writer has taken its last batch: records offered now are dropped.
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    batch: Mutex<Batch>,
+    /// Records a batch holds at most; beyond, records are dropped and counted.
+    max_records: usize,
+    offered: [AtomicU64; 2],
+    dropped: [AtomicU64; 2],
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Batch> {
+        // A panic while appending bytes leaves the batch consistent enough to keep writing.
+        self.batch.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What to do when the batch is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Delivery {
     /// The data path: drop the record and count it.
@@ -129,43 +168,9 @@ enum Delivery {
     Wait,
 }
 
-fn tlp_record(header: &TlpHeaderRepr, bytes: &[u8]) -> Vec<u8> {
-    let mut data = Vec::with_capacity(format::tlp_header::LEN + bytes.len());
-    header.emit(&mut data);
-    data.extend_from_slice(bytes);
-    data
-}
-
-fn vfio_user_record(header: &VfioUserHeaderRepr, message: &[u8]) -> Vec<u8> {
-    let mut data = Vec::with_capacity(format::vfio_user_header::LEN + message.len());
-    header.emit(&mut data);
-    data.extend_from_slice(message);
-    data
-}
-
-/// A record on its way to the writer: interface, wall time, pseudo-header + bytes.
-struct QueuedRecord {
-    interface: u32,
-    wall_ns: u64,
-    direction: Direction,
-    data: Vec<u8>,
-}
-
-enum WriterInput {
-    Record(QueuedRecord),
-    Finish,
-}
-
-#[derive(Debug, Default)]
-struct Counts {
-    offered: [AtomicU64; 2],
-    dropped: [AtomicU64; 2],
-}
-
 #[derive(Debug)]
 struct HandleInner {
-    queue: SyncSender<WriterInput>,
-    counts: Arc<Counts>,
+    shared: Arc<Shared>,
     link_id: u8,
     simulated: bool,
 }
@@ -182,6 +187,43 @@ fn wall_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// A record's pseudo-header, emitted straight into the batch buffer.
+#[derive(Clone, Copy)]
+enum PseudoHeader<'a> {
+    Tlp(&'a TlpHeaderRepr),
+    VfioUser(&'a VfioUserHeaderRepr),
+}
+
+impl PseudoHeader<'_> {
+    fn interface(&self) -> u32 {
+        match self {
+            PseudoHeader::Tlp(_) => INTERFACE_TLP,
+            PseudoHeader::VfioUser(_) => INTERFACE_VFIO_USER,
+        }
+    }
+
+    fn direction(&self) -> Direction {
+        match self {
+            PseudoHeader::Tlp(h) => h.direction,
+            PseudoHeader::VfioUser(h) => h.direction,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            PseudoHeader::Tlp(_) => format::tlp_header::LEN,
+            PseudoHeader::VfioUser(_) => format::vfio_user_header::LEN,
+        }
+    }
+
+    fn emit(&self, out: &mut Vec<u8>) {
+        match self {
+            PseudoHeader::Tlp(h) => h.emit(out),
+            PseudoHeader::VfioUser(h) => h.emit(out),
+        }
+    }
+}
+
 impl CaptureHandle {
     /// Records one TLP as it crossed the link (`link_time`: on the link's clock). `flags`'s
     /// `simulated_time` is set from the configured clock.
@@ -192,49 +234,66 @@ impl CaptureHandle {
             flags: TlpFlags { simulated_time: self.inner.simulated, ..flags },
             link_time_ps: link_time.as_picos(),
         };
-        self.queue(INTERFACE_TLP, direction, tlp_record(&header, bytes), Delivery::DropIfFull);
+        self.queue(PseudoHeader::Tlp(&header), bytes, Delivery::DropIfFull);
     }
 
     /// Records one vfio-user message (header and payload as on the socket).
     pub fn vfio_user(&self, direction: Direction, socket: VfioSocket, fds: usize, message: &[u8]) {
         let header = VfioUserHeaderRepr { direction, socket, fds: u8::try_from(fds).unwrap_or(u8::MAX) };
-        self.queue(
-            INTERFACE_VFIO_USER,
-            header.direction,
-            vfio_user_record(&header, message),
-            Delivery::DropIfFull,
-        );
+        self.queue(PseudoHeader::VfioUser(&header), message, Delivery::DropIfFull);
     }
 
     /// Writes a TLP record with exactly this pseudo-header, waiting for room in the queue: for
     /// offline tools (`tlpbridge pcap write`), never for the data path.
     pub fn write_tlp_waiting(&self, header: &TlpHeaderRepr, bytes: &[u8]) {
-        self.queue(INTERFACE_TLP, header.direction, tlp_record(header, bytes), Delivery::Wait);
+        self.queue(PseudoHeader::Tlp(header), bytes, Delivery::Wait);
     }
 
     /// Writes a vfio-user record, waiting for room in the queue (offline tools only).
     pub fn write_vfio_user_waiting(&self, header: &VfioUserHeaderRepr, message: &[u8]) {
-        self.queue(INTERFACE_VFIO_USER, header.direction, vfio_user_record(header, message), Delivery::Wait);
+        self.queue(PseudoHeader::VfioUser(header), message, Delivery::Wait);
     }
 
-    fn queue(&self, interface: u32, direction: Direction, data: Vec<u8>, delivery: Delivery) {
-        let slot = interface as usize;
-        if let Some(offered) = self.inner.counts.offered.get(slot) {
+    fn queue(&self, header: PseudoHeader<'_>, bytes: &[u8], delivery: Delivery) {
+        let shared = &self.inner.shared;
+        let slot = header.interface() as usize;
+        if let Some(offered) = shared.offered.get(slot) {
             offered.fetch_add(1, Ordering::Relaxed);
         }
-        let record = WriterInput::Record(QueuedRecord { interface, wall_ns: wall_ns(), direction, data });
-        let lost = match delivery {
-            Delivery::DropIfFull => self.inner.queue.try_send(record).is_err(),
-            Delivery::Wait => self.inner.queue.send(record).is_err(),
+        let wall = wall_ns();
+        let data_len = u32::try_from(header.len() + bytes.len()).unwrap_or(u32::MAX);
+        let mut fields = [0u8; batch_record::LEN];
+        fields[batch_record::INTERFACE] = header.interface() as u8;
+        fields[batch_record::DIRECTION] = header.direction().bits();
+        fields[batch_record::DATA_LEN].copy_from_slice(&data_len.to_ne_bytes());
+        fields[batch_record::WALL_NS].copy_from_slice(&wall.to_ne_bytes());
+        let stored = loop {
+            let mut batch = shared.lock();
+            if batch.closed {
+                break false;
+            }
+            if batch.records < shared.max_records {
+                batch.bytes.extend_from_slice(&fields);
+                header.emit(&mut batch.bytes);
+                batch.bytes.extend_from_slice(bytes);
+                batch.records += 1;
+                break true;
+            }
+            drop(batch);
+            match delivery {
+                Delivery::DropIfFull => break false,
+                // The writer takes the whole batch at its next poll.
+                Delivery::Wait => std::thread::sleep(POLL_BUSY),
+            }
         };
-        if lost && let Some(dropped) = self.inner.counts.dropped.get(slot) {
+        if !stored && let Some(dropped) = shared.dropped.get(slot) {
             dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Records dropped so far (queue full or writer gone), both interfaces.
     pub fn dropped(&self) -> u64 {
-        self.inner.counts.dropped.iter().map(|d| d.load(Ordering::Relaxed)).sum()
+        self.inner.shared.dropped.iter().map(|d| d.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -272,7 +331,7 @@ impl CaptureSummary {
 /// Dropping it without `finish` does the same, ignoring errors.
 #[derive(Debug)]
 pub struct CaptureWriter {
-    queue: SyncSender<WriterInput>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<Result<CaptureSummary, CaptureError>>>,
     path: PathBuf,
 }
@@ -339,24 +398,27 @@ impl Capture {
             .flush()
             .map_err(|e| CaptureError::Write { path: path.to_owned(), detail: e.to_string() })?;
 
-        let (queue, input) = sync_channel(config.queue_depth.max(1));
-        let counts = Arc::new(Counts::default());
-        let thread_counts = counts.clone();
+        let shared = Arc::new(Shared {
+            batch: Mutex::new(Batch::default()),
+            max_records: config.queue_depth.max(1),
+            offered: Default::default(),
+            dropped: Default::default(),
+        });
+        let thread_shared = shared.clone();
         let thread_path = path.to_owned();
         let flush_interval = config.flush_interval;
         let thread = std::thread::Builder::new()
             .name("tlpbridge-capture".to_owned())
-            .spawn(move || write_loop(writer, input, thread_counts, &thread_path, flush_interval))
+            .spawn(move || write_loop(writer, thread_shared, &thread_path, flush_interval))
             .map_err(|e| CaptureError::Thread(format!("cannot start the writer thread: {e}")))?;
         let handle = CaptureHandle {
             inner: Arc::new(HandleInner {
-                queue: queue.clone(),
-                counts,
+                shared: shared.clone(),
                 link_id: config.link_id,
                 simulated: config.clock == LinkClockKind::Simulated,
             }),
         };
-        Ok((handle, CaptureWriter { queue, thread: Some(thread), path: path.to_owned() }))
+        Ok((handle, CaptureWriter { shared, thread: Some(thread), path: path.to_owned() }))
     }
 }
 
@@ -371,8 +433,7 @@ impl CaptureWriter {
         let Some(thread) = self.thread.take() else {
             return Err(CaptureError::Thread("already finished".to_owned()));
         };
-        // Fails only when the thread is gone already; joining tells why.
-        let _ = self.queue.send(WriterInput::Finish);
+        self.shared.lock().finish = true;
         thread
             .join()
             .map_err(|_| CaptureError::Thread(format!("the writer of {} panicked", self.path.display())))?
@@ -389,10 +450,96 @@ impl Drop for CaptureWriter {
     }
 }
 
+/// pcapng block type of an Enhanced Packet Block.
+const EPB_TYPE: u32 = 6;
+/// EPB option codes (pcapng §4.3.1).
+const EPB_FLAGS: u16 = 2;
+const EPB_DROPCOUNT: u16 = 4;
+
+/// Writes the records of a batch as Enhanced Packet Blocks; `written` and `drops_reported` are
+/// per interface.
+fn write_batch(
+    out: &mut impl Write,
+    batch: &[u8],
+    shared: &Shared,
+    written: &mut [u64; 2],
+    drops_reported: &mut [u64; 2],
+) -> std::io::Result<()> {
+    let mut at = 0;
+    while let Some(fields) = batch.get(at..at + batch_record::LEN) {
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&fields[batch_record::DATA_LEN]);
+        let mut wall = [0u8; 8];
+        wall.copy_from_slice(&fields[batch_record::WALL_NS]);
+        let (interface, direction) = (fields[batch_record::INTERFACE], fields[batch_record::DIRECTION]);
+        let start = at + batch_record::LEN;
+        let end = start + u32::from_ne_bytes(len) as usize;
+        let Some(data) = batch.get(start..end) else {
+            return Err(std::io::Error::other("capture batch cut short (internal error)"));
+        };
+        at = end;
+        let slot = usize::from(interface);
+        let dropped = shared.dropped.get(slot).map_or(0, |d| d.load(Ordering::Relaxed));
+        let mut drop_count = None;
+        if let Some(reported) = drops_reported.get_mut(slot)
+            && dropped > *reported
+        {
+            drop_count = Some(dropped - *reported);
+            *reported = dropped;
+        }
+        encode_epb(out, u32::from(interface), u64::from_ne_bytes(wall), direction, drop_count, data)?;
+        if let Some(n) = written.get_mut(slot) {
+            *n += 1;
+        }
+    }
+    Ok(())
+}
+
+/// One Enhanced Packet Block in native byte order (the section's), with `epb_flags` (the
+/// direction bits) and, if given, `epb_dropcount`: the bytes `pcap_file` writes for the same
+/// block, without its per-block allocations and its second, length-counting pass.
+fn encode_epb(
+    out: &mut impl Write,
+    interface: u32,
+    timestamp_ns: u64,
+    direction: u8,
+    drop_count: Option<u64>,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let pad = (4 - data.len() % 4) % 4;
+    let options = 8 + if drop_count.is_some() { 12 } else { 0 } + 4;
+    let total = u32::try_from(12 + 20 + data.len() + pad + options).unwrap_or(u32::MAX);
+    let captured = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let mut head = [0u8; 28];
+    for (i, word) in
+        [EPB_TYPE, total, interface, (timestamp_ns >> 32) as u32, timestamp_ns as u32, captured, captured]
+            .into_iter()
+            .enumerate()
+    {
+        head[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    out.write_all(&head)?;
+    out.write_all(data)?;
+    out.write_all(&[0u8; 3][..pad])?;
+    let mut tail = [0u8; 28];
+    tail[0..2].copy_from_slice(&EPB_FLAGS.to_ne_bytes());
+    tail[2..4].copy_from_slice(&4u16.to_ne_bytes());
+    tail[4..8].copy_from_slice(&u32::from(direction).to_ne_bytes());
+    let mut end = 8;
+    if let Some(count) = drop_count {
+        tail[8..10].copy_from_slice(&EPB_DROPCOUNT.to_ne_bytes());
+        tail[10..12].copy_from_slice(&8u16.to_ne_bytes());
+        tail[12..20].copy_from_slice(&count.to_ne_bytes());
+        end = 20;
+    }
+    // opt_endofopt (four zero bytes), then the trailing block length.
+    tail[end + 4..end + 8].copy_from_slice(&total.to_ne_bytes());
+    out.write_all(&tail[..end + 8])
+}
+
 fn write_loop(
     mut writer: PcapNgWriter<BufWriter<File>>,
-    input: Receiver<WriterInput>,
-    counts: Arc<Counts>,
+    shared: Arc<Shared>,
     path: &Path,
     flush_interval: Duration,
 ) -> Result<CaptureSummary, CaptureError> {
@@ -403,85 +550,49 @@ fn write_loop(
     let mut dirty = false;
     let mut last_flush = Instant::now();
     let mut idle_polls = 0u32;
+    // The batch taken from the data path; swapped back empty, so both buffers keep their size.
+    let mut taken = Vec::new();
     loop {
-        let next = match input.try_recv() {
-            Ok(next) => {
-                idle_polls = 0;
-                Some(next)
-            }
-            // Every handle and the CaptureWriter are gone: finish as if asked.
-            Err(TryRecvError::Disconnected) => Some(WriterInput::Finish),
-            Err(TryRecvError::Empty) => {
-                if dirty {
-                    // Queue empty: flush so that a kill now loses nothing already queued.
-                    writer.get_mut().flush().map_err(|e| write_err(e.to_string()))?;
-                    dirty = false;
-                    last_flush = Instant::now();
-                }
-                // Polling rather than blocking in `recv`: a sender then never has to wake this
-                // thread, which (a futex wake per record) would cost the data path more than the
-                // record itself. Short sleeps while traffic may resume, longer ones when idle.
-                idle_polls = idle_polls.saturating_add(1);
-                std::thread::sleep(if idle_polls < 20 { POLL_BUSY } else { POLL_IDLE });
-                None
-            }
+        let (records, full, finishing) = {
+            let mut batch = shared.lock();
+            // Asked to finish, or every handle and the CaptureWriter are gone.
+            let finishing = batch.finish || Arc::strong_count(&shared) == 1;
+            std::mem::swap(&mut batch.bytes, &mut taken);
+            let records = std::mem::take(&mut batch.records);
+            // Records offered after the last batch are dropped and counted.
+            batch.closed = finishing;
+            (records, records >= shared.max_records, finishing)
         };
-        match next {
-            None => {}
-            Some(WriterInput::Finish) => break,
-            Some(WriterInput::Record(record)) => {
-                let slot = record.interface as usize;
-                let mut options = vec![EnhancedPacketOption::Flags(u32::from(record.direction.bits()))];
-                let dropped = counts.dropped.get(slot).map_or(0, |d| d.load(Ordering::Relaxed));
-                if let Some(reported) = drops_reported.get_mut(slot)
-                    && dropped > *reported
-                {
-                    options.push(EnhancedPacketOption::DropCount(dropped - *reported));
-                    *reported = dropped;
-                }
-                let len = u32::try_from(record.data.len()).unwrap_or(u32::MAX);
-                writer
-                    .write_pcapng_block(EnhancedPacketBlock {
-                        interface_id: record.interface,
-                        // pcap-file writes `as_nanos()` as the raw timestamp; with if_tsresol = 9
-                        // that is exactly nanoseconds.
-                        timestamp: Duration::from_nanos(record.wall_ns),
-                        original_len: len,
-                        data: Cow::Owned(record.data),
-                        options,
-                    })
-                    .map_err(|e| write_err(e.to_string()))?;
-                if let Some(n) = written.get_mut(slot) {
-                    *n += 1;
-                }
-                dirty = true;
-            }
+        if records > 0 {
+            write_batch(writer.get_mut(), &taken, &shared, &mut written, &mut drops_reported)
+                .map_err(|e| write_err(e.to_string()))?;
+            taken.clear();
+            dirty = true;
+            idle_polls = 0;
         }
-        if dirty && last_flush.elapsed() >= flush_interval {
+        if finishing {
+            break;
+        }
+        if records == 0 && dirty {
+            // Nothing waiting: flush so that a kill now loses nothing already offered.
+            writer.get_mut().flush().map_err(|e| write_err(e.to_string()))?;
+            dirty = false;
+            last_flush = Instant::now();
+        } else if dirty && last_flush.elapsed() >= flush_interval {
             writer.get_mut().flush().map_err(|e| write_err(e.to_string()))?;
             dirty = false;
             last_flush = Instant::now();
         }
-    }
-    // Records still queued when Finish arrived were offered before it: write them too.
-    while let Ok(WriterInput::Record(record)) = input.try_recv() {
-        let slot = record.interface as usize;
-        let len = u32::try_from(record.data.len()).unwrap_or(u32::MAX);
-        writer
-            .write_pcapng_block(EnhancedPacketBlock {
-                interface_id: record.interface,
-                timestamp: Duration::from_nanos(record.wall_ns),
-                original_len: len,
-                data: Cow::Owned(record.data),
-                options: vec![EnhancedPacketOption::Flags(u32::from(record.direction.bits()))],
-            })
-            .map_err(|e| write_err(e.to_string()))?;
-        if let Some(n) = written.get_mut(slot) {
-            *n += 1;
+        if !full {
+            // Polling rather than being woken: the data path then never makes a wake-up system
+            // call, and the records of a whole poll interval are written as one batch. Short
+            // sleeps while traffic may resume, longer ones when idle.
+            idle_polls = idle_polls.saturating_add(u32::from(records == 0));
+            std::thread::sleep(if idle_polls < 20 { POLL_BUSY } else { POLL_IDLE });
         }
     }
     let end_ns = wall_ns();
-    let dropped = [0, 1].map(|i| counts.dropped[i].load(Ordering::Relaxed));
+    let dropped = [0, 1].map(|i| shared.dropped[i].load(Ordering::Relaxed));
     for interface in [INTERFACE_TLP, INTERFACE_VFIO_USER] {
         let i = interface as usize;
         writer
@@ -511,4 +622,90 @@ fn write_loop(
     };
     debug!(?summary, path = %path.display(), "capture finished");
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
+
+    /// The bytes `pcap_file` writes for the same Enhanced Packet Block.
+    fn pcap_file_epb(timestamp_ns: u64, direction: u8, drop_count: Option<u64>, data: &[u8]) -> Vec<u8> {
+        let mut options = vec![EnhancedPacketOption::Flags(u32::from(direction))];
+        options.extend(drop_count.map(EnhancedPacketOption::DropCount));
+        let block = EnhancedPacketBlock {
+            interface_id: 0,
+            timestamp: Duration::from_nanos(timestamp_ns),
+            original_len: data.len() as u32,
+            data: Cow::Borrowed(data),
+            options,
+        };
+        let section =
+            SectionHeaderBlock { endianness: Endianness::native(), ..SectionHeaderBlock::default() };
+        let mut writer = PcapNgWriter::with_section_header(Vec::new(), section).unwrap();
+        for linktype in [format::LINKTYPE_TLP, format::LINKTYPE_VFIO_USER] {
+            writer
+                .write_pcapng_block(InterfaceDescriptionBlock {
+                    linktype: DataLink::from(linktype),
+                    snaplen: 0,
+                    options: Vec::new(),
+                })
+                .unwrap();
+        }
+        let before = writer.get_ref().len();
+        writer.write_pcapng_block(block).unwrap();
+        writer.get_ref()[before..].to_vec()
+    }
+
+    #[test]
+    fn encoded_epb_is_byte_for_byte_what_pcap_file_writes() {
+        for (len, drop_count) in [(0usize, None), (5, Some(3u64)), (28, None), (4151, Some(1 << 40))] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let timestamp = 0x1234_5678_9abc_def0;
+            let mut ours = Vec::new();
+            encode_epb(&mut ours, 0, timestamp, 2, drop_count, &data).unwrap();
+            assert_eq!(ours, pcap_file_epb(timestamp, 2, drop_count, &data), "len {len}");
+        }
+    }
+
+    #[test]
+    fn a_batch_is_written_in_order_with_each_interface_drop_count_once() {
+        let shared = Shared {
+            batch: Mutex::new(Batch::default()),
+            max_records: 2,
+            offered: Default::default(),
+            dropped: Default::default(),
+        };
+        let handle = CaptureHandle {
+            inner: Arc::new(HandleInner { shared: Arc::new(shared), link_id: 7, simulated: true }),
+        };
+        handle.tlp(Direction::Inbound, LinkInstant(5), TlpFlags::default(), &[1, 2, 3, 4]);
+        handle.vfio_user(Direction::Outbound, VfioSocket::Main, 0, &[9; 16]);
+        handle.tlp(Direction::Inbound, LinkInstant(6), TlpFlags::default(), &[5, 6, 7, 8]);
+        assert_eq!(handle.dropped(), 1, "the third record overflows a 2-record batch");
+        let shared = &handle.inner.shared;
+        let batch = std::mem::take(&mut shared.lock().bytes);
+        let (mut written, mut reported) = ([0u64; 2], [0u64; 2]);
+        let mut out = Vec::new();
+        write_batch(&mut out, &batch, shared, &mut written, &mut reported).unwrap();
+        assert_eq!(written, [1, 1]);
+        assert_eq!(reported, [1, 0]);
+        let mut tlp_data = Vec::new();
+        TlpHeaderRepr {
+            direction: Direction::Inbound,
+            link_id: 7,
+            flags: TlpFlags { simulated_time: true, ..TlpFlags::default() },
+            link_time_ps: 5,
+        }
+        .emit(&mut tlp_data);
+        tlp_data.extend_from_slice(&[1, 2, 3, 4]);
+        let first_len = u32::from_ne_bytes(out[4..8].try_into().unwrap()) as usize;
+        let wall = |block: &[u8]| {
+            let word = |at: usize| u64::from(u32::from_ne_bytes(block[at..at + 4].try_into().unwrap()));
+            word(12) << 32 | word(16)
+        };
+        let (first, second) = out.split_at(first_len);
+        assert_eq!(first, pcap_file_epb(wall(first), 1, Some(1), &tlp_data));
+        assert_eq!(u32::from_ne_bytes(second[8..12].try_into().unwrap()), INTERFACE_VFIO_USER);
+    }
 }
