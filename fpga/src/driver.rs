@@ -164,6 +164,7 @@ pub async fn run(
     let mut inject_in = Injector::new(config.faults.clone(), fault_counters.clone(), 1);
     let mut inject_out = Injector::new(config.faults.clone(), fault_counters, 2);
     let mut anchor: Option<(u64, LinkInstant)> = None;
+    let mut gate = TxGate::default();
     loop {
         let name = device.name.clone();
         tracing::info!(device = %name, "fpga link: device open");
@@ -177,6 +178,7 @@ pub async fn run(
             &mut inject_in,
             &mut inject_out,
             &mut anchor,
+            &mut gate,
         )
         .await;
         let reason = match end {
@@ -191,16 +193,25 @@ pub async fn run(
             s.stats = dll.stats();
         });
         while let Some(d) = dll.poll_delivery() {
-            if deliver(d, &user, &mut anchor, &status).await.is_err() {
+            if deliver(d, &mut user, &mut anchor, &status, &mut gate).await.is_err() {
                 return;
             }
         }
         let Some(reopen) = reopen.as_mut() else { return };
         let mut backoff = config.backoff_min;
         device = loop {
-            tokio::select! {
-                _ = user.to_user.closed() => return,
-                _ = tokio::time::sleep(backoff) => {}
+            let wait = tokio::time::sleep(backoff);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = user.to_user.closed() => return,
+                    _ = &mut wait => break,
+                    // Down was delivered: what the user sends now is for a link that is gone.
+                    tlp = user.from_user.recv() => match tlp {
+                        Some(_) => TxGate::dropped(1, &status),
+                        None => return,
+                    },
+                }
             }
             match reopen().await {
                 Ok(d) => break d,
@@ -214,14 +225,66 @@ pub async fn run(
     }
 }
 
+/// Keeps TLPs the user queued for a link that went down from reaching the next one (PCIe: the
+/// transaction layer discards what it has queued at DL_Down). From the delivery of `Down` to the
+/// delivery of the next `Up`, every TLP from the user is dropped and counted in
+/// [`LinkStatus::dropped_on_down`]; before the first `Up` they wait for the link instead.
+#[derive(Debug, Default)]
+struct TxGate {
+    discarding: bool,
+}
+
+impl TxGate {
+    /// Hands `d` to the user through `permit`, applying the rule above.
+    fn hand_over(
+        &mut self,
+        permit: mpsc::Permit<'_, LinkInput>,
+        d: Delivery,
+        from_user: &mut mpsc::Receiver<Vec<u8>>,
+        clock: &LinkClock,
+        anchor: &mut Option<(u64, LinkInstant)>,
+        status: &watch::Sender<LinkStatus>,
+    ) {
+        let down = matches!(d, Delivery::Down { .. });
+        if matches!(d, Delivery::Up(_)) && self.discarding {
+            // Still queued before the user can know of the new link: meant for the old one.
+            Self::drain(from_user, status);
+            self.discarding = false;
+        }
+        permit.send(to_input(d, clock, anchor, status));
+        if down {
+            self.discarding = true;
+            Self::drain(from_user, status);
+        }
+    }
+
+    fn drain(from_user: &mut mpsc::Receiver<Vec<u8>>, status: &watch::Sender<LinkStatus>) {
+        let mut dropped = 0;
+        while from_user.try_recv().is_ok() {
+            dropped += 1;
+        }
+        Self::dropped(dropped, status);
+    }
+
+    fn dropped(count: u64, status: &watch::Sender<LinkStatus>) {
+        if count > 0 {
+            tracing::debug!(count, "fpga link: TLPs queued for a link that went down dropped");
+            status.send_modify(|s| s.dropped_on_down += count);
+        }
+    }
+}
+
 async fn deliver(
     d: Delivery,
-    user: &UserChannels,
+    user: &mut UserChannels,
     anchor: &mut Option<(u64, LinkInstant)>,
     status: &watch::Sender<LinkStatus>,
+    gate: &mut TxGate,
 ) -> Result<(), ()> {
-    let input = to_input(d, &user.clock, anchor, status);
-    user.to_user.send(input).await.map_err(|_| ())
+    let UserChannels { to_user, from_user, clock } = user;
+    let permit = to_user.reserve().await.map_err(|_| ())?;
+    gate.hand_over(permit, d, from_user, clock, anchor, status);
+    Ok(())
 }
 
 fn to_input(
@@ -266,6 +329,7 @@ async fn session(
     inject_in: &mut Injector,
     inject_out: &mut Injector,
     anchor: &mut Option<(u64, LinkInstant)>,
+    gate: &mut TxGate,
 ) -> SessionEnd {
     let Device { mut reader, mut writer, .. } = device;
     let (chunk_tx, mut chunks) = mpsc::channel::<io::Result<Vec<u8>>>(8);
@@ -347,16 +411,7 @@ async fn session(
             permit = user.to_user.reserve(), if dll.has_delivery() => {
                 let Ok(permit) = permit else { return SessionEnd::UserGone };
                 if let Some(d) = dll.poll_delivery() {
-                    let down = matches!(d, Delivery::Down { .. });
-                    permit.send(to_input(d, &user.clock, anchor, status));
-                    if down {
-                        // TLPs the user queued for the old link must not reach the new one.
-                        let mut dropped = 0;
-                        while user.from_user.try_recv().is_ok() {
-                            dropped += 1;
-                        }
-                        status.send_modify(|s| s.dropped_on_down += dropped);
-                    }
+                    gate.hand_over(permit, d, &mut user.from_user, &user.clock, anchor, status);
                 }
             }
             permit = frame_tx.reserve(), if dll.wants_transmit() => {
@@ -367,11 +422,15 @@ async fn session(
                     }
                 }
             }
-            tlp = user.from_user.recv(), if dll.can_send() => {
+            tlp = user.from_user.recv(), if gate.discarding || dll.can_send() => {
                 let Some(tlp) = tlp else { return SessionEnd::UserGone };
-                let ts = config.send_timestamps.then(|| start.elapsed().as_nanos() as u64);
-                if let Err(e) = dll.send_tlp(tlp, ts) {
-                    tracing::warn!(error = %e, "fpga link: TLP not sent");
+                if gate.discarding {
+                    TxGate::dropped(1, status);
+                } else {
+                    let ts = config.send_timestamps.then(|| start.elapsed().as_nanos() as u64);
+                    if let Err(e) = dll.send_tlp(tlp, ts) {
+                        tracing::warn!(error = %e, "fpga link: TLP not sent");
+                    }
                 }
             }
             _ = sleep => dll.on_timer(start.elapsed()),
