@@ -76,6 +76,9 @@ async fn warnings_during<F: std::future::Future>(f: F) -> String {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests hit the same callsites on threads without a subscriber; a callsite first
+    // registered there may have cached "never" as its interest, so recompute it now.
+    tracing::callsite::rebuild_interest_cache();
     f.await;
     String::from_utf8_lossy(&lines.0.lock().unwrap()).into_owned()
 }

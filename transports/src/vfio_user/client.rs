@@ -85,13 +85,14 @@ pub struct ClientConfig {
     pub max_concurrent_dma: usize,
     /// Longest wait for one DMA handler call; past it the server gets ETIMEDOUT.
     pub dma_handler_timeout: Duration,
-    /// Depth of each socket's queue of refusals and error replies to server commands (the
-    /// reader waits while it is full, which only happens while the server does not read).
+    /// Depth of each socket's queue of refusals and error replies to server commands (about
+    /// 100 bytes each; the reader waits while it is full, which only happens while the server
+    /// does not read its socket).
     pub send_queue_depth: usize,
     /// Server DMA commands accepted and waiting for a handler slot; more are refused with
     /// EBUSY (counted in [`ClientStats::dma_refused_busy`]).
     pub dma_queue_depth: usize,
-    /// DMA_WRITE data bytes held at once (waiting, being written, or awaiting the reply); a
+    /// DMA_WRITE data bytes held at once (waiting for a handler slot, or being written); a
     /// DMA_WRITE that does not fit is refused with EBUSY. At least `max_data_xfer_size`.
     pub dma_queue_bytes: usize,
     /// Sees every message on the main and twin sockets, VERSION included (capture).
@@ -110,7 +111,7 @@ impl Default for ClientConfig {
             dma: DmaMode::Windows(Vec::new()),
             max_concurrent_dma: 16,
             dma_handler_timeout: Duration::from_secs(5),
-            send_queue_depth: 256,
+            send_queue_depth: 4096,
             dma_queue_depth: 1024,
             dma_queue_bytes: 16 << 20,
             tap: None,
@@ -329,8 +330,8 @@ struct Shared {
     /// The part of `dma_unanswered` that arrived on the main socket of a connection without a
     /// twin socket: while it is non-zero, client commands are held (libvfio-user #279).
     dma_holding: watch::Sender<usize>,
-    /// DMA_WRITE data bytes received and not yet answered (queued, being written, or waiting
-    /// for the reply to go out).
+    /// DMA_WRITE data bytes received and still held (waiting for a handler slot, or being
+    /// written by the handler).
     dma_write_bytes: AtomicUsize,
     stats: StatsCounters,
 }
@@ -393,11 +394,18 @@ impl DmaTicket {
         }
         charged.is_ok()
     }
+
+    /// Gives the DMA_WRITE bytes back once their data is gone (written by the handler, or
+    /// refused), before the reply is queued.
+    fn release_write_bytes(&mut self) {
+        self.shared.dma_write_bytes.fetch_sub(self.write_bytes, Ordering::AcqRel);
+        self.write_bytes = 0;
+    }
 }
 
 impl Drop for DmaTicket {
     fn drop(&mut self) {
-        self.shared.dma_write_bytes.fetch_sub(self.write_bytes, Ordering::AcqRel);
+        self.release_write_bytes();
         if self.holds {
             self.shared.dma_holding.send_modify(|n| *n = n.saturating_sub(1));
         }
@@ -837,11 +845,14 @@ async fn dma_dispatcher<H: DmaHandler>(
 async fn serve_dma<H: DmaHandler>(
     handler: Arc<H>,
     shared: Arc<Shared>,
-    job: DmaJob,
+    mut job: DmaJob,
     handler_timeout: Duration,
 ) {
     let header = job.header;
-    let outcome = perform_dma(&*handler, &shared, &job, handler_timeout).await;
+    // The handler takes the DMA_WRITE data (no copy); its bytes are free once it returns.
+    let data = std::mem::take(&mut job.data);
+    let outcome = perform_dma(&*handler, &shared, &job, data, handler_timeout).await;
+    job.ticket.release_write_bytes();
     if header.no_reply {
         // Answered by not answering: the ticket goes with the job.
         return;
@@ -870,6 +881,7 @@ async fn perform_dma<H: DmaHandler>(
     handler: &H,
     shared: &Shared,
     job: &DmaJob,
+    data: Vec<u8>,
     handler_timeout: Duration,
 ) -> Result<Vec<u8>, DmaError> {
     if job.fds_attached > 0 {
@@ -898,7 +910,7 @@ async fn perform_dma<H: DmaHandler>(
             Ok(data)
         }
         DmaDirection::DeviceWrite => {
-            timeout_at(deadline, handler.dma_write(job.access.address, job.data.clone()))
+            timeout_at(deadline, handler.dma_write(job.access.address, data))
                 .await
                 .map_err(|_| DmaError::CompletionTimeout)??;
             Ok(Vec::new())
