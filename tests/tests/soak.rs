@@ -198,6 +198,7 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
     let ops = env_u64("TLPBRIDGE_SOAK_OPS", 1000);
     let seed = env_u64("TLPBRIDGE_SOAK_SEED", 0x5eed_1234);
     let stall_permille = env_u64("TLPBRIDGE_SOAK_STALL_PERMILLE", 10);
+    assert!(stall_permille <= 100, "TLPBRIDGE_SOAK_STALL_PERMILLE={stall_permille}: at most 100");
     let dma_timeout_ms = env_u64("TLPBRIDGE_SOAK_DEVICE_DMA_TIMEOUT_MS", 30_000).to_string();
     let step_us = env_u64("TLPBRIDGE_SOAK_STEP_US", 1000);
     eprintln!(
@@ -286,6 +287,8 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
     // Operations after a SIGCONT during which the server may still be working off its backlog.
     let mut recovering_until = 0u64;
     let mut rss_quarter = None;
+    // The operation at which the server was last resumed (for failure messages).
+    let mut last_resumed: Option<u64> = None;
     let started = Instant::now();
     for op in 0..ops {
         if op == ops / 4 {
@@ -303,11 +306,21 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
             profile.add("SIGCONT", t);
             stopped_until = None;
             recovering_until = op + 3;
+            last_resumed = Some(op);
         }
         let t = Instant::now();
         let roll = rng.below(1000);
         let stall_read_allowed = stopped_until.is_none() || !stalled_read_done;
         match roll {
+            // Stop the server for the next 1..=20 operations (first, so that it takes its share
+            // from the copies and writes whatever the rate).
+            r if r >= 1000 - stall_permille && stopped_until.is_none() => {
+                signal(&device, "STOP");
+                stopped_until = Some(op + 1 + rng.below(20));
+                stalled_read_done = false;
+                tally.stops += 1;
+                profile.add("SIGSTOP", t);
+            }
             // Reads of 1..=256 bytes: exactly one answer, equal to the model or CA.
             0..=449 if stall_read_allowed => {
                 let len = 1 + rng.below(256);
@@ -355,7 +368,8 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
                 assert_eq!(
                     status & 0x7,
                     0x2,
-                    "op {op}: copy of {len} ended with STATUS {status:#x}, DMA_ERRNO {errno:?}\n{}",
+                    "op {op}: copy of {len} ended with STATUS {status:#x}, DMA_ERRNO {errno:?} (server last \
+                     resumed at op {last_resumed:?})\n{}",
                     log()
                 );
                 rc.mem_write(bar0 + STATUS, &0x2u32.to_le_bytes()).await.unwrap();
@@ -365,15 +379,10 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
                 tally.dma_copies += 1;
                 tally.dma_bytes += len;
                 tally.interrupts += 1;
-                profile.add("DMA copy + MSI-X", t);
-            }
-            // Stop the server for the next 1..=20 operations.
-            r if r >= 1000 - stall_permille && stopped_until.is_none() => {
-                signal(&device, "STOP");
-                stopped_until = Some(op + 1 + rng.below(20));
-                stalled_read_done = false;
-                tally.stops += 1;
-                profile.add("SIGSTOP", t);
+                profile.add(
+                    if op < recovering_until { "DMA copy, just resumed" } else { "DMA copy + MSI-X" },
+                    t,
+                );
             }
             // Everything else: a posted write of 1..=64 bytes anywhere in BAR2 (split at DW
             // boundaries by the RC).
