@@ -69,10 +69,6 @@ use crate::byte_enable::ByteEnables;
 use crate::model::{AtomicOp, Attr, Body, Completion, CplStatus, MemOp, RoutingId, Tlp};
 use crate::split::{LinkParams, PAGE_SIZE, SplitChunk, check_within_page};
 
-/// The crate's [`TlpError`], under the name this module's error had before the crate's errors were
-/// folded into one enum; callers that still name it keep compiling.
-pub type CompletionError = TlpError;
-
 /// The fields a completion copies from its request (§2.2.9.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RequestEcho {

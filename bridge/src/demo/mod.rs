@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::capture::{Capture, CaptureConfig, CaptureError, CaptureSummary, CaptureWriter};
 use crate::engine::counters::TLP_KINDS;
-use crate::engine::{CountersSnapshot, Engine, EngineConfig, ServerEndpoint};
+use crate::engine::{BridgeError, CountersSnapshot, Engine, EngineConfig, ServerEndpoint};
 
 pub use transcript::{Latencies, LatencyRange, Transcript, TranscriptLine};
 
@@ -39,25 +39,6 @@ const PS_PER_CYCLE: u32 = 1000;
 const FREE_RUNNING_PACE: Duration = Duration::from_micros(10);
 /// How long the sample device's server may take to stop after the demo.
 const DEVICE_STOP_GRACE: Duration = Duration::from_secs(2);
-
-/// Everything that can stop the demo before it has a result to judge.
-#[derive(Debug, thiserror::Error)]
-pub enum DemoError {
-    #[error("cannot create the demo's temporary directory under {dir}: {source}")]
-    TempDir { dir: PathBuf, source: std::io::Error },
-    #[error("the sample device: {0}")]
-    Device(String),
-    #[error("the sim link: {0}")]
-    Link(#[source] sim::Error),
-    #[error("the root complex could not run: {0}")]
-    RootComplex(#[source] sim::Error),
-    #[error("the bridge could not start: {0}")]
-    Bridge(#[source] crate::engine::BridgeError),
-    #[error("the capture: {0}")]
-    Capture(#[source] CaptureError),
-    #[error("the demo did not finish within {limit:?} of wall-clock time; it was stuck {phase}")]
-    Watchdog { limit: Duration, phase: &'static str },
-}
 
 /// What to run and how.
 #[derive(Clone, Debug)]
@@ -125,7 +106,7 @@ impl Progress {
 struct DemoDir(PathBuf);
 
 impl DemoDir {
-    fn create() -> Result<DemoDir, DemoError> {
+    fn create() -> Result<DemoDir, BridgeError> {
         let base = std::env::temp_dir();
         let mut last_error = None;
         for attempt in 0..16u32 {
@@ -136,11 +117,11 @@ impl DemoDir {
             match std::fs::create_dir(&path) {
                 Ok(()) => return Ok(DemoDir(path)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_error = Some(e),
-                Err(source) => return Err(DemoError::TempDir { dir: base, source }),
+                Err(source) => return Err(BridgeError::DemoTempDir { dir: base, source }),
             }
         }
         let source = last_error.unwrap_or_else(|| std::io::Error::other("no free name"));
-        Err(DemoError::TempDir { dir: base, source })
+        Err(BridgeError::DemoTempDir { dir: base, source })
     }
 
     fn join(&self, name: &str) -> PathBuf {
@@ -172,9 +153,9 @@ struct RunningDevice {
 }
 
 impl RunningDevice {
-    fn start(socket: PathBuf) -> Result<RunningDevice, DemoError> {
+    fn start(socket: PathBuf) -> Result<RunningDevice, BridgeError> {
         let card =
-            DmaEngine::new(DmaEngineConfig::default()).map_err(|e| DemoError::Device(e.to_string()))?;
+            DmaEngine::new(DmaEngineConfig::default()).map_err(|e| BridgeError::DemoDevice(e.to_string()))?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             sim::device::serve(&socket, Arc::new(card), ServerConfig::default(), async move {
@@ -186,15 +167,17 @@ impl RunningDevice {
     }
 
     /// Stops the server; an error it ended with is the demo's error.
-    async fn stop(mut self) -> Result<(), DemoError> {
+    async fn stop(mut self) -> Result<(), BridgeError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         match tokio::time::timeout(DEVICE_STOP_GRACE, &mut self.task.0).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(DemoError::Device(e.to_string())),
-            Ok(Err(e)) => Err(DemoError::Device(format!("the server task ended abnormally: {e}"))),
-            Err(_) => Err(DemoError::Device(format!("the server did not stop within {DEVICE_STOP_GRACE:?}"))),
+            Ok(Ok(Err(e))) => Err(BridgeError::DemoDevice(e.to_string())),
+            Ok(Err(e)) => Err(BridgeError::DemoDevice(format!("the server task ended abnormally: {e}"))),
+            Err(_) => {
+                Err(BridgeError::DemoDevice(format!("the server did not stop within {DEVICE_STOP_GRACE:?}")))
+            }
         }
     }
 }
@@ -206,26 +189,26 @@ async fn start_bridge(
     link_config: BridgeConfig,
     socket: PathBuf,
     capture_path: PathBuf,
-) -> Result<(Engine, CaptureWriter), DemoError> {
-    let link = listener.accept_bridge(&link_config).await.map_err(DemoError::Link)?;
+) -> Result<(Engine, CaptureWriter), BridgeError> {
+    let link = listener.accept_bridge(&link_config).await.map_err(BridgeError::DemoLink)?;
     let (handle, writer) =
-        Capture::create(&capture_path, CaptureConfig::for_link(&link)).map_err(DemoError::Capture)?;
+        Capture::create(&capture_path, CaptureConfig::for_link(&link)).map_err(BridgeError::Capture)?;
     let config = EngineConfig { capture: Some(handle), ..EngineConfig::default() };
     match Engine::start(link, ServerEndpoint::Path(socket), config).await {
         Ok(engine) => Ok((engine, writer)),
         Err(e) => {
             // The capture file is still closed orderly; the start error is what matters.
             let _ = tokio::task::spawn_blocking(move || writer.finish()).await;
-            Err(DemoError::Bridge(e))
+            Err(e)
         }
     }
 }
 
-async fn finish_capture(writer: CaptureWriter) -> Result<CaptureSummary, DemoError> {
+async fn finish_capture(writer: CaptureWriter) -> Result<CaptureSummary, BridgeError> {
     tokio::task::spawn_blocking(move || writer.finish())
         .await
-        .map_err(|e| DemoError::Capture(CaptureError::Thread(e.to_string())))?
-        .map_err(DemoError::Capture)
+        .map_err(|e| BridgeError::Capture(CaptureError::Thread(e.to_string())))?
+        .map_err(BridgeError::Capture)
 }
 
 fn mode_name(mode: SimMode) -> &'static str {
@@ -235,13 +218,13 @@ fn mode_name(mode: SimMode) -> &'static str {
     }
 }
 
-/// Runs the demo; the wall-clock watchdog ends it with [`DemoError::Watchdog`].
-pub async fn run(options: &DemoOptions) -> Result<DemoOutcome, DemoError> {
+/// Runs the demo; the wall-clock watchdog ends it with [`BridgeError::DemoWatchdog`].
+pub async fn run(options: &DemoOptions) -> Result<DemoOutcome, BridgeError> {
     let progress = Progress::default();
     let started = Instant::now();
     match tokio::time::timeout(options.watchdog, run_phases(options, &progress, started)).await {
         Ok(result) => result,
-        Err(_) => Err(DemoError::Watchdog { limit: options.watchdog, phase: progress.phase() }),
+        Err(_) => Err(BridgeError::DemoWatchdog { limit: options.watchdog, phase: progress.phase() }),
     }
 }
 
@@ -249,7 +232,7 @@ async fn run_phases(
     options: &DemoOptions,
     progress: &Progress,
     started: Instant,
-) -> Result<DemoOutcome, DemoError> {
+) -> Result<DemoOutcome, BridgeError> {
     progress.set("creating the temporary directory");
     let dir = DemoDir::create()?;
     let socket = dir.join("device.sock");
@@ -259,8 +242,8 @@ async fn run_phases(
     let device = RunningDevice::start(socket.clone())?;
 
     progress.set("binding the sim link on 127.0.0.1");
-    let listener = SimListener::bind("127.0.0.1:0").await.map_err(DemoError::Link)?;
-    let address = listener.local_addr().map_err(DemoError::Link)?.to_string();
+    let listener = SimListener::bind("127.0.0.1:0").await.map_err(BridgeError::DemoLink)?;
+    let address = listener.local_addr().map_err(BridgeError::DemoLink)?.to_string();
     let link = LinkParams::DEFAULT;
     let hello = HelloParams {
         mode: options.mode,
@@ -291,7 +274,7 @@ async fn run_phases(
     let (bridge, rc_end) = tokio::join!(bridge, rc_end);
     let (engine, writer) = bridge?;
     let mut complex =
-        RootComplex::new(rc_end.map_err(DemoError::Link)?, rc).map_err(DemoError::RootComplex)?;
+        RootComplex::new(rc_end.map_err(BridgeError::DemoLink)?, rc).map_err(BridgeError::DemoRootComplex)?;
 
     progress.set("running the script");
     let report = sim::rc::run_script(&mut complex, &options.script).await;
@@ -310,7 +293,7 @@ async fn run_phases(
     let capture = capture?;
 
     progress.set("reading the capture back");
-    let records = crate::capture::read::read_capture(&capture_path).map_err(DemoError::Capture)?;
+    let records = crate::capture::read::read_capture(&capture_path).map_err(BridgeError::Capture)?;
     let shown = crate::capture::show::analyze(&records.records);
     let transcript = Transcript::from_records(&shown);
     let latencies = Latencies::from_records(&shown);
@@ -349,7 +332,7 @@ fn judge(
     counters: &CountersSnapshot,
     capture: &CaptureSummary,
     transcript: &Transcript,
-    device_stopped: Result<(), DemoError>,
+    device_stopped: Result<(), BridgeError>,
 ) -> Vec<Check> {
     let mut checks: Vec<Check> = report
         .steps

@@ -64,6 +64,30 @@ pub enum BridgeError {
     /// A step of `tlpbridge bench` failed.
     #[error("benchmark step `{step}` failed: {reason}")]
     Bench { step: String, reason: String },
+
+    /// `tlpbridge demo` cannot create its temporary directory.
+    #[error("cannot create the demo's temporary directory under {dir}: {source}")]
+    DemoTempDir { dir: PathBuf, source: std::io::Error },
+
+    /// The demo's sample vfio-user device failed to start or did not stop cleanly.
+    #[error("the sample device: {0}")]
+    DemoDevice(String),
+
+    /// The demo's sim link could not be set up (bind, accept, connect).
+    #[error("the sim link: {0}")]
+    DemoLink(#[source] sim::Error),
+
+    /// The demo's reference root complex could not run.
+    #[error("the root complex could not run: {0}")]
+    DemoRootComplex(#[source] sim::Error),
+
+    /// Writing the TLP capture or reading it back failed.
+    #[error("the capture: {0}")]
+    Capture(#[source] crate::capture::CaptureError),
+
+    /// `tlpbridge demo` did not finish within its wall-clock limit.
+    #[error("the demo did not finish within {limit:?} of wall-clock time; it was stuck {phase}")]
+    DemoWatchdog { limit: Duration, phase: &'static str },
 }
 
 /// Result alias for the bridge crate.

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, oneshot};
 use tracing::{debug, warn};
 
-use tlp::completion::{CompletionError, Progress, ReadReassembly};
+use tlp::TlpError;
+use tlp::completion::{Progress, ReadReassembly};
 use tlp::{Body, CplStatus, RoutingId, Tlp};
 use transports::link::LinkInstant;
 
@@ -213,7 +214,7 @@ impl TagTable {
                     }
                     true
                 }
-                Err(CompletionError::Unsuccessful { status, .. }) => {
+                Err(TlpError::Unsuccessful { status, .. }) => {
                     if let Slot::Busy { done, .. } = std::mem::replace(slot, Slot::Free) {
                         let _ = done.send(ReadOutcome::Status(status));
                     }

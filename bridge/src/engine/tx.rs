@@ -12,9 +12,9 @@ use transports::link::LinkClock;
 use super::counters::Counters;
 use crate::capture::{CaptureHandle, Direction, TlpFlags};
 
-/// The link went away; nothing can be sent any more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the link's transmit queue is closed")]
+/// The link went away; nothing can be sent any more. A marker the callers act on (stop
+/// sending), never shown to a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxClosed;
 
 /// Cheap to clone; every clone feeds the same link queue, in call order per caller.
