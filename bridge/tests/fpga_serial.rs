@@ -189,6 +189,33 @@ async fn a_credit_starved_fpga_is_never_overrun_by_dma() {
     bench.engine.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_reset_from_the_root_port_resets_the_device_and_it_works_again() {
+    let config = patient(EmulatorConfig::default());
+    let mut bench = start(&config, "", engine_config()).await;
+    let before = "enumerate
+write64 bar0+0x30 0x0123456789abcdef
+write32 bar2+0x40 0x5a5a5a5a
+read64 bar0+0x30 expect 0x0123456789abcdef
+read32 bar2+0x40 expect 0x5a5a5a5a
+";
+    let report = run(&mut bench, &config, before).await;
+    assert!(report.rc.passed, "{report}");
+    // Secondary Bus Reset at the root port: the FPGA link carries it as a hot reset.
+    bench.fpga.as_mut().unwrap().hot_reset(WAIT).await.unwrap();
+    // The BARs are unassigned again and the card is back at its power-on state.
+    let after = "enumerate
+read64 bar0+0x30 expect 0
+read32 bar2+0x40 expect 0
+";
+    let report = run(&mut bench, &config, &format!("{after}{}", workload(8))).await;
+    assert!(report.rc.passed, "{report}");
+    assert_eq!(bench.engine.counters().snapshot().resets, 1);
+    let status = bench.bridge_status.borrow().clone();
+    assert_eq!((status.hot_resets, status.device_lost, status.stats.links_up), (1, 0, 2), "{status:?}");
+    bench.engine.shutdown().await;
+}
+
 // Fails about 1 run in 15 until the engine stops a DMA read that a link reset interrupted
 // (root cause, found in #7): when the reset frees every tag while the read's handler is still
 // queueing MRds (blocked on the downed link's full queue), the handler takes the freed tags for

@@ -103,6 +103,18 @@ pub enum DownReason {
     PeerReset,
     /// [`Dll::reset`] was called (local link reset, or the device was reopened).
     LocalReset,
+    /// [`Dll::hot_reset`] was called (this side's user, the root port, reset the hierarchy).
+    LocalHotReset,
+    /// The peer went down for a hot reset (its HELLO carried HOT_RESET).
+    PeerHotReset,
+}
+
+impl DownReason {
+    /// Whether the link went down for a hot reset (secondary bus reset) rather than a plain
+    /// link reset or loss.
+    pub fn is_hot_reset(self) -> bool {
+        matches!(self, DownReason::LocalHotReset | DownReason::PeerHotReset)
+    }
 }
 
 impl std::fmt::Display for DownReason {
@@ -111,6 +123,8 @@ impl std::fmt::Display for DownReason {
             DownReason::KeepaliveTimeout => "keep-alive timeout",
             DownReason::PeerReset => "the peer reset the link",
             DownReason::LocalReset => "local link reset",
+            DownReason::LocalHotReset => "local hot reset",
+            DownReason::PeerHotReset => "the peer signalled a hot reset",
         })
     }
 }
@@ -196,6 +210,8 @@ pub struct Dll {
     nak_scheduled: bool,
     last_rx: Duration,
     last_tx: Duration,
+    /// Down for a hot reset: HELLOs carry HOT_RESET until up again.
+    hot_reset: bool,
     /// Largest frame (wire bytes) sent or received intact so far: what can be in the way of a
     /// frame or its ACK on a slow line.
     largest_frame: usize,
@@ -230,6 +246,7 @@ impl Dll {
             nak_scheduled: false,
             last_rx: now,
             last_tx: now,
+            hot_reset: false,
             largest_frame: 0,
             stats: DllStats::default(),
         };
@@ -321,6 +338,14 @@ impl Dll {
         self.deframer.reset();
     }
 
+    /// Takes the link down for a hot reset (secondary bus reset): like [`Dll::reset`], but
+    /// the HELLOs sent until the link is up again carry HOT_RESET, so that the peer reports a
+    /// hot reset. The wire itself is fine, so partial frames are kept.
+    pub fn hot_reset(&mut self, now: Duration) {
+        self.go_down(now, DownReason::LocalHotReset);
+        self.hot_reset = true;
+    }
+
     fn go_down(&mut self, now: Duration, reason: DownReason) {
         let lost = self.replay.len() + self.queued.len();
         if self.up {
@@ -346,6 +371,7 @@ impl Dll {
 
     fn go_up(&mut self, now: Duration, peer: Hello) {
         self.up = true;
+        self.hot_reset = false;
         self.stats.links_up += 1;
         self.next_tx_seq = 0;
         self.next_rx_seq = 0;
@@ -381,6 +407,9 @@ impl Dll {
         }
         if self.up {
             h.flags |= flags::UP;
+        }
+        if self.hot_reset {
+            h.flags |= flags::HOT_RESET;
         }
         h
     }
@@ -445,7 +474,9 @@ impl Dll {
             if !current || !h.has(flags::PEER_SEEN) {
                 // The peer started over (a new session): its sequence numbers restart, so must
                 // ours, and what it had not acknowledged is lost.
-                self.go_down(now, DownReason::PeerReset);
+                let reason =
+                    if h.has(flags::HOT_RESET) { DownReason::PeerHotReset } else { DownReason::PeerReset };
+                self.go_down(now, reason);
             } else if h.peer_session != self.session {
                 // The peer's current session, but not echoing ours: cannot be sent by a peer
                 // that is up with us; a stale or corrupted HELLO. Ignore it.
@@ -828,6 +859,41 @@ mod tests {
             p.tick(Duration::from_millis(100), &mut |_| {});
         }
         assert!(p.a.is_up() && p.b.is_up());
+    }
+
+    #[test]
+    fn a_hot_reset_is_reported_as_such_on_both_sides_and_only_while_down() {
+        let mut p = Pair::new(4, 4);
+        p.exchange(&mut |_| {});
+        drain(&mut p.a);
+        drain(&mut p.b);
+        p.a.send_tlp(tlp(1), None).unwrap();
+        p.a.hot_reset(p.now);
+        let hello = p.a.poll_transmit(p.now).unwrap();
+        let body = cobs::decode(&hello[..hello.len() - 1]).unwrap();
+        let Ok(FrameRepr::Hello(h)) = FrameRepr::parse(&body[..body.len() - field::CRC_LEN]) else {
+            panic!("not a HELLO: {body:02x?}")
+        };
+        assert_eq!(h.flags, flags::HOT_RESET, "down, peer not seen yet, hot reset");
+        p.b.on_bytes(p.now, &hello);
+        p.exchange(&mut |_| {});
+        assert!(p.a.is_up() && p.b.is_up());
+        assert!(matches!(
+            drain(&mut p.a).as_slice(),
+            [Delivery::Down { lost: 1, reason: DownReason::LocalHotReset }, Delivery::Up(_)]
+        ));
+        assert!(matches!(
+            drain(&mut p.b).as_slice(),
+            [Delivery::Down { reason: DownReason::PeerHotReset, .. }, Delivery::Up(_)]
+        ));
+        assert_eq!(p.a.our_hello().flags & flags::HOT_RESET, 0, "cleared once up again");
+        // A later plain link reset is not a hot reset.
+        p.a.reset(p.now);
+        p.exchange(&mut |_| {});
+        assert!(matches!(
+            drain(&mut p.b).as_slice(),
+            [Delivery::Down { reason: DownReason::PeerReset, .. }, Delivery::Up(_)]
+        ));
     }
 
     #[test]

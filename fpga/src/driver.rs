@@ -131,8 +131,20 @@ pub struct LinkStatus {
     pub reopened: u64,
     /// TLPs from the user dropped because the link went down before they were sent.
     pub dropped_on_down: u64,
+    /// Times the link went down for a hot reset (signalled by either side); these are also
+    /// counted in `stats.links_down`.
+    pub hot_resets: u64,
     /// NetTLP only: sequence numbers missing in the received datagrams (lost TLPs).
     pub seq_gaps: u64,
+}
+
+/// A request from the user to a running driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverCommand {
+    /// Signal a hot reset (secondary bus reset) to the peer: the link goes down and its HELLOs
+    /// carry HOT_RESET until it is up again ([`Dll::hot_reset`]); both users get
+    /// [`LinkEvent::HotReset`] instead of [`LinkEvent::Down`], then [`LinkEvent::Up`].
+    HotReset,
 }
 
 /// The user's side of a driver: what the link delivers and what it should send.
@@ -140,6 +152,8 @@ pub struct UserChannels {
     pub to_user: mpsc::Sender<LinkInput>,
     pub from_user: mpsc::Receiver<Vec<u8>>,
     pub clock: LinkClock,
+    /// Requests such as a hot reset; `None` for a user that sends none (the bridge).
+    pub commands: Option<mpsc::Receiver<DriverCommand>>,
 }
 
 /// Largest single write of queued frames.
@@ -274,6 +288,14 @@ impl TxGate {
     }
 }
 
+/// The next command, or `None` once the sender is gone (or there never was one).
+async fn next_command(commands: &mut Option<mpsc::Receiver<DriverCommand>>) -> Option<DriverCommand> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => None,
+    }
+}
+
 async fn deliver(
     d: Delivery,
     user: &mut UserChannels,
@@ -281,7 +303,7 @@ async fn deliver(
     status: &watch::Sender<LinkStatus>,
     gate: &mut TxGate,
 ) -> Result<(), ()> {
-    let UserChannels { to_user, from_user, clock } = user;
+    let UserChannels { to_user, from_user, clock, .. } = user;
     let permit = to_user.reserve().await.map_err(|_| ())?;
     gate.hand_over(permit, d, from_user, clock, anchor, status);
     Ok(())
@@ -300,9 +322,17 @@ fn to_input(
             status.send_modify(|s| s.up = true);
             LinkInput::Event { event: LinkEvent::Up, time: now }
         }
-        Delivery::Down { .. } => {
-            status.send_modify(|s| s.up = false);
-            LinkInput::Event { event: LinkEvent::Down, time: now }
+        Delivery::Down { reason, .. } => {
+            status.send_modify(|s| {
+                s.up = false;
+                if reason.is_hot_reset() {
+                    s.hot_resets += 1;
+                }
+            });
+            // A hot reset takes the link down too; the user hears the reason, which it treats
+            // as a down link and more (PCIe: the hierarchy below is reset).
+            let event = if reason.is_hot_reset() { LinkEvent::HotReset } else { LinkEvent::Down };
+            LinkInput::Event { event, time: now }
         }
         Delivery::Tlp { tlp, timestamp } => {
             // The peer's counter, placed on our clock at the first stamped TLP after link-up.
@@ -433,6 +463,13 @@ async fn session(
                     }
                 }
             }
+            command = next_command(&mut user.commands), if user.commands.is_some() => match command {
+                Some(DriverCommand::HotReset) => {
+                    tracing::info!("fpga link: hot reset requested");
+                    dll.hot_reset(start.elapsed());
+                }
+                None => user.commands = None,
+            },
             _ = sleep => dll.on_timer(start.elapsed()),
         }
         let stats = dll.stats();

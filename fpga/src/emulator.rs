@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use transports::link::{LinkClock, LinkEvent, LinkInput};
 
 use crate::dll::DllConfig;
-use crate::driver::{self, Device, DriverConfig, FdIo, LinkStatus, UserChannels};
+use crate::driver::{self, Device, DriverCommand, DriverConfig, FdIo, LinkStatus, UserChannels};
 use crate::error::{Error, Result};
 use crate::faults::{FaultConfig, FaultCounters, FaultReport};
 
@@ -143,6 +143,8 @@ pub struct FpgaPort {
     pub events: Vec<LinkEvent>,
     status: watch::Receiver<LinkStatus>,
     faults: Arc<FaultCounters>,
+    /// Requests to the FPGA side's driver (none over NetTLP, which has no link state).
+    commands: Option<mpsc::Sender<DriverCommand>>,
     task: Option<JoinHandle<()>>,
     /// A link whose tasks this port keeps alive (NetTLP).
     _link: Option<transports::link::Link>,
@@ -177,6 +179,47 @@ impl FpgaPort {
             .map_err(|_| Error::Emulator(format!("the link did not come up within {timeout:?}")))?
             .map_err(|_| Error::Emulator("the emulator's link task ended".into()))?;
         Ok(())
+    }
+
+    /// Signals a hot reset (secondary bus reset) to the bridge, as a root port does when
+    /// software sets Secondary Bus Reset in its Bridge Control register: the link goes down and
+    /// comes back (`docs/fpga-link.md` section 3), the bridge's engine gets
+    /// [`LinkEvent::HotReset`] and resets the device. Returns once the link is up again (within
+    /// `timeout`); TLPs the root complex had in flight are lost, as on a real link.
+    pub async fn hot_reset(&mut self, timeout: Duration) -> Result<()> {
+        let commands = self.commands.as_ref().ok_or_else(|| {
+            Error::Emulator("this link has no link state to reset (NetTLP): hot reset unsupported".into())
+        })?;
+        let ended = || Error::Emulator("the emulator's link task ended".into());
+        let mut status = self.status.clone();
+        let ups_before = status.borrow_and_update().stats.links_up;
+        commands.send(DriverCommand::HotReset).await.map_err(|_| ended())?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if status.borrow_and_update().up && status.borrow().stats.links_up > ups_before {
+                return Ok(());
+            }
+            // The driver reports the link up only once this port has taken the Down before it.
+            tokio::select! {
+                input = self.rx.recv() => match input {
+                    Some(LinkInput::Tlp(t)) => self.arrived.push_back(t.bytes),
+                    Some(LinkInput::Event { event, .. }) => {
+                        if matches!(event, LinkEvent::Down | LinkEvent::HotReset) {
+                            // Sent before the reset: nothing of it survives a hot reset.
+                            self.arrived.clear();
+                        }
+                        self.events.push(event);
+                    }
+                    None => return Err(ended()),
+                },
+                changed = status.changed() => changed.map_err(|_| ended())?,
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(Error::Emulator(format!(
+                        "the link did not come back from the hot reset within {timeout:?}"
+                    )));
+                }
+            }
+        }
     }
 
     /// Takes the next TLP, waiting up to `timeout`.
@@ -273,7 +316,8 @@ pub fn start_fpga_side(device: Device, config: &EmulatorConfig) -> FpgaPort {
     if config.timestamps {
         driver_config.dll.hello.flags |= crate::framing::field::flags::TIMESTAMPS;
     }
-    let user = UserChannels { to_user, from_user, clock: LinkClock::wall() };
+    let (commands, commands_rx) = mpsc::channel(4);
+    let user = UserChannels { to_user, from_user, clock: LinkClock::wall(), commands: Some(commands_rx) };
     let task = tokio::spawn(driver::run(device, None, driver_config, user, status_tx, faults.clone()));
     FpgaPort {
         rx,
@@ -285,6 +329,7 @@ pub fn start_fpga_side(device: Device, config: &EmulatorConfig) -> FpgaPort {
         events: Vec::new(),
         status,
         faults,
+        commands: Some(commands),
         task: Some(task),
         _link: None,
     }
@@ -309,6 +354,7 @@ pub fn fpga_side_over_link(
         events: Vec::new(),
         status,
         faults: Arc::new(FaultCounters::default()),
+        commands: None,
         task: None,
         _link: Some(link),
     }
@@ -333,7 +379,7 @@ impl std::fmt::Display for EmulatorReport {
         )?;
         writeln!(
             f,
-            "link recovery: {} retransmissions, {} replay timeouts, {} NAKs sent, {} NAKs received, {} bad frames, {} duplicates, {} out of order, {} overruns, {} times up, {} times down",
+            "link recovery: {} retransmissions, {} replay timeouts, {} NAKs sent, {} NAKs received, {} bad frames, {} duplicates, {} out of order, {} overruns, {} times up, {} times down ({} hot resets)",
             s.retransmissions,
             s.replay_timeouts,
             s.naks_sent,
@@ -343,7 +389,8 @@ impl std::fmt::Display for EmulatorReport {
             s.out_of_order,
             s.overruns,
             s.links_up,
-            s.links_down
+            s.links_down,
+            self.link.hot_resets
         )?;
         write!(
             f,

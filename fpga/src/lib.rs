@@ -132,7 +132,7 @@ pub fn start_framed(
     let (tx, from_user) = mpsc::channel(LINK_QUEUE);
     let clock = LinkClock::wall();
     let (status_tx, status_rx) = watch::channel(LinkStatus::default());
-    let user = UserChannels { to_user, from_user, clock: clock.clone() };
+    let user = UserChannels { to_user, from_user, clock: clock.clone(), commands: None };
     let task = tokio::spawn(driver::run(
         device,
         reopen,

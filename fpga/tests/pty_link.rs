@@ -213,6 +213,22 @@ async fn tlps_queued_while_the_link_is_down_never_reach_the_replugged_link() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_reset_from_the_fpga_reaches_the_bridge_as_hot_reset_then_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmulatorConfig::default();
+    let (_pty, mut fpga, mut link, status) = setup(&dir, &config, "").await;
+    exchange(&mut fpga, &mut link, 10, 4).await;
+    fpga.hot_reset(WAIT).await.unwrap();
+    assert_eq!(next_event(&mut link).await, LinkEvent::HotReset);
+    assert_eq!(next_event(&mut link).await, LinkEvent::Up);
+    let bridge = status.borrow().clone();
+    assert_eq!((bridge.hot_resets, bridge.stats.links_down, bridge.device_lost), (1, 1, 0), "{bridge:?}");
+    assert_eq!(fpga.status().hot_resets, 1);
+    // The link carries TLPs again, from sequence number 0 of the new session.
+    exchange(&mut fpga, &mut link, 10, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fpga_timestamps_become_link_times() {
     let dir = tempfile::tempdir().unwrap();
     let config = EmulatorConfig { timestamps: true, ..EmulatorConfig::default() };

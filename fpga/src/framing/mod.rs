@@ -57,6 +57,10 @@ pub mod field {
         pub const PEER_SEEN: u8 = 0x02;
         /// The sender's link is up (a HELLO with this bit set is never answered).
         pub const UP: u8 = 0x04;
+        /// The sender went down for a hot reset (secondary bus reset) its user asked for: set
+        /// in every HELLO it sends from then until it is up again. A peer that is up reports
+        /// the reset it causes as a hot reset instead of a link down.
+        pub const HOT_RESET: u8 = 0x08;
     }
 
     // TLP / TLP_TS
