@@ -176,3 +176,46 @@ impl Requester {
         Ok(())
     }
 }
+
+/// A TCP connection over 127.0.0.1 whose far end is one task writing back every byte it reads:
+/// the baseline of a link round trip (one socket, one task, no framing).
+pub struct Echo {
+    pub stream: TcpStream,
+    tasks: JoinSet<()>,
+}
+
+impl Echo {
+    pub async fn start() -> Result<Echo, BridgeError> {
+        let fail = |e: std::io::Error| bench_error("starting the TCP echo", e);
+        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(fail)?;
+        let addr = listener.local_addr().map_err(fail)?;
+        let (stream, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (stream, (mut far, _)) = (stream.map_err(fail)?, accepted.map_err(fail)?);
+        stream.set_nodelay(true).map_err(fail)?;
+        far.set_nodelay(true).map_err(fail)?;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = far.read(&mut buf).await {
+                if n == 0 || far.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Echo { stream, tasks })
+    }
+
+    /// Writes `message` and reads as many bytes back.
+    pub async fn round_trip(&mut self, message: &[u8], back: &mut [u8]) -> Result<(), BridgeError> {
+        let fail = |e: std::io::Error| bench_error("TCP echo", e);
+        self.stream.write_all(message).await.map_err(fail)?;
+        let back =
+            back.get_mut(..message.len()).ok_or_else(|| bench_error("TCP echo", "buffer too small"))?;
+        self.stream.read_exact(back).await.map_err(fail)?;
+        Ok(())
+    }
+
+    pub async fn stop(mut self) {
+        self.tasks.shutdown().await;
+    }
+}

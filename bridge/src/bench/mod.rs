@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::capture::{Capture, CaptureConfig};
 use crate::engine::{BridgeError, EngineConfig};
-use floor::{Floor, Initiator, Requester};
+use floor::{Echo, Floor, Initiator, Requester};
 use rig::{BAR0, BAR2, REG_SCRATCH, Rig, SEQUENCE_PORT, bench_error};
 
 /// How much to measure.
@@ -293,11 +293,59 @@ async fn mmio(rig: &mut Rig, sizes: &Sizes, report: &mut BenchReport) -> Result<
         "µs",
         None,
     );
+    link_share(sizes, report).await?;
     report.compared(
         "MMIO",
         format!("posted MWr 4 B rate (median of {})", sizes.rounds),
         (median(bridge_rate), median(floor_rate)),
         "/s",
+        None,
+    );
+    Ok(())
+}
+
+/// The sim link's share of an MMIO read: a 4-byte MRd sent through a sim link whose bridge side
+/// echoes it (no engine), against the same frame (28 bytes) through a TCP echo task.
+async fn link_share(sizes: &Sizes, report: &mut BenchReport) -> Result<(), BridgeError> {
+    let (mut end, echo_task) = rig::link_echo().await?;
+    let mut tcp = Echo::start().await?;
+    let fields = tlp::split::RequestFields {
+        requester: tlp::RoutingId::new(0, 0, 0),
+        tc: 0,
+        attr: tlp::Attr::default(),
+    };
+    let chunk = tlp::split::SplitChunk { address: BAR0 + REG_SCRATCH, len: 4 };
+    let mrd = tlp::split::memory_read_tlp(&fields, chunk, 1, 4096)
+        .map_err(|e| bench_error("building an MRd", e))?
+        .to_bytes();
+    let mut frame = Vec::new();
+    sim::link::wire::append_tlp_frame(&mut frame, 0, &mrd);
+    let mut back = vec![0u8; frame.len()];
+    let (mut link_lat, mut tcp_lat) = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        rig::echo_round_trip(&mut end, &mrd).await?;
+        tcp.round_trip(&frame, &mut back).await?;
+    }
+    for _ in 0..sizes.rounds {
+        for _ in 0..sizes.reads_per_round {
+            let start = Instant::now();
+            rig::echo_round_trip(&mut end, &mrd).await?;
+            link_lat.push(start.elapsed());
+        }
+        for _ in 0..sizes.reads_per_round {
+            let start = Instant::now();
+            tcp.round_trip(&frame, &mut back).await?;
+            tcp_lat.push(start.elapsed());
+        }
+    }
+    drop(end);
+    let _ = tokio::time::timeout(Duration::from_secs(5), echo_task).await;
+    tcp.stop().await;
+    report.compared(
+        "MMIO",
+        "sim link round trip p50, TLP echoed without the engine (baseline: TCP echo task)".into(),
+        (percentile(&mut link_lat, 0.5), percentile(&mut tcp_lat, 0.5)),
+        "µs",
         None,
     );
     Ok(())

@@ -15,6 +15,7 @@ use tlp::split::{LinkParams, RequestFields, SplitChunk, memory_read_tlp, memory_
 use tlp::{Body, CfgType, ConfigRequest, MemOp, RoutingId, Tlp};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use transports::link::LinkInput;
 
 use crate::engine::{BridgeError, CountersSnapshot, Engine, EngineConfig, ServerEndpoint};
 
@@ -167,6 +168,44 @@ impl Rig {
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         let _ = std::fs::remove_file(&socket);
         snapshot
+    }
+}
+
+/// A sim link whose bridge side is a task that sends every TLP straight back (no engine): the
+/// link's own share of a round trip. Returns the simulator end and the echo task, which ends
+/// when the simulator end is dropped.
+pub async fn link_echo() -> Result<(SimulatorEnd, JoinHandle<()>), BridgeError> {
+    let sim_listener =
+        SimListener::bind("127.0.0.1:0").await.map_err(|e| bench_error("binding the echo sim link", e))?;
+    let addr =
+        sim_listener.local_addr().map_err(|e| bench_error("binding the echo sim link", e))?.to_string();
+    let bridge_side = async { sim_listener.accept_bridge(&BridgeConfig::default()).await };
+    let sim_config = SimulatorConfig::default();
+    let (link, end) = tokio::join!(bridge_side, SimulatorEnd::connect(&addr, &sim_config));
+    let mut link = link.map_err(|e| bench_error("opening the echo sim link (bridge side)", e))?;
+    let end = end.map_err(|e| bench_error("opening the echo sim link (simulator side)", e))?;
+    let echo = tokio::spawn(async move {
+        while let Some(input) = link.rx.recv().await {
+            if let LinkInput::Tlp(tlp) = input
+                && link.tx.send(tlp.bytes).await.is_err()
+            {
+                return;
+            }
+            link.progress.handled_one();
+        }
+    });
+    Ok((end, echo))
+}
+
+/// One TLP through [`link_echo`] and back.
+pub async fn echo_round_trip(end: &mut SimulatorEnd, bytes: &[u8]) -> Result<(), BridgeError> {
+    end.send_tlp(bytes).await.map_err(|e| bench_error("sim link echo", e))?;
+    match end.recv(STEP_TIMEOUT).await.map_err(|e| bench_error("sim link echo", e))? {
+        Some(tlp) if tlp.bytes == bytes => Ok(()),
+        Some(tlp) => {
+            Err(bench_error("sim link echo", format!("echoed {:02x?}, sent {bytes:02x?}", tlp.bytes)))
+        }
+        None => Err(bench_error("sim link echo", format!("no echo within {STEP_TIMEOUT:?}"))),
     }
 }
 
