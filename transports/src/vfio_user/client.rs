@@ -1037,7 +1037,10 @@ impl PendingRegionRead {
                 view.trailing().len()
             )));
         }
-        Ok(view.trailing().to_vec())
+        // Drop the echoed fixed part in place instead of copying the data out.
+        let mut data = reply.payload;
+        data.drain(..RegionAccessRepr::LEN);
+        Ok(data)
     }
 }
 
@@ -1308,10 +1311,12 @@ impl Client {
 
     // --- request plumbing ---------------------------------------------------------------
 
+    /// Sends a command whose payload is `fixed` followed by `data` (encoded in one buffer).
     async fn start_request(
         &self,
         command: Command,
-        payload: Vec<u8>,
+        fixed: &[u8],
+        data: &[u8],
         fds: Vec<OwnedFd>,
         timeout: Duration,
     ) -> Result<PendingReply, Error> {
@@ -1343,7 +1348,7 @@ impl Client {
             finished: false,
             _slot: slot,
         };
-        let bytes = wire::encode_message(id, command, MessageType::Command, false, None, &payload)?;
+        let bytes = wire::encode_message_parts(id, command, MessageType::Command, false, None, fixed, data)?;
         self.write_command(&bytes, &fds, deadline, command, id, timeout).await?;
         debug!(command = %command, id, size = bytes.len(), fds = fds.len(), "vfio-user request sent");
         Ok(pending)
@@ -1417,12 +1422,12 @@ impl Client {
         fds: Vec<OwnedFd>,
         timeout: Duration,
     ) -> Result<Reply, Error> {
-        let pending = self.start_request(command, payload, fds, timeout).await?;
+        let pending = self.start_request(command, &payload, &[], fds, timeout).await?;
         pending.wait().await
     }
 
     /// Sends a command with No_reply set.
-    async fn post(&self, command: Command, payload: Vec<u8>) -> Result<(), Error> {
+    async fn post(&self, command: Command, fixed: &[u8], data: &[u8]) -> Result<(), Error> {
         let timeout = self.inner.config.request_timeout;
         let id = {
             let mut table = self.inner.shared.pending();
@@ -1431,7 +1436,7 @@ impl Client {
             }
             table.allocate_id()
         };
-        let bytes = wire::encode_message(id, command, MessageType::Command, true, None, &payload)?;
+        let bytes = wire::encode_message_parts(id, command, MessageType::Command, true, None, fixed, data)?;
         self.write_command(&bytes, &[], Instant::now() + timeout, command, id, timeout).await
     }
 
@@ -1566,8 +1571,14 @@ impl Client {
     // --- interrupts -------------------------------------------------------------------------
 
     async fn set_irqs(&self, repr: IrqSetRepr, fds: Vec<OwnedFd>) -> Result<PendingReply, Error> {
-        self.start_request(Command::DeviceSetIrqs, repr.to_bytes(), fds, self.inner.config.request_timeout)
-            .await
+        self.start_request(
+            Command::DeviceSetIrqs,
+            &repr.to_bytes(),
+            &[],
+            fds,
+            self.inner.config.request_timeout,
+        )
+        .await
     }
 
     /// SET_IRQS(EVENTFD|TRIGGER): vector `start + i` signals `fds[i]`. The fds are duplicated
@@ -1735,7 +1746,8 @@ impl Client {
         let reply = self
             .start_request(
                 Command::RegionRead,
-                request.to_bytes_with(&[]),
+                &request.to_array(),
+                &[],
                 Vec::new(),
                 self.inner.config.request_timeout,
             )
@@ -1756,7 +1768,8 @@ impl Client {
         let reply = self
             .start_request(
                 Command::RegionWrite,
-                request.to_bytes_with(data),
+                &request.to_array(),
+                data,
                 Vec::new(),
                 self.inner.config.request_timeout,
             )
@@ -1795,7 +1808,7 @@ impl Client {
                 let piece = data.get(consumed..consumed + count as usize).unwrap_or(&[]);
                 consumed += count as usize;
                 let request = RegionAccessRepr { offset: at, region: index, count };
-                self.post(Command::RegionWrite, request.to_bytes_with(piece)).await?;
+                self.post(Command::RegionWrite, &request.to_array(), piece).await?;
             }
             Ok(())
         }

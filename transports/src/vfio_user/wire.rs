@@ -357,17 +357,32 @@ pub fn encode_message(
     error: Option<u32>,
     payload: &[u8],
 ) -> Result<Vec<u8>, Error> {
-    let total = HEADER_LEN + payload.len();
+    encode_message_parts(id, command, message_type, no_reply, error, payload, &[])
+}
+
+/// [`encode_message`] with the payload given as a fixed part and trailing data, copied once
+/// each into the one allocation (a REGION_WRITE needs no intermediate payload buffer).
+pub fn encode_message_parts(
+    id: u16,
+    command: Command,
+    message_type: MessageType,
+    no_reply: bool,
+    error: Option<u32>,
+    fixed: &[u8],
+    data: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let total = HEADER_LEN + fixed.len() + data.len();
     let size = u32::try_from(total).map_err(|_| {
         Error::InvalidArgument(format!("message of {total} bytes exceeds the 32-bit size field"))
     })?;
-    let mut bytes = vec![0u8; total];
+    let mut header_bytes = [0u8; HEADER_LEN];
     let repr = HeaderRepr { id, command, size, message_type, no_reply, error };
-    let mut header = Header::new_checked(&mut bytes[..])?;
+    let mut header = Header::new_checked(&mut header_bytes[..])?;
     repr.emit(&mut header);
-    if let Some(dst) = bytes.get_mut(HEADER_LEN..) {
-        dst.copy_from_slice(payload);
-    }
+    let mut bytes = Vec::with_capacity(total);
+    bytes.extend_from_slice(&header_bytes);
+    bytes.extend_from_slice(fixed);
+    bytes.extend_from_slice(data);
     Ok(bytes)
 }
 
@@ -1115,6 +1130,15 @@ impl RegionAccessRepr {
         view.set_offset(self.offset);
         view.set_region(self.region);
         view.set_count(self.count);
+    }
+
+    /// The fixed part alone, without allocating.
+    pub fn to_array(&self) -> [u8; Self::LEN] {
+        let mut bytes = [0u8; Self::LEN];
+        if let Ok(mut view) = region_access::View::new_checked(&mut bytes[..]) {
+            self.emit(&mut view);
+        }
+        bytes
     }
 
     /// The fixed part followed by `data`.
