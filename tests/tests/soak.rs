@@ -12,6 +12,8 @@
 //! - `TLPBRIDGE_SOAK_SEED`: the seed of the operation mix (default 0x5eed1234);
 //! - `TLPBRIDGE_SOAK_STALL_PERMILLE`: chance per operation, in ‰, of stopping the server
 //!   (default 10);
+//! - `TLPBRIDGE_SOAK_STALL_OPS`: a stop lasts 1..=this many operations (default 20); all but
+//!   the first read while stopped become writes, so long stops flood the stopped server;
 //! - `TLPBRIDGE_SOAK_STEP_US`: longest wall time of one root-complex step, which ends early
 //!   when the bridge sends a TLP (default 1000; 0: 100 ns steps with only a yield between them,
 //!   the root complex spinning, as the soak ran before);
@@ -200,9 +202,10 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
     let stall_permille = env_u64("TLPBRIDGE_SOAK_STALL_PERMILLE", 10);
     assert!(stall_permille <= 100, "TLPBRIDGE_SOAK_STALL_PERMILLE={stall_permille}: at most 100");
     let dma_timeout_ms = env_u64("TLPBRIDGE_SOAK_DEVICE_DMA_TIMEOUT_MS", 30_000).to_string();
+    let stall_ops = env_u64("TLPBRIDGE_SOAK_STALL_OPS", 20).max(1);
     let step_us = env_u64("TLPBRIDGE_SOAK_STEP_US", 1000);
     eprintln!(
-        "soak: {ops} operations, seed {seed:#x}, stall {stall_permille}‰, device DMA timeout {dma_timeout_ms} ms, \
+        "soak: {ops} operations, seed {seed:#x}, stall {stall_permille}‰ for up to {stall_ops} operations, device DMA timeout {dma_timeout_ms} ms, \
          root-complex step {step_us} µs"
     );
     let bin = tlpbridge_tests::tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
@@ -312,11 +315,11 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
         let roll = rng.below(1000);
         let stall_read_allowed = stopped_until.is_none() || !stalled_read_done;
         match roll {
-            // Stop the server for the next 1..=20 operations (first, so that it takes its share
+            // Stop the server for the next 1..=`stall_ops` operations (first, so that it takes its share
             // from the copies and writes whatever the rate).
             r if r >= 1000 - stall_permille && stopped_until.is_none() => {
                 signal(&device, "STOP");
-                stopped_until = Some(op + 1 + rng.below(20));
+                stopped_until = Some(op + 1 + rng.below(stall_ops));
                 stalled_read_done = false;
                 tally.stops += 1;
                 profile.add("SIGSTOP", t);
@@ -337,11 +340,11 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
                     Err(e) if (stalled || op < recovering_until) && e.to_string().contains("status CA") => {
                         tally.reads_aborted += 1;
                         // The root complex forgets every tag of a read at its first failed
-                        // completion; the other MRd's answer (a read crossing 4 KiB is two
-                        // MRds) then arrives for no outstanding request.
-                        if (bar2 + at) / 4096 != (bar2 + at + len - 1) / 4096 {
-                            tally.completions_after_abort += 1;
-                        }
+                        // completion; the answers to its other MRds (a read is split at
+                        // multiples of MRRS) then arrive for no outstanding request.
+                        let mrrs = rc.config().link.max_read_request_size();
+                        let chunks = tlp::split::memory_read_requests(bar2 + at, len, mrrs).unwrap().count();
+                        tally.completions_after_abort += chunks as u64 - 1;
                     }
                     Err(e) => panic!("op {op}: read {len} at {at:#x}: {e}\n{}", log()),
                 }
