@@ -216,6 +216,57 @@ read32 bar2+0x40 expect 0
     bench.engine.shutdown().await;
 }
 
+/// `tlpbridge fpga emulate --hot-reset`: the emulator signals the hot reset once the bridge has
+/// the link up (the engine resets the card), then runs its script against the card.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_program_signals_a_hot_reset_that_resets_the_card() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = TempDir::new();
+    let socket = dir.path().join("card.sock");
+    let card = Arc::new(DmaEngine::new(DmaEngineConfig::default()).unwrap());
+    let serve_path = socket.clone();
+    tokio::spawn(async move {
+        let _ = sim::device::serve(&serve_path, card, ServerConfig::default(), std::future::pending()).await;
+    });
+    let script = dir.path().join("after-reset.rcs");
+    std::fs::write(
+        &script,
+        "enumerate\nread64 bar0+0x30 expect 0\nwrite64 bar0+0x30 0x5a\nread64 bar0+0x30 expect 0x5a\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tlpbridge"))
+        .args(["fpga", "emulate", "--pty", "--hot-reset", "--wait-s", "30", "--script"])
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let spec = Spec::parse(first.trim()).unwrap();
+    let (link, status) = fpga::open_monitored(spec).await.unwrap();
+    let engine = Engine::start(link, ServerEndpoint::Path(socket), engine_config()).await.unwrap();
+    let finished = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).unwrap();
+        (child.wait().unwrap(), rest)
+    });
+    let (code, report) = tokio::time::timeout(Duration::from_secs(120), finished).await.unwrap().unwrap();
+    assert!(code.success(), "{report}");
+    assert!(report.contains("(1 hot resets)"), "{report}");
+    assert_eq!(status.borrow().hot_resets, 1);
+    // The emulator has exited and closed the pty: that link down is the second device reset.
+    let counters = engine.counters();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while status.borrow().device_lost == 0 || counters.snapshot().resets < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?} {:?}", status.borrow(), counters.snapshot());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!((counters.snapshot().resets, status.borrow().hot_resets), (2, 1));
+    engine.shutdown().await;
+}
+
 // Fails about 1 run in 15 until the engine stops a DMA read that a link reset interrupted
 // (root cause, found in #7): when the reset frees every tag while the read's handler is still
 // queueing MRds (blocked on the downed link's full queue), the handler takes the freed tags for

@@ -83,6 +83,11 @@ struct EmulateArgs {
     /// Read Completion Boundary of the root complex's completions (64 or 128).
     #[arg(long, default_value_t = 64, value_name = "BYTES")]
     rcb: u16,
+    /// Once the link is up, signal a hot reset (a secondary bus reset at the root port) and wait
+    /// for the link to come back before running the script: the bridge resets the device, so
+    /// the script starts from a device at its power-on state (docs/fpga-link.md section 3).
+    #[arg(long, requires = "pty")]
+    hot_reset: bool,
     /// Longest wait for the bridge to bring the link up, in seconds.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     wait_s: u64,
@@ -205,12 +210,23 @@ fn emulate(args: EmulateArgs) -> ExitCode {
                 (start_fpga_side(device, &config), Some(pty))
             }
         };
-        let (fpga_port, _pty) = port;
+        let (mut fpga_port, _pty) = port;
         let interrupted = async {
             let _ = tokio::signal::ctrl_c().await;
         };
+        let workload = async {
+            if args.hot_reset {
+                fpga_port.wait_up(wait).await.map_err(|e| e.to_string())?;
+                fpga_port.hot_reset(wait).await.map_err(|e| e.to_string())?;
+                eprintln!("tlpbridge fpga emulate: hot reset signalled; the link is up again");
+            }
+            run_rc(fpga_port, &config, &script, wait)
+                .await
+                .map(|(report, _port)| report)
+                .map_err(|e| e.to_string())
+        };
         tokio::select! {
-            r = run_rc(fpga_port, &config, &script, wait) => r.map(|(report, _port)| report).map_err(|e| e.to_string()),
+            r = workload => r,
             _ = interrupted => Err("interrupted".to_owned()),
         }
     });
