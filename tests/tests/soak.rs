@@ -20,8 +20,12 @@
 //! - `TLPBRIDGE_SOAK_DEVICE_DMA_TIMEOUT_MS`: the device's wait for a DMA reply (default 30000;
 //!   small values reproduce the historical TIMEOUT failure, see docs/reliability.md §3).
 //!
-//! A million operations: `TLPBRIDGE_SOAK_OPS=1000000 cargo test --release -p tlpbridge-tests
-//! --test soak -- --nocapture` (progress every 10 000 operations).
+//! - `TLPBRIDGE_SOAK_DEVICE_TIMEOUT_MS`: the bridge's `--device-timeout` (default 500), what a
+//!   read costs while the server is stopped.
+//!
+//! A million operations (about 15 minutes in a debug build on 2 cores; progress every 10 000):
+//! `TLPBRIDGE_SOAK_OPS=1000000 TLPBRIDGE_SOAK_STALL_PERMILLE=2 TLPBRIDGE_SOAK_DEVICE_TIMEOUT_MS=200
+//! cargo test -p tlpbridge-tests --test soak -- --nocapture`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -202,10 +206,11 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
     let stall_permille = env_u64("TLPBRIDGE_SOAK_STALL_PERMILLE", 10);
     assert!(stall_permille <= 100, "TLPBRIDGE_SOAK_STALL_PERMILLE={stall_permille}: at most 100");
     let dma_timeout_ms = env_u64("TLPBRIDGE_SOAK_DEVICE_DMA_TIMEOUT_MS", 30_000).to_string();
+    let device_timeout = format!("{}ms", env_u64("TLPBRIDGE_SOAK_DEVICE_TIMEOUT_MS", 500));
     let stall_ops = env_u64("TLPBRIDGE_SOAK_STALL_OPS", 20).max(1);
     let step_us = env_u64("TLPBRIDGE_SOAK_STEP_US", 1000);
     eprintln!(
-        "soak: {ops} operations, seed {seed:#x}, stall {stall_permille}‰ for up to {stall_ops} operations, device DMA timeout {dma_timeout_ms} ms, \
+        "soak: {ops} operations, seed {seed:#x}, stall {stall_permille}‰ for up to {stall_ops} operations, device timeout {device_timeout}, device DMA timeout {dma_timeout_ms} ms, \
          root-complex step {step_us} µs"
     );
     let bin = tlpbridge_tests::tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
@@ -227,10 +232,10 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
             socket.to_str().unwrap(),
             "--link",
             &link,
-            // Bounds what a read costs while the server is stopped; a stopped server is the
-            // only thing that should take this long.
+            // What a read costs while the server is stopped; a stopped server is the only
+            // thing that may take this long (reads took at most 130 ms with 8 busy loops beside).
             "--device-timeout",
-            "200ms",
+            &device_timeout,
             // Free-running: the root complex's simulated clock races ahead while the bridge
             // works, so the completion timeout (simulated time) must not be what ends a copy.
             "--cpl-timeout",
