@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fpga::dll::DllConfig;
+use fpga::dll::{Delivery, Dll, DllConfig};
 use fpga::emulator::{EmulatorConfig, FpgaPort, PtyPort, start_fpga_side};
 use fpga::faults::FaultConfig;
 use fpga::{LinkStatus, Spec};
@@ -228,22 +228,56 @@ async fn a_hot_reset_from_the_fpga_reaches_the_bridge_as_hot_reset_then_up() {
     exchange(&mut fpga, &mut link, 10, 4).await;
 }
 
+/// The FPGA stamps two TLPs 7 s apart on its counter and sends them back to back: the bridge
+/// must place them 7 s apart on its link clock, whatever their arrival spacing. The FPGA side is
+/// a bare [`Dll`] driven here, so that the stamps are exact (the emulator stamps at the moment
+/// its driver task sends, which a loaded machine delays).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fpga_timestamps_become_link_times() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let config = EmulatorConfig { timestamps: true, ..EmulatorConfig::default() };
-    let (_pty, mut fpga, mut link, _status) = setup(&dir, &config, "").await;
-    fpga.send_tlp(mwr(1, 1)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    fpga.send_tlp(mwr(2, 1)).await.unwrap();
+    let mut pty = PtyPort::open(Some(&dir.path().join("ttyFPGA"))).unwrap();
+    let device = pty.take_device().unwrap();
+    let (mut reader, mut writer) = (device.reader, device.writer);
+    let spec = format!("{}?missed={PATIENT_MISSED}", pty.link_spec());
+    let (mut link, _status) = fpga::open_monitored(Spec::parse(&spec).unwrap()).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let mut config = DllConfig::new(8);
+    config.hello.flags |= fpga::framing::field::flags::TIMESTAMPS;
+    config.missed_keepalives = PATIENT_MISSED;
+    let mut fpga = Dll::new(config, start.elapsed());
+    let stamps = [1_000u64, 1_000 + 7_000_000_000];
+    let mut sent = false;
     let mut times = Vec::new();
+    let mut buf = vec![0u8; 4096];
     while times.len() < 2 {
-        if let Some(LinkInput::Tlp(t)) = tokio::time::timeout(WAIT, link.rx.recv()).await.unwrap() {
-            times.push(t.time);
+        while let Some(frame) = fpga.poll_transmit(start.elapsed()) {
+            writer.write_all(&frame).await.unwrap();
+        }
+        while let Some(delivery) = fpga.poll_delivery() {
+            if matches!(delivery, Delivery::Up(_)) && !sent {
+                for (n, stamp) in stamps.iter().enumerate() {
+                    fpga.send_tlp(mwr(n as u32, 1), Some(*stamp)).unwrap();
+                }
+                sent = true;
+            }
+        }
+        let timer = fpga.poll_timeout().map(|at| start + at);
+        tokio::select! {
+            read = tokio::time::timeout(WAIT, reader.read(&mut buf)) => {
+                let n = read.expect("the bridge answers").unwrap();
+                fpga.on_bytes(start.elapsed(), &buf[..n]);
+            }
+            _ = async { tokio::time::sleep_until(timer.unwrap()).await }, if timer.is_some() => {
+                fpga.on_timer(start.elapsed());
+            }
+            input = link.rx.recv() => match input.expect("link open") {
+                LinkInput::Tlp(t) => times.push(t.time),
+                LinkInput::Event { event, .. } => assert_eq!(event, LinkEvent::Up),
+            },
         }
     }
-    let apart = times[1].saturating_duration_since(times[0]);
-    assert!(apart >= Duration::from_millis(30), "FPGA counter spacing {apart:?}");
+    assert_eq!(times[1].saturating_duration_since(times[0]), Duration::from_nanos(stamps[1] - stamps[0]));
 }
 
 #[tokio::test]
