@@ -7,15 +7,18 @@
 //!   `bridge` package.
 //! - [`TestDir`]: a per-test temporary directory, short enough for UNIX socket paths.
 //! - [`run_bounded`]: run a short command to completion with a timeout, output captured.
+//! - [`bridge_counter`]: a counter from the line `tlpbridge run` logs when it stops.
 //!
 //! See `docs/peers.md` for how the peers are built and found.
 
 pub mod peers;
 mod process;
+mod run_log;
 mod temp_dir;
 mod tlpbridge_bin;
 
 pub use process::{CommandOutput, run_bounded};
+pub use run_log::{RUN_LOG_FILTER, bridge_counter, final_counters_line};
 pub use temp_dir::TestDir;
 pub use tlpbridge_bin::tlpbridge_bin;
 

@@ -59,7 +59,7 @@ fn spawn_logged(bin: &Path, args: &[&str], log: &Path) -> Running {
     Running(
         Command::new(bin)
             .args(args)
-            .env("RUST_LOG", "warn,tlpbridge::cli::run_cmd=info")
+            .env("RUST_LOG", tlpbridge_tests::RUN_LOG_FILTER)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -113,13 +113,6 @@ fn workload() -> (String, u32) {
 fn count_before(text: &str, label: &str) -> Option<u64> {
     let at = text.find(&format!(" {label}"))?;
     text.get(..at)?.rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-}
-
-/// The `name=N` field of the bridge's final counters line.
-fn bridge_counter(log: &str, name: &str) -> Option<u64> {
-    let line = log.lines().rev().find(|l| l.contains("tlpbridge run finished"))?;
-    let at = line.find(&format!("; {name}="))? + name.len() + 3;
-    line.get(at..)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 #[test]
@@ -230,10 +223,14 @@ fn posted_writes_reads_and_dma_survive_bit_errors_and_dropped_frames() {
     for name in
         ["ca_sent", "device_timeouts", "completion_timeouts", "unexpected_completions", "dma_refused_bme"]
     {
-        assert_eq!(bridge_counter(&log, name), Some(0), "bridge counter {name}:\n{log}");
+        assert_eq!(tlpbridge_tests::bridge_counter(&log, name), Some(0), "bridge counter {name}:\n{log}");
     }
-    assert!(bridge_counter(&log, "posted_lost").is_none_or(|n| n == 0), "{log}");
-    assert_eq!(bridge_counter(&log, "msi_sent"), Some(u64::from(copies)), "one MSI per copy:\n{log}");
+    assert!(tlpbridge_tests::bridge_counter(&log, "posted_lost").is_none_or(|n| n == 0), "{log}");
+    assert_eq!(
+        tlpbridge_tests::bridge_counter(&log, "msi_sent"),
+        Some(u64::from(copies)),
+        "one MSI per copy:\n{log}"
+    );
 }
 
 #[test]

@@ -89,7 +89,7 @@ fn spawn(bin: &Path, args: &[&str], log: &Path) -> Running {
         Command::new(bin)
             .args(args)
             // Warnings, and the bridge's counters when it stops.
-            .env("RUST_LOG", "warn,tlpbridge::cli::run_cmd=info")
+            .env("RUST_LOG", tlpbridge_tests::RUN_LOG_FILTER)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -190,13 +190,6 @@ impl std::fmt::Display for Profile {
         }
         Ok(())
     }
-}
-
-/// The `name=N` field of the bridge's final counters line (`tlpbridge run finished`).
-fn counter(log: &str, name: &str) -> Option<u64> {
-    let line = log.lines().rev().find(|l| l.contains("tlpbridge run finished"))?;
-    let at = line.find(&format!("; {name}="))? + name.len() + 3;
-    line.get(at..)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,14 +428,14 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let log = log();
-    let counters = log.lines().rev().find(|l| l.contains("tlpbridge run finished")).unwrap_or_default();
+    let counters = tlpbridge_tests::final_counters_line(&log).unwrap_or_default();
     eprintln!("soak: bridge counters: {counters}");
     assert!(!counters.is_empty(), "no counters from the bridge\n{log}");
     for name in ["unexpected_completions", "late_completions", "completion_timeouts", "dma_refused_bme"] {
-        assert_eq!(counter(&log, name), Some(0), "bridge counter {name}\n{counters}");
+        assert_eq!(tlpbridge_tests::bridge_counter(&log, name), Some(0), "bridge counter {name}\n{counters}");
     }
     // Counted by bridges since posted writes may be dropped when the server is gone.
-    assert!(counter(&log, "posted_lost").is_none_or(|n| n == 0), "{counters}");
+    assert!(tlpbridge_tests::bridge_counter(&log, "posted_lost").is_none_or(|n| n == 0), "{counters}");
 }
 
 fn bridge_alive(bridge: &Running) -> bool {
