@@ -108,6 +108,16 @@ counters! {
     posted_lost,
     /// Connections re-established to a restarted server (each one a device reset).
     server_reconnects,
+    /// Server replies to message ids not in flight, dropped (added when a connection ends).
+    vfio_unknown_replies,
+    /// Server replies after their request timed out, dropped (added when a connection ends).
+    vfio_late_replies,
+    /// Server DMA commands refused with EBUSY because the DMA queue was full (added when a
+    /// connection ends).
+    vfio_dma_refused_busy,
+    /// Requests held behind unanswered server DMA, single-socket servers only (added when a
+    /// connection ends).
+    vfio_held_requests,
     /// Engine tasks that panicked (a bug: always 0).
     task_panics,
 }
@@ -131,6 +141,14 @@ impl Counters {
 
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds the statistics of a vfio-user connection that is ending.
+    pub(crate) fn add_client_stats(&self, stats: &transports::vfio_user::ClientStats) {
+        Counters::add(&self.vfio_unknown_replies, stats.unknown_replies);
+        Counters::add(&self.vfio_late_replies, stats.late_replies);
+        Counters::add(&self.vfio_dma_refused_busy, stats.dma_refused_busy);
+        Counters::add(&self.vfio_held_requests, stats.held_requests);
     }
 
     /// Notes how a joined engine task ended: a panic is counted and logged.

@@ -354,6 +354,7 @@ impl Engine {
                 );
             }
             client.close().await;
+            self.shared.counters.add_client_stats(&client.stats());
         }
         self.shared.set_client(None);
         self.tasks.abort_all();
@@ -690,6 +691,9 @@ async fn recover_server(
         }
     }
     shared.max_xfer.store(max_xfer, Ordering::Relaxed);
+    if let Some(old) = shared.client() {
+        shared.counters.add_client_stats(&old.stats());
+    }
     shared.set_client(Some(client));
     let id = {
         let mut f = shared.function();
