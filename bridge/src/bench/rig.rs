@@ -35,6 +35,10 @@ const REG_IRQ_CONTROL: u64 = 0x24;
 pub const REG_SCRATCH: u64 = 0x30;
 /// MSI capability of the sample card.
 const MSI_CAP: u16 = 0x48;
+/// PCI Express capability of the sample card (docs/sample-device.md).
+const PCIE_CAP: u16 = 0x6c;
+/// Device Control at reset without its size fields: relaxed ordering and no snoop enabled.
+const DEVICE_CONTROL_RESET: u32 = 0x0810;
 /// BAR2 offset whose writes the [`SequenceCard`] checks for order and loss.
 pub const SEQUENCE_PORT: u64 = 0;
 /// Longest wait for any one TLP from the bridge (wall time; a safety net, not a measurement).
@@ -213,7 +217,7 @@ pub async fn echo_round_trip(end: &mut SimulatorEnd, bytes: &[u8]) -> Result<(),
 pub struct LoadGen {
     end: SimulatorEnd,
     fields: RequestFields,
-    /// The root complex's completions: MPS 128, RCB 64.
+    /// The root complex's completions: MPS 128 (until `set_payload_sizes`), RCB 64.
     link: LinkParams,
     host: Vec<u8>,
     next_tag: u16,
@@ -430,6 +434,20 @@ impl LoadGen {
         let tlp = memory_write_tlp(&self.fields, address, data, 4096)
             .map_err(|e| bench_error("building an MWr", e))?;
         self.send(&tlp, "MMIO write").await
+    }
+
+    /// Programs the card's Device Control with Max_Payload_Size `mps` and
+    /// Max_Read_Request_Size `mrrs` (relaxed ordering and no snoop stay enabled, as at reset),
+    /// and completes the card's reads at the same MPS from now on.
+    pub async fn set_payload_sizes(&mut self, mps: u16, mrrs: u16) -> Result<(), BridgeError> {
+        let link = LinkParams::new(mps, mrrs, self.link.read_completion_boundary())
+            .map_err(|e| bench_error("setting MPS and MRRS", e))?;
+        let code = |bytes: u16| u32::from((bytes / 128).trailing_zeros() as u16);
+        let control = DEVICE_CONTROL_RESET | code(mps) << 5 | code(mrrs) << 12;
+        // Device Status, the upper half of the dword, is write-1-to-clear: zeros change nothing.
+        self.cfg_write(PCIE_CAP + 8, control).await?;
+        self.link = link;
+        Ok(())
     }
 
     async fn enumerate(&mut self) -> Result<(), BridgeError> {
