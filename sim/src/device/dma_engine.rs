@@ -818,3 +818,130 @@ impl DeviceModel for DmaEngine {
         debug!("client gone; device state kept");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::UnixStream;
+    use transports::vfio_user::socket::{MessageSocket, ReceivedMessage};
+    use transports::vfio_user::wire::{self, Command, DmaAccessRepr, MessageType};
+
+    use super::super::bus::{MappedWindow, SocketWriter};
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// The card on a bus whose client end the test plays: DMA in pieces of `max_transfer` bytes
+    /// over one socket; replies the test sends are handed to the bus as the server's reader does.
+    struct Rig {
+        card: DmaEngine,
+        bus: DeviceBus,
+        client: MessageSocket,
+        reader: JoinHandle<()>,
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            self.reader.abort();
+        }
+    }
+
+    impl Rig {
+        fn new(max_transfer: usize) -> Self {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            let socket = Arc::new(MessageSocket::new(ours));
+            let writer = Arc::new(SocketWriter::new(socket.clone(), WAIT));
+            let bus = DeviceBus::new(writer, false, WAIT, max_transfer, 1, [1, 4, 8, 1, 1]);
+            bus.inner.windows.lock().unwrap().push(MappedWindow { address: 0, size: 1 << 20, flags: 3 });
+            let replies = bus.clone();
+            let reader = tokio::spawn(async move {
+                while let Ok(Some(message)) = socket.recv(1 << 20, 0).await {
+                    replies.deliver_reply(message);
+                }
+            });
+            let card = DmaEngine::new(DmaEngineConfig::default()).unwrap();
+            Rig { card, bus, client: MessageSocket::new(theirs), reader }
+        }
+
+        fn write(&self, offset: u64, value: u32) {
+            self.card.region_write(&self.bus, 0, offset, &value.to_le_bytes()).unwrap();
+        }
+
+        fn read(&self, offset: u64) -> u32 {
+            let mut data = [0u8; 4];
+            self.card.region_read(&self.bus, 0, offset, &mut data).unwrap();
+            u32::from_le_bytes(data)
+        }
+
+        fn start_copy(&self, src: u64, dst: u64, len: u32) {
+            // Memory space and bus mastering, then the registers and the doorbell.
+            self.card.region_write(&self.bus, CONFIG_REGION, 4, &[0x06, 0x00]).unwrap();
+            self.write(regs::SRC_LO, src as u32);
+            self.write(regs::DST_LO, dst as u32);
+            self.write(regs::LENGTH, len);
+            self.write(regs::DOORBELL, DOORBELL_START);
+        }
+
+        /// The card's next DMA request: (message, address, count).
+        async fn next_dma(&self) -> (ReceivedMessage, u64, u64) {
+            let message =
+                tokio::time::timeout(WAIT, self.client.recv(1 << 20, 0)).await.unwrap().unwrap().unwrap();
+            let view = wire::dma_access::View::new_checked(&message.payload[..]).unwrap();
+            let access = DmaAccessRepr::parse(&view).unwrap();
+            (message, access.address, access.count)
+        }
+
+        async fn reply(&self, request: &ReceivedMessage, address: u64, data: &[u8]) {
+            let count = if request.header.command == Command::DmaRead { data.len() } else { 0 };
+            let access = DmaAccessRepr { address, count: data.len() as u64 };
+            let payload = access.to_bytes_with(&data[..count]);
+            let bytes = wire::encode_message(
+                request.header.id,
+                request.header.command,
+                MessageType::Reply,
+                false,
+                None,
+                &payload,
+            )
+            .unwrap();
+            self.client.send(&bytes, &[]).await.unwrap();
+        }
+    }
+
+    /// DEVICE_RESET while a copy waits for the reply to one of its DMA pieces ends the copy:
+    /// the late reply is dropped, no further piece is requested, and the next copy runs alone.
+    #[tokio::test]
+    async fn reset_while_a_copy_waits_on_dma_cancels_it_and_no_further_dma_is_issued() {
+        let rig = Rig::new(64);
+        rig.start_copy(0x1000, 0x8000, 256);
+        let (first, address, count) = rig.next_dma().await;
+        assert_eq!((first.header.command, address, count), (Command::DmaRead, 0x1000, 64));
+        rig.reply(&first, address, &[0xaa; 64]).await;
+        let (second, address, count) = rig.next_dma().await;
+        assert_eq!((second.header.command, address, count), (Command::DmaRead, 0x1040, 64));
+        assert_eq!(rig.read(regs::STATUS), status::BUSY);
+
+        rig.card.reset(&rig.bus);
+        assert_eq!(rig.read(regs::STATUS), 0, "idle at once, no DONE, no ERROR");
+        // The answer to the piece it was waiting for arrives after the reset: dropped.
+        rig.reply(&second, address, &[0xbb; 64]).await;
+
+        // The next request the card makes is the new copy's, never the old copy's third piece.
+        rig.start_copy(0x2000, 0x9000, 32);
+        let (read, address, count) = rig.next_dma().await;
+        assert_eq!((read.header.command, address, count), (Command::DmaRead, 0x2000, 32));
+        rig.reply(&read, address, &[0xcc; 32]).await;
+        let (write, address, count) = rig.next_dma().await;
+        assert_eq!((write.header.command, address, count), (Command::DmaWrite, 0x9000, 32));
+        let data = &write.payload[DmaAccessRepr::LEN..];
+        assert_eq!(data, &[0xcc; 32][..], "the new copy's data, nothing of the old one");
+        rig.reply(&write, address, data).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while rig.read(regs::STATUS) & status::DONE == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the new copy never finished");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(rig.read(regs::COPY_COUNT), 1);
+    }
+}
