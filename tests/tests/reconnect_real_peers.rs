@@ -14,6 +14,8 @@
 //!   port cannot arm (e2e_real_peers.rs says why), so the test reads in the restarted server's
 //!   own log that it got the DMA window mapped, the host's BARs and Command written back and its
 //!   INTx eventfd assigned again.
+//! - libvfio-user's `samples/gpio-pci-idio-16` (494f:0dc8): BAR2 is an I/O BAR whose byte 0
+//!   reads `pin++ / 3`, so every read shows which card answers: the restarted one counts from 0.
 //! - QEMU's `x-vfio-user-server` with edu: identification, liveness (reads the inverse of what
 //!   was written), factorial, and MSI raised through register 0x60. QEMU 7.2 has no
 //!   message-based DMA, so edu's DMA engine is out of reach: config, MMIO and interrupts only.
@@ -48,6 +50,7 @@ const VENDOR_ID: u16 = 0x00;
 const COMMAND: u16 = 0x04;
 const BAR0: u16 = 0x10;
 const BAR1: u16 = 0x14;
+const BAR2: u16 = 0x18;
 
 /// A root complex that waits as long as it takes for its own completions (the bridge's device
 /// timeout decides), paces simulated time so the bridge and the server keep up, and retries CRS
@@ -351,6 +354,66 @@ async fn a_restarted_libvfio_user_sample_server_is_reconnected_restored_and_repo
     let last_config_write = server_log.rfind("region7: wrote");
     assert_eq!(last_config_write, Some(command_restored), "Command is restored last:\n{server_log}");
     // I/O writes are non-posted: none was lost.
+    bench.stop_and_check_counters(0);
+}
+
+/// gpio-pci-idio-16's BAR2 byte 0 reads `pin++ / 3`: three reads per GPIO step.
+async fn gpio_states(bench: &mut Bench, port: u64, reads: usize) -> Vec<u8> {
+    let mut states = Vec::new();
+    for _ in 0..reads {
+        let read = bench.rc.io_read(port, 1).await;
+        states.extend(read.unwrap_or_else(|e| panic!("GPIO read: {e}\n{}", bench.log())));
+    }
+    states
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_libvfio_user_gpio_card_is_reconnected_with_its_state_reset() {
+    let bin = tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
+    let dir = TestDir::new("reconnect-gpio").unwrap_or_else(|e| panic!("{e}"));
+    let Some(gpio) = peers::start_libvfio_user_gpio(&dir) else { return };
+    let socket = gpio.socket().to_owned();
+    // The card does no DMA.
+    let mut bench = Bench::attach(&bin, dir, &socket, &["--no-dma"]).await;
+    let ids = (bench.enumeration.vendor_id, bench.enumeration.device_id);
+    assert_eq!(ids, (0x494f, 0x0dc8), "{:#?}", bench.enumeration);
+    let port = bench.bar(2);
+    assert_eq!(gpio_states(&mut bench, port, 7).await, [0, 0, 0, 1, 1, 1, 2]);
+    let config = bench.host_config(&[VENDOR_ID, COMMAND, BAR2]).await;
+
+    let socket = kill(gpio);
+    bench.wait_for_server_loss();
+    let read = bench.rc.io_read(port, 1).await.map(|d| u32::from(d[0])).map_err(|e| e.to_string());
+    assert_completer_abort(read, "GPIO read while the card is gone", &bench.log());
+    bench.assert_config_crs().await;
+
+    let args = vec![OsString::from("-v"), socket.clone().into()];
+    let gpio = restart(Peer::LibvfioUserGpio, &bench.dir, &socket, "libvfio-user-gpio-2", args);
+    // The first read that succeeds is the new card's first: its counter starts again at 0,
+    // where the old card's had reached 7.
+    let first = bench
+        .read_after_restart("GPIO read", async |b| {
+            b.rc.io_read(port, 1).await.map(|d| u32::from(d[0])).map_err(|e| e.to_string())
+        })
+        .await;
+    assert_eq!(first, 0, "{}", bench.log());
+    assert_eq!(gpio_states(&mut bench, port, 5).await, [0, 0, 1, 1, 1]);
+    bench.assert_err_fatal();
+    for (offset, before) in config {
+        let now = bench.config_read(offset).await;
+        assert_eq!(now, before, "config {offset:#x} after the restart\n{}", bench.log());
+    }
+    let gpio_log = gpio.output();
+    let bar2_restored = gpio_log.find(&format!("BAR2 addr {port:#x}\n"));
+    let command = format!("region7: wrote {:#x} to (0x4:", bench.enumeration.command);
+    let command_restored =
+        gpio_log.rfind("region7: wrote").filter(|&at| gpio_log[at..].starts_with(&command));
+    assert!(
+        bar2_restored.is_some() && command_restored.is_some() && bar2_restored < command_restored,
+        "the restarted card's log lacks BAR2 {port:#x} then Command {:#x} written last:\n{gpio_log}",
+        bench.enumeration.command
+    );
+    // I/O requests are non-posted: none was lost.
     bench.stop_and_check_counters(0);
 }
 
