@@ -3,11 +3,12 @@
 //! restart"), with the reference root complex in this process on the sim link.
 //!
 //! For each peer, while the server is gone: a read gets Completer Abort (never a hang), a config
-//! read gets CRS, a posted write is dropped, and the bridge keeps running. After the restart:
+//! read gets CRS, a posted write is dropped (edu; the libvfio-user samples have only I/O BARs,
+//! whose writes are non-posted and fail like reads), and the bridge keeps running. After the restart:
 //! the root complex has received ERR_FATAL, the BARs the host assigned decode again without a
 //! new enumeration, config space reads back the host's values (Command, BARs, and the MSI
 //! capability for edu), the device works again with its state reset, and on Ctrl-C the bridge
-//! reports one reconnection (and the lost posted write) in its counters.
+//! reports one reconnection (and, for edu, the lost posted write) in its counters.
 //!
 //! - libvfio-user's `samples/server` (dead:beef): its BAR1 is an I/O BAR backed by memory, the
 //!   read-back register. Its only interrupt (INTx) and its DMA come from a timer that a root
