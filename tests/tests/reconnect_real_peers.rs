@@ -507,14 +507,12 @@ async fn a_restarted_qemu_edu_server_is_reconnected_restored_and_sends_msi_again
     bench.stop_and_check_counters(1);
 }
 
-/// The engine bug found with QEMU: a connection accepted by a dying server (or by one whose
-/// listener is up before it serves) and reset before the VERSION reply stops the bridge with
-/// status 1 ("vfio-user server setup failed while connecting: ... Connection reset by peer"),
-/// although the reconnect window has most of its 120 s left. `connect` in
-/// bridge/src/engine/mod.rs retries only `transports::Error::Connect`; a failed handshake on an
-/// accepted connection (`Error::Io`, `Error::Disconnected`) must be retried the same way.
+/// Found with QEMU: a connection accepted by a dying server (or by one whose listener is up
+/// before it serves) and reset before the VERSION reply used to stop the bridge with status 1
+/// ("vfio-user server setup failed while connecting: ... Connection reset by peer") with most
+/// of the reconnect window left. A failed handshake on an accepted connection (`Error::Io`,
+/// `Error::Disconnected`) is now retried within the window like a refused one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "engine bug: a server that resets the connection during VERSION stops the bridge instead of being retried within --reconnect-window (fix in bridge/src/engine/mod.rs `connect`)"]
 async fn a_server_dying_as_the_bridge_reconnects_does_not_stop_the_bridge() {
     let bin = tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
     let dir = TestDir::new("reconnect-dying").unwrap_or_else(|e| panic!("{e}"));

@@ -401,13 +401,11 @@ async fn connect(
             loop {
                 match Client::connect(&path, client_config.clone(), handler.clone()).await {
                     Ok(c) => return Ok(c),
-                    Err(transports::Error::Connect { source, path: p })
-                        if tokio::time::Instant::now() < deadline =>
-                    {
-                        tracing::debug!(path = %p.display(), error = %source, "server socket not ready; retrying");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(e) if retryable(&e) && tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(path = %path.display(), error = %e, "server not ready; retrying");
+                        tokio::time::sleep(RECONNECT_INTERVAL).await;
                     }
-                    Err(source @ transports::Error::Connect { .. }) => {
+                    Err(source) if retryable(&source) => {
                         return Err(BridgeError::ServerUnreachable { path, window, source });
                     }
                     Err(source) => {
@@ -417,6 +415,18 @@ async fn connect(
             }
         }
     }
+}
+
+/// How often a missing, refusing or dying server is tried again.
+const RECONNECT_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Failures a server that is not up yet (socket missing or refusing) or is going down (accepts,
+/// then drops the connection) causes: worth another try within the window.
+fn retryable(e: &transports::Error) -> bool {
+    matches!(
+        e,
+        transports::Error::Connect { .. } | transports::Error::Io { .. } | transports::Error::Disconnected(_)
+    )
 }
 
 async fn read_layout(client: &Client) -> Result<Layout> {
@@ -632,22 +642,39 @@ async fn recover_server(
     let _ = shared.irq_commands.send(IrqCommand::Reset).await;
     info!(path = %r.path.display(), window = ?r.window, "waiting for the vfio-user server to come back");
     let handler = dma::DmaBridge { shared: shared.clone() };
-    let endpoint = ServerEndpoint::Path(r.path.clone());
-    let (client, events) =
-        match connect(endpoint, r.window, &shared.config, shared.device_timeout, handler).await {
-            Ok(c) => c,
-            Err(BridgeError::ServerUnreachable { path, window, source }) => {
-                return Err(BridgeError::ServerLost { reason, path, window, last_error: source.to_string() });
+    let deadline = tokio::time::Instant::now() + r.window;
+    // A dying server may accept and drop a connection, even after VERSION: until the window
+    // ends, a connection that breaks before the device is read is tried again.
+    let (client, events, layout) =
+        loop {
+            let endpoint = ServerEndpoint::Path(r.path.clone());
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (client, events) =
+                match connect(endpoint, remaining, &shared.config, shared.device_timeout, handler.clone())
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(BridgeError::ServerUnreachable { path, source, .. }) => {
+                        let last_error = source.to_string();
+                        return Err(BridgeError::ServerLost { reason, path, window: r.window, last_error });
+                    }
+                    Err(e) => return Err(e),
+                };
+            match read_layout(&client).await {
+                Ok(layout) => break (client, events, layout),
+                Err(BridgeError::ServerSetup { source, step })
+                    if retryable(&source) && tokio::time::Instant::now() < deadline =>
+                {
+                    debug!(step, error = %source, "the restarted server dropped the connection; retrying");
+                    client.close().await;
+                    tokio::time::sleep(RECONNECT_INTERVAL).await;
+                }
+                Err(e) => {
+                    client.close().await;
+                    return Err(e);
+                }
             }
-            Err(e) => return Err(e),
         };
-    let layout = match read_layout(&client).await {
-        Ok(layout) => layout,
-        Err(e) => {
-            client.close().await;
-            return Err(e);
-        }
-    };
     if let Some(difference) = r.identity.difference(&DeviceIdentity::of(&layout)) {
         client.close().await;
         return Err(BridgeError::ServerChanged(difference));
