@@ -81,6 +81,8 @@ const WINDOW_LEN: u64 = 0x1000;
 /// Most completions waiting for their due cycle: a device cannot make the root complex queue
 /// more than this (beyond it, further reads are dropped and counted unsupported).
 const MAX_SCHEDULED: usize = 1 << 16;
+/// Most TLPs handed to the link in one call (at most about 1 MiB of frames).
+const SEND_BATCH: usize = 256;
 /// Interrupts kept in the log for the report (all are still counted for `wait-irq`).
 const MAX_IRQ_LOG: usize = 1 << 16;
 /// Highest MSI and MSI-X vector numbers (32 MSI vectors, 2048 MSI-X table entries).
@@ -250,9 +252,15 @@ impl<I: RootPortIo> RootComplex<I> {
     }
 
     async fn send(&mut self, tlp: &Tlp) -> Result<()> {
+        let bytes = self.encode_for_sending(tlp);
+        self.io.send_tlp(bytes).await
+    }
+
+    /// Counts and logs a TLP about to be sent; its wire bytes.
+    fn encode_for_sending(&mut self, tlp: &Tlp) -> Vec<u8> {
         *self.counters.tlps_sent.entry(tlp.kind_name()).or_default() += 1;
         tracing::debug!(tlp = %tlp, cycle = self.now(), "rc: sending");
-        self.io.send_tlp(tlp.to_bytes()).await
+        tlp.to_bytes()
     }
 
     /// One time step: `cycles` at most `step_cycles`.
@@ -276,12 +284,19 @@ impl<I: RootPortIo> RootComplex<I> {
             self.on_tlp(&bytes);
         }
         let now = self.now();
-        while self.scheduled.front().is_some_and(|(due, _)| *due <= now) {
-            if let Some((_, tlp)) = self.scheduled.pop_front() {
-                self.send(&tlp).await?;
+        // What is due goes out in batches: one write on a sim link instead of one per CplD.
+        loop {
+            let mut due = Vec::new();
+            while due.len() < SEND_BATCH && self.scheduled.front().is_some_and(|(at, _)| *at <= now) {
+                if let Some((_, tlp)) = self.scheduled.pop_front() {
+                    due.push(self.encode_for_sending(&tlp));
+                }
             }
+            if due.is_empty() {
+                return Ok(());
+            }
+            self.io.send_tlps(due).await?;
         }
-        Ok(())
     }
 
     fn on_tlp(&mut self, bytes: &[u8]) {

@@ -18,6 +18,17 @@ pub trait RootPortIo: Send {
     /// Sends one TLP (raw wire bytes) at the current time.
     fn send_tlp(&mut self, bytes: Vec<u8>) -> impl Future<Output = Result<()>> + Send;
 
+    /// Sends several TLPs at the current time, in order; a link that can batches them into one
+    /// write (the completions due in one step).
+    fn send_tlps(&mut self, tlps: Vec<Vec<u8>>) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            for bytes in tlps {
+                self.send_tlp(bytes).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// The next TLP the bridge sent, without waiting. An error once the link is gone.
     fn try_recv(&mut self) -> Result<Option<Vec<u8>>>;
 
@@ -36,6 +47,10 @@ impl RootPortIo for SimulatorEnd {
 
     async fn send_tlp(&mut self, bytes: Vec<u8>) -> Result<()> {
         SimulatorEnd::send_tlp(self, &bytes).await
+    }
+
+    async fn send_tlps(&mut self, tlps: Vec<Vec<u8>>) -> Result<()> {
+        SimulatorEnd::send_tlps(self, tlps.iter().map(Vec::as_slice)).await
     }
 
     fn try_recv(&mut self) -> Result<Option<Vec<u8>>> {
