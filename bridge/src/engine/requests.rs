@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info, warn};
 
-use tlp::byte_enable::enabled_runs;
+use tlp::byte_enable::{EnabledRuns, enabled_runs};
 use tlp::completion::{
     MemoryRead, io_config_read_completion, io_config_write_completion, read_completions,
     unsuccessful_completion,
@@ -69,10 +69,14 @@ impl LinkReader {
         mut rx: mpsc::Receiver<LinkInput>,
         mut shutdown: watch::Receiver<bool>,
     ) -> ReaderExit {
+        // One shutdown future for the whole run: a new one per TLP registered and dropped a
+        // waiter on the shutdown watch (two lock round trips) for every input.
+        let stop = super::wait_shutdown(&mut shutdown);
+        tokio::pin!(stop);
         loop {
             let input = tokio::select! {
                 biased;
-                _ = super::wait_shutdown(&mut shutdown) => return ReaderExit::Shutdown,
+                _ = &mut stop => return ReaderExit::Shutdown,
                 input = rx.recv() => input,
             };
             match input {
@@ -201,6 +205,15 @@ pub fn access_pieces(
     })
 }
 
+/// `(offset of the first enabled byte, bytes from it to the end of the last run)` of `runs`, in
+/// one pass; `None` when no byte is enabled.
+fn enabled_span(runs: &EnabledRuns) -> Option<(u32, u32)> {
+    let mut rest = runs.clone();
+    let (first, len) = rest.next()?;
+    let end = rest.last().map_or(first + len, |(offset, len)| offset + len);
+    Some((first, end - first))
+}
+
 /// The posted dispatcher.
 pub async fn posted_dispatcher(
     shared: Arc<Shared>,
@@ -223,10 +236,11 @@ pub async fn posted_dispatcher(
 
 async fn forward_posted(shared: &Shared, client: &Client, tlp: &Tlp) {
     let Body::Memory(m) = &tlp.body else { return };
-    let runs: Vec<(u32, u32)> = enabled_runs(m.first_be, m.last_be, tlp.length_dw()).collect();
-    let (Some(&(first, _)), Some(&(last_off, last_len))) = (runs.first(), runs.last()) else { return };
+    // Runs are recomputed rather than collected: no allocation per posted write.
+    let runs = enabled_runs(m.first_be, m.last_be, tlp.length_dw());
+    let Some((first, span)) = enabled_span(&runs) else { return };
     let start = m.address.wrapping_add(u64::from(first));
-    let span = u64::from(last_off + last_len - first);
+    let span = u64::from(span);
     let Some(hit) = shared.function().decode(start, span, false) else {
         Counters::inc(&shared.counters.posted_misses);
         debug!(tlp = %tlp, "posted write hits no BAR; dropped");
@@ -234,7 +248,7 @@ async fn forward_posted(shared: &Shared, client: &Client, tlp: &Tlp) {
     };
     shared.bar_accessed().await;
     let base = hit.offset.wrapping_sub(u64::from(first));
-    shared.snoop_msix_write(&hit, base, &runs, &tlp.payload).await;
+    shared.snoop_msix_write(&hit, base, runs.clone(), &tlp.payload).await;
     let split = shared.split_for(&hit);
     for (offset, len) in runs {
         let Some(data) = tlp.payload.get(offset as usize..(offset + len) as usize) else { continue };
@@ -336,11 +350,11 @@ async fn dispatch_non_posted(
                 shared.complete_with(&tlp, CplStatus::Crs).await;
                 return;
             }
-            let runs: Vec<(u32, u32)> = enabled_runs(c.first_be, 0, 1).collect();
+            let runs = enabled_runs(c.first_be, 0, 1);
             if c.write {
                 let mut f = shared.function();
                 f.capture_id(c.target);
-                for &(offset, len) in &runs {
+                for (offset, len) in runs.clone() {
                     if let Some(data) = tlp.payload.get(offset as usize..(offset + len) as usize) {
                         let effects = f.snoop_config_write(c.register + offset as u16, data);
                         after.flr |= effects.flr;
@@ -348,25 +362,29 @@ async fn dispatch_non_posted(
                     }
                 }
             }
-            let first = runs.first().map_or(0, |r| u64::from(r.0));
+            let span = enabled_span(&runs);
+            let first = span.map_or(0, |(first, _)| u64::from(first));
             Target {
                 region: CONFIG_REGION,
                 base: u64::from(c.register) + first,
                 runs,
+                span,
                 split: shared.config.split_non_prefetchable,
                 write: c.write,
                 local_pba: None,
             }
         }
         Body::Io(io) => {
-            let runs: Vec<(u32, u32)> = enabled_runs(io.first_be, 0, 1).collect();
-            match shared.decode_runs(u64::from(io.address), &runs, true) {
+            let runs = enabled_runs(io.first_be, 0, 1);
+            let span = enabled_span(&runs);
+            match shared.decode_span(u64::from(io.address), span, true) {
                 Some(hit) => {
                     shared.bar_accessed().await;
                     Target {
                         region: hit.region,
                         base: hit.offset,
                         runs,
+                        span,
                         split: shared.split_for(&hit),
                         write: io.write,
                         local_pba: None,
@@ -383,8 +401,9 @@ async fn dispatch_non_posted(
                 shared.complete_with(&tlp, CplStatus::Ur).await;
                 return;
             };
-            let runs: Vec<(u32, u32)> = read.enables.runs().collect();
-            match shared.decode_runs(m.address & !3, &runs, false) {
+            let runs = read.enables.runs();
+            let span = enabled_span(&runs);
+            match shared.decode_span(m.address & !3, span, false) {
                 Some(hit) => {
                     shared.bar_accessed().await;
                     let local_pba = shared.pba_read(&hit, read.byte_count());
@@ -392,6 +411,7 @@ async fn dispatch_non_posted(
                         region: hit.region,
                         base: hit.offset,
                         runs,
+                        span,
                         split: shared.split_for(&hit),
                         write: false,
                         local_pba,
@@ -408,8 +428,7 @@ async fn dispatch_non_posted(
             return;
         }
     };
-    let first = target.runs.first().map_or(0, |r| r.0);
-    let total = target.runs.last().map_or(0, |&(o, l)| o + l - first);
+    let (first, total) = target.span.unwrap_or((0, 0));
     if let Some(data) = target.local_pba {
         let pieces = Pieces::One(Some(Piece::Local { data, at: 0 }));
         completions.spawn(complete(shared.clone(), tlp, pieces, total as usize, after, permit));
@@ -417,7 +436,7 @@ async fn dispatch_non_posted(
     }
     // `base` is the region offset of the request's first DW (byte offset 0 of the runs).
     let base = target.base.wrapping_sub(u64::from(first));
-    let mut plan = target.runs.iter().flat_map(|&(offset, len)| {
+    let mut plan = target.runs.clone().flat_map(|(offset, len)| {
         access_pieces(base + u64::from(offset), len, target.split, shared.max_xfer())
     });
     let (first_piece, second_piece) = (plan.next(), plan.next());
@@ -472,7 +491,11 @@ struct Target {
     region: u32,
     /// Region offset of the first enabled byte.
     base: u64,
-    runs: Vec<(u32, u32)>,
+    /// The enabled runs, an iterator run where needed (no allocation per request).
+    runs: EnabledRuns,
+    /// `(offset of the first enabled byte, bytes to the end of the last run)`; `None` when no
+    /// byte is enabled.
+    span: Option<(u32, u32)>,
     split: AccessSplit,
     write: bool,
     local_pba: Option<Vec<u8>>,
@@ -495,7 +518,7 @@ async fn complete(
     _permit: OwnedSemaphorePermit,
 ) {
     let deadline = Instant::now() + shared.device_timeout;
-    let mut data = vec![0u8; len];
+    let mut data: Option<Vec<u8>> = None;
     let mut failure: Option<(bool, String)> = None;
     loop {
         let piece = match timeout_at(deadline, pieces.recv()).await {
@@ -512,9 +535,7 @@ async fn complete(
         let outcome = match piece {
             Piece::Read { pending, at } => match timeout_at(deadline, pending.wait()).await {
                 Ok(Ok(bytes)) => {
-                    if let Some(dst) = data.get_mut(at..at + bytes.len()) {
-                        dst.copy_from_slice(&bytes);
-                    }
+                    place_piece(&mut data, len, at, bytes);
                     Ok(())
                 }
                 Ok(Err(e)) => Err((false, e.to_string())),
@@ -526,9 +547,7 @@ async fn complete(
                 Err(_) => Err((true, "no reply".to_owned())),
             },
             Piece::Local { data: bytes, at } => {
-                if let Some(dst) = data.get_mut(at..at + bytes.len()) {
-                    dst.copy_from_slice(&bytes);
-                }
+                place_piece(&mut data, len, at, bytes);
                 Ok(())
             }
             Piece::Failed(e) => Err((false, e)),
@@ -548,23 +567,34 @@ async fn complete(
         warn!(tlp = %tlp, timed_out, error = %why, timeout = ?shared.device_timeout, "server failed the request; answering Completer Abort");
         shared.complete_with(&tlp, CplStatus::Ca).await;
     } else {
-        let built: Result<Vec<Tlp>, String> = match &tlp.body {
-            Body::Memory(_) => MemoryRead::from_tlp(&tlp)
-                .and_then(|read| read_completions(&read, id, &data, &link).map(|c| c.collect()))
-                .map_err(|e| e.to_string()),
-            Body::Config(_) | Body::Io(_) if !tlp.has_data() => io_config_dword(&tlp, &data).and_then(|dw| {
-                io_config_read_completion(&tlp, id, dw).map(|c| vec![c]).map_err(|e| e.to_string())
-            }),
-            _ => io_config_write_completion(&tlp, id).map(|c| vec![c]).map_err(|e| e.to_string()),
-        };
-        match built {
-            Ok(completions) => {
-                for completion in completions {
-                    if shared.tx.send(&completion).await.is_err() {
-                        return;
+        let data = data.unwrap_or_else(|| vec![0u8; len]);
+        // A memory read's completions are sent as they are built, not collected first; I/O and
+        // config requests have a single completion.
+        let single: Result<Option<Tlp>, String> = match &tlp.body {
+            Body::Memory(_) => {
+                match MemoryRead::from_tlp(&tlp).and_then(|read| read_completions(&read, id, &data, &link)) {
+                    Ok(completions) => {
+                        for completion in completions {
+                            if shared.tx.send(&completion).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None)
                     }
+                    Err(e) => Err(e.to_string()),
                 }
             }
+            Body::Config(_) | Body::Io(_) if !tlp.has_data() => io_config_dword(&tlp, &data)
+                .and_then(|dw| io_config_read_completion(&tlp, id, dw).map(Some).map_err(|e| e.to_string())),
+            _ => io_config_write_completion(&tlp, id).map(Some).map_err(|e| e.to_string()),
+        };
+        match single {
+            Ok(Some(completion)) => {
+                if shared.tx.send(&completion).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {}
             Err(e) => {
                 warn!(tlp = %tlp, error = %e, "cannot build the completion; answering Completer Abort");
                 shared.complete_with(&tlp, CplStatus::Ca).await;
@@ -576,6 +606,19 @@ async fn complete(
         shared.request_reset(ResetKind::Flr);
     } else if after.interrupts {
         let _ = shared.irq_commands.send(IrqCommand::Reconfigure).await;
+    }
+}
+
+/// Puts one piece's bytes at `at` in the request's span of `len` bytes. A piece that is the
+/// whole span (most MMIO reads) becomes the span as it is, without a zeroed buffer and a copy.
+fn place_piece(span: &mut Option<Vec<u8>>, len: usize, at: usize, bytes: Vec<u8>) {
+    if span.is_none() && at == 0 && bytes.len() == len {
+        *span = Some(bytes);
+        return;
+    }
+    let span = span.get_or_insert_with(|| vec![0u8; len]);
+    if let Some(dst) = span.get_mut(at..at + bytes.len()) {
+        dst.copy_from_slice(&bytes);
     }
 }
 
@@ -597,13 +640,12 @@ fn io_config_dword(tlp: &Tlp, span: &[u8]) -> Result<[u8; 4], String> {
 }
 
 impl Shared {
-    /// Decodes the span of enabled `runs` of a request at `dw_address`.
-    fn decode_runs(&self, dw_address: u64, runs: &[(u32, u32)], io: bool) -> Option<BarHit> {
+    /// Decodes the enabled `span` ([`enabled_span`]) of a request at `dw_address`.
+    fn decode_span(&self, dw_address: u64, span: Option<(u32, u32)>, io: bool) -> Option<BarHit> {
         // A zero-length request (no byte enabled) addresses its first DW.
-        let (first, _) = runs.first().copied().unwrap_or((0, 1));
-        let (last, last_len) = runs.last().copied().unwrap_or((0, 1));
+        let (first, len) = span.unwrap_or((0, 1));
         let start = dw_address.checked_add(u64::from(first))?;
-        self.function().decode(start, u64::from(last + last_len - first), io)
+        self.function().decode(start, u64::from(len), io)
     }
 
     fn split_for(&self, hit: &BarHit) -> AccessSplit {
@@ -618,14 +660,20 @@ impl Shared {
     }
 
     /// A posted write into the MSI-X table updates the bridge's copy (and may unmask).
-    async fn snoop_msix_write(&self, hit: &BarHit, base: u64, runs: &[(u32, u32)], payload: &[u8]) {
+    async fn snoop_msix_write(
+        &self,
+        hit: &BarHit,
+        base: u64,
+        runs: impl Iterator<Item = (u32, u32)>,
+        payload: &[u8],
+    ) {
         let Some(msix) = self.function().msix else { return };
         if hit.region != u32::from(msix.table_bir) {
             return;
         }
         let table = u64::from(msix.table_offset)..u64::from(msix.table_offset) + msix.table_len();
         let mut touched = false;
-        for &(offset, len) in runs {
+        for (offset, len) in runs {
             let at = base + u64::from(offset);
             if at + u64::from(len) <= table.start || at >= table.end {
                 continue;

@@ -7,6 +7,7 @@
 //! for a newer request that reused the tag. A link reset (link down, hot reset) instead frees
 //! every tag at once: completions for requests issued before it never arrive after it.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, oneshot};
@@ -72,9 +73,31 @@ struct Inner {
 /// One slot per 10-bit tag value; [`TagWidth`] selects which are handed out.
 pub struct TagTable {
     inner: Mutex<Inner>,
+    /// Bumped (under the `inner` lock) by every [`TagTable::abort_all`] and
+    /// [`TagTable::release_all`]: a DMA that began before a reset must not issue requests
+    /// after it (see [`TagTable::allocate_since`]).
+    resets: AtomicU64,
     freed: Notify,
+    /// Callers waiting on `freed` (see [`TagTable::waiting`]): a freed tag notifies only when
+    /// there are some, so the common case (tags to spare) costs no `Notify` lock per completion.
+    waiting: AtomicUsize,
     counters: Arc<Counters>,
 }
+
+/// Registers its holder as waiting for a freed tag for as long as it lives.
+pub struct TagWaiter<'a> {
+    table: &'a TagTable,
+}
+
+impl Drop for TagWaiter<'_> {
+    fn drop(&mut self) {
+        self.table.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The tag table was reset since the caller's DMA began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableReset;
 
 /// Does this completion end its request (a failure status, or it carries the last bytes)?
 fn is_final(tlp: &Tlp, cpl: &tlp::Completion) -> bool {
@@ -88,21 +111,62 @@ fn is_final(tlp: &Tlp, cpl: &tlp::Completion) -> bool {
 impl TagTable {
     pub fn new(counters: Arc<Counters>) -> Self {
         let slots = (0..=tlp::split::MAX_TAG).map(|_| Slot::Free).collect();
-        TagTable { inner: Mutex::new(Inner { slots, next: 0 }), freed: Notify::new(), counters }
+        TagTable {
+            inner: Mutex::new(Inner { slots, next: 0 }),
+            resets: AtomicU64::new(0),
+            freed: Notify::new(),
+            waiting: AtomicUsize::new(0),
+            counters,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a free tag for a read of `reassembly`; `None` if every usable tag is taken.
+    /// The reset count, to pass to [`TagTable::allocate_since`] for the reads of one DMA.
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Acquire)
+    }
+
+    /// [`TagTable::allocate_since`] without the reset check, for tests of the table alone.
+    #[cfg(test)]
     pub fn allocate(
         &self,
         width: TagWidth,
         now: LinkInstant,
         reassembly: ReadReassembly,
     ) -> Option<(u16, oneshot::Receiver<ReadOutcome>)> {
+        Self::allocate_in(&mut self.lock(), width, now, reassembly)
+    }
+
+    /// Takes a free tag for a read of `reassembly` (`Ok(None)` if every usable tag is taken) for
+    /// a DMA that began when [`TagTable::resets`] was `resets`; `Err` once the table has been
+    /// reset since. A DMA whose reads a reset aborted may still be queueing its next read when
+    /// the reset frees every tag; without this it would take the freed tags for reads of a dead
+    /// request (sent across the link reset) and, on seeing its aborted read, quarantine them
+    /// for a completion timeout, starving the next DMA.
+    pub fn allocate_since(
+        &self,
+        resets: u64,
+        width: TagWidth,
+        now: LinkInstant,
+        reassembly: ReadReassembly,
+    ) -> Result<Option<(u16, oneshot::Receiver<ReadOutcome>)>, TableReset> {
         let mut inner = self.lock();
+        // Resets bump the count under this lock: none can slip in before the allocation.
+        if self.resets.load(Ordering::Acquire) != resets {
+            return Err(TableReset);
+        }
+        Ok(Self::allocate_in(&mut inner, width, now, reassembly))
+    }
+
+    fn allocate_in(
+        inner: &mut Inner,
+        width: TagWidth,
+        now: LinkInstant,
+        reassembly: ReadReassembly,
+    ) -> Option<(u16, oneshot::Receiver<ReadOutcome>)> {
         let range = width.range();
         let span = range.len();
         let start = inner.next;
@@ -124,11 +188,26 @@ impl TagTable {
         None
     }
 
-    /// Completes when a tag may have been freed. Create (and `enable`) it before trying
-    /// [`TagTable::allocate`] so that a tag freed in between is not missed; callers bound the
-    /// wait with their own timeout.
+    /// Completes when a tag may have been freed. Hold a [`TagTable::waiting`] guard and create
+    /// (and `enable`) this before trying [`TagTable::allocate`] again, so that a tag freed in
+    /// between is not missed; callers bound the wait with their own timeout.
     pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
         self.freed.notified()
+    }
+
+    /// Marks the caller as waiting for a freed tag until the guard drops. A tag freed after
+    /// this is taken notifies [`TagTable::freed`]; one freed before it is seen by the next
+    /// [`TagTable::allocate`] (the count is raised before that takes the lock, and read by the
+    /// freeing side after it releases the lock).
+    pub fn waiting(&self) -> TagWaiter<'_> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        TagWaiter { table: self }
+    }
+
+    fn notify_freed(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_waiters();
+        }
     }
 
     /// The read on `tag` (whose outcome `read` would receive) timed out or was abandoned:
@@ -153,6 +232,7 @@ impl TagTable {
     /// until `until` because their completions may still be on the way.
     pub fn abort_all(&self, until: LinkInstant) {
         let mut inner = self.lock();
+        self.resets.fetch_add(1, Ordering::AcqRel);
         for slot in inner.slots.iter_mut() {
             if let Slot::Busy { .. } = slot {
                 if let Slot::Busy { done, .. } = std::mem::replace(slot, Slot::Quarantined { until }) {
@@ -161,7 +241,7 @@ impl TagTable {
             }
         }
         drop(inner);
-        self.freed.notify_waiters();
+        self.notify_freed();
     }
 
     /// Fails every outstanding read and frees every tag, quarantined ones included, at once:
@@ -169,13 +249,14 @@ impl TagTable {
     /// request can arrive.
     pub fn release_all(&self) {
         let mut inner = self.lock();
+        self.resets.fetch_add(1, Ordering::AcqRel);
         for slot in inner.slots.iter_mut() {
             if let Slot::Busy { done, .. } = std::mem::replace(slot, Slot::Free) {
                 let _ = done.send(ReadOutcome::Aborted);
             }
         }
         drop(inner);
-        self.freed.notify_waiters();
+        self.notify_freed();
     }
 
     /// Takes one completion from the link. Never blocks. `our_id` is the bridge's routing ID:
@@ -230,7 +311,7 @@ impl TagTable {
         };
         drop(inner);
         if freed {
-            self.freed.notify_waiters();
+            self.notify_freed();
         }
     }
 
@@ -318,5 +399,22 @@ mod tests {
         assert_eq!(t.in_use(), 32);
         let owner = again.iter_mut().find(|(tag, _)| tag == stale_tag).unwrap();
         assert!(matches!(owner.1.try_recv(), Err(oneshot::error::TryRecvError::Empty)), "still busy");
+    }
+
+    #[test]
+    fn a_dma_begun_before_a_reset_gets_no_tag_after_it() {
+        let t = table();
+        let read = || ReadReassembly::new(0x1000, 4).unwrap();
+        let begun = t.resets();
+        let (_, mut first) =
+            t.allocate_since(begun, TagWidth::Five, LinkInstant(0), read()).unwrap().unwrap();
+        t.release_all();
+        assert_eq!(first.try_recv().unwrap(), ReadOutcome::Aborted);
+        assert!(matches!(t.allocate_since(begun, TagWidth::Five, LinkInstant(0), read()), Err(TableReset)));
+        assert_eq!(t.in_use(), 0, "the freed tags stay free for the next DMA");
+        let after = t.resets();
+        assert!(t.allocate_since(after, TagWidth::Five, LinkInstant(0), read()).unwrap().is_some());
+        t.abort_all(LinkInstant(0));
+        assert!(matches!(t.allocate_since(after, TagWidth::Five, LinkInstant(0), read()), Err(TableReset)));
     }
 }
