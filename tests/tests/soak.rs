@@ -23,7 +23,8 @@
 //! - `TLPBRIDGE_SOAK_DEVICE_TIMEOUT_MS`: the bridge's `--device-timeout` (default 500), what a
 //!   read costs while the server is stopped.
 //!
-//! A million operations (about 15 minutes in a debug build on 2 cores; progress every 10 000):
+//! A million operations (986 s in a debug build on 2 cores, docs/reliability.md §3; progress
+//! every 10 000):
 //! `TLPBRIDGE_SOAK_OPS=1000000 TLPBRIDGE_SOAK_STALL_PERMILLE=2 TLPBRIDGE_SOAK_DEVICE_TIMEOUT_MS=200
 //! cargo test -p tlpbridge-tests --test soak -- --nocapture`.
 
