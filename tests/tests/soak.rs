@@ -18,15 +18,14 @@
 //!   when the bridge sends a TLP (default 1000; 0: 100 ns steps with only a yield between them,
 //!   the root complex spinning, as the soak ran before);
 //! - `TLPBRIDGE_SOAK_DEVICE_DMA_TIMEOUT_MS`: the device's wait for a DMA reply (default 30000;
-//!   small values reproduce the historical TIMEOUT failure, see docs/reliability.md §3).
-//!
+//!   small values reproduce the historical TIMEOUT failure, see docs/reliability.md §3);
 //! - `TLPBRIDGE_SOAK_DEVICE_TIMEOUT_MS`: the bridge's `--device-timeout` (default 500), what a
 //!   read costs while the server is stopped.
 //!
 //! A million operations (986 s in a debug build on 2 cores, docs/reliability.md §3; progress
 //! every 10 000):
-//! `TLPBRIDGE_SOAK_OPS=1000000 TLPBRIDGE_SOAK_STALL_PERMILLE=2 TLPBRIDGE_SOAK_DEVICE_TIMEOUT_MS=200
-//! cargo test -p tlpbridge-tests --test soak -- --nocapture`.
+//! `TLPBRIDGE_SOAK_OPS=1000000 TLPBRIDGE_SOAK_STALL_PERMILLE=2 TLPBRIDGE_SOAK_SEED=7
+//! TLPBRIDGE_SOAK_DEVICE_TIMEOUT_MS=200 cargo test -p tlpbridge-tests --test soak -- --nocapture`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
