@@ -249,7 +249,8 @@ impl Bench {
             Command::new(&bin)
                 .args(["run", "--server", socket.to_str().unwrap(), "--link"])
                 .arg(format!("sim-listen://127.0.0.1:{port}"))
-                .args(["--dma-window", "0:1M", "--device-timeout", "2s"])
+                // The scripted server serves one connection: nothing to reconnect to.
+                .args(["--dma-window", "0:1M", "--device-timeout", "2s", "--no-reconnect"])
                 .stdin(Stdio::null())
                 .stdout(out.try_clone().unwrap())
                 .stderr(out)
