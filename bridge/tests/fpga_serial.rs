@@ -267,14 +267,6 @@ async fn the_emulator_program_signals_a_hot_reset_that_resets_the_card() {
     engine.shutdown().await;
 }
 
-// Fails about 1 run in 15 until the engine stops a DMA read that a link reset interrupted
-// (root cause, found in #7): when the reset frees every tag while the read's handler is still
-// queueing MRds (blocked on the downed link's full queue), the handler takes the freed tags for
-// further reads of the dead request, then sees its aborted read and quarantines those tags for a
-// completion timeout (5 s). With 5-bit tags that is every tag, so the replugged host's copy gets
-// no tag and fails with ETIMEDOUT. The engine change (`TagTable::allocate_since`, in the #7
-// report) fixes it: 0 failures in 150 runs.
-#[ignore = "needs the engine fix for DMA reads across a link reset (TagTable::allocate_since, #7)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unplug_fails_the_dma_in_flight_and_replug_brings_the_link_back() {
     let config = patient(EmulatorConfig::default());
