@@ -2,7 +2,7 @@
 //! `read_capture` (pcapng or classic pcap), the pseudo-header parsers, `analyze` (decode and
 //! request/completion matching) and both output forms.
 //!
-//! Properties: any file reads or fails with a `CaptureError` (a file cut inside a block reads
+//! Properties: any file reads or fails with a `BridgeError` (a file cut inside a block reads
 //! up to the cut and says so); each record's pseudo-header, when it parses, emits to bytes that
 //! parse back to it with the same body; `analyze` returns one shown record per record and a completion's matched request
 //! comes before it; reading allocates at most pcap-file's fixed 8 MB buffer (or a small multiple of the file's

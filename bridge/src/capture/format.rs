@@ -2,7 +2,7 @@
 //! of TLP and vfio-user records, as typed views with `Repr`s (parse/emit), plus the pcapng
 //! constants the writer and the readers share.
 
-use super::CaptureError;
+use crate::engine::{BridgeError, Result};
 
 /// LINKTYPE_USER0: interface 0, one TLP per record behind a [`TlpHeaderRepr`].
 pub const LINKTYPE_TLP: u32 = 147;
@@ -162,12 +162,12 @@ pub struct TlpHeaderRepr {
     pub link_time_ps: u64,
 }
 
-fn bad(what: String) -> CaptureError {
-    CaptureError::Record(what)
+fn bad(what: String) -> BridgeError {
+    BridgeError::CaptureRecord(what)
 }
 
 /// Checks version and header length; returns the header length (where the body starts).
-fn check_prefix(record: &[u8], min_len: usize, what: &str) -> Result<usize, CaptureError> {
+fn check_prefix(record: &[u8], min_len: usize, what: &str) -> Result<usize> {
     let (Some(&version), Some(&header_len)) = (record.first(), record.get(1)) else {
         return Err(bad(format!("{what} record of {} bytes has no pseudo-header", record.len())));
     };
@@ -189,7 +189,7 @@ fn check_prefix(record: &[u8], min_len: usize, what: &str) -> Result<usize, Capt
 impl TlpHeaderRepr {
     /// Parses the pseudo-header of a record; returns it and the TLP bytes behind it. A longer
     /// header (a later minor extension) is skipped using its length byte.
-    pub fn parse(record: &[u8]) -> Result<(Self, &[u8]), CaptureError> {
+    pub fn parse(record: &[u8]) -> Result<(Self, &[u8])> {
         let header_len = check_prefix(record, tlp_header::LEN, "TLP")?;
         let byte = |i: usize| record.get(i).copied().unwrap_or(0);
         let direction = Direction::from_bits(byte(tlp_header::DIRECTION)).ok_or_else(|| {
@@ -246,7 +246,7 @@ pub struct VfioUserHeaderRepr {
 
 impl VfioUserHeaderRepr {
     /// Parses the pseudo-header; returns it and the message bytes behind it.
-    pub fn parse(record: &[u8]) -> Result<(Self, &[u8]), CaptureError> {
+    pub fn parse(record: &[u8]) -> Result<(Self, &[u8])> {
         let header_len = check_prefix(record, vfio_user_header::LEN, "vfio-user")?;
         let byte = |i: usize| record.get(i).copied().unwrap_or(0);
         let direction = Direction::from_bits(byte(vfio_user_header::DIRECTION)).ok_or_else(|| {

@@ -40,32 +40,11 @@ use tracing::{debug, warn};
 use transports::link::LinkInstant;
 use transports::vfio_user::{MessageTap, SocketRole, TapDirection};
 
+use crate::engine::{BridgeError, Result};
+
 pub use format::{Direction, TlpFlags, VfioSocket};
 use format::{INTERFACE_TLP, INTERFACE_VFIO_USER};
 pub use format::{TlpHeaderRepr, VfioUserHeaderRepr};
-
-/// What went wrong writing or reading a capture.
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    #[error("cannot create capture file {path}: {source}; check the directory exists and is writable")]
-    Create { path: PathBuf, source: std::io::Error },
-    #[error("writing capture file {path} failed: {detail}")]
-    Write { path: PathBuf, detail: String },
-    #[error("cannot open capture file {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a pcap or pcapng file: {detail}")]
-    NotACapture { path: PathBuf, detail: String },
-    #[error("{path}: {detail}")]
-    Corrupt { path: PathBuf, detail: String },
-    /// A record whose pseudo-header cannot be decoded.
-    #[error("{0}")]
-    Record(String),
-    /// A `--filter` expression that does not parse.
-    #[error("invalid filter {expr:?}: {reason}")]
-    Filter { expr: String, reason: String },
-    #[error("capture writer thread: {0}")]
-    Thread(String),
-}
 
 /// Which clock a link's timestamps count in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,7 +311,7 @@ impl CaptureSummary {
 #[derive(Debug)]
 pub struct CaptureWriter {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<Result<CaptureSummary, CaptureError>>>,
+    thread: Option<JoinHandle<Result<CaptureSummary>>>,
     path: PathBuf,
 }
 
@@ -343,13 +322,11 @@ pub struct Capture;
 impl Capture {
     /// Creates `path` (truncating it), writes the section and interface blocks, and starts the
     /// writer thread.
-    pub fn create(
-        path: &Path,
-        config: CaptureConfig,
-    ) -> Result<(CaptureHandle, CaptureWriter), CaptureError> {
-        let file =
-            File::create(path).map_err(|source| CaptureError::Create { path: path.to_owned(), source })?;
-        let write_err = |e: PcapError| CaptureError::Write { path: path.to_owned(), detail: e.to_string() };
+    pub fn create(path: &Path, config: CaptureConfig) -> Result<(CaptureHandle, CaptureWriter)> {
+        let file = File::create(path)
+            .map_err(|source| BridgeError::CaptureCreate { path: path.to_owned(), source })?;
+        let write_err =
+            |e: PcapError| BridgeError::CaptureWrite { path: path.to_owned(), detail: e.to_string() };
         let section = SectionHeaderBlock {
             endianness: Endianness::native(),
             options: vec![SectionHeaderOption::UserApplication(Cow::Owned(format!(
@@ -396,7 +373,7 @@ impl Capture {
         writer
             .get_mut()
             .flush()
-            .map_err(|e| CaptureError::Write { path: path.to_owned(), detail: e.to_string() })?;
+            .map_err(|e| BridgeError::CaptureWrite { path: path.to_owned(), detail: e.to_string() })?;
 
         let shared = Arc::new(Shared {
             batch: Mutex::new(Batch::default()),
@@ -410,7 +387,7 @@ impl Capture {
         let thread = std::thread::Builder::new()
             .name("tlpbridge-capture".to_owned())
             .spawn(move || write_loop(writer, thread_shared, &thread_path, flush_interval))
-            .map_err(|e| CaptureError::Thread(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| BridgeError::CaptureThread(format!("cannot start the writer thread: {e}")))?;
         let handle = CaptureHandle {
             inner: Arc::new(HandleInner {
                 shared: shared.clone(),
@@ -425,18 +402,18 @@ impl Capture {
 impl CaptureWriter {
     /// Writes what is queued, the drop statistics, and closes the file. Records offered after
     /// this are dropped. Blocks until the writer thread is done (bounded: the queue is bounded).
-    pub fn finish(mut self) -> Result<CaptureSummary, CaptureError> {
+    pub fn finish(mut self) -> Result<CaptureSummary> {
         self.stop()
     }
 
-    fn stop(&mut self) -> Result<CaptureSummary, CaptureError> {
+    fn stop(&mut self) -> Result<CaptureSummary> {
         let Some(thread) = self.thread.take() else {
-            return Err(CaptureError::Thread("already finished".to_owned()));
+            return Err(BridgeError::CaptureThread("already finished".to_owned()));
         };
         self.shared.lock().finish = true;
-        thread
-            .join()
-            .map_err(|_| CaptureError::Thread(format!("the writer of {} panicked", self.path.display())))?
+        thread.join().map_err(|_| {
+            BridgeError::CaptureThread(format!("the writer of {} panicked", self.path.display()))
+        })?
     }
 }
 
@@ -542,8 +519,8 @@ fn write_loop(
     shared: Arc<Shared>,
     path: &Path,
     flush_interval: Duration,
-) -> Result<CaptureSummary, CaptureError> {
-    let write_err = |detail: String| CaptureError::Write { path: path.to_owned(), detail };
+) -> Result<CaptureSummary> {
+    let write_err = |detail: String| BridgeError::CaptureWrite { path: path.to_owned(), detail };
     let start_ns = wall_ns();
     let mut written = [0u64; 2];
     let mut drops_reported = [0u64; 2];

@@ -13,8 +13,8 @@ use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
 use pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsOption;
 
-use super::CaptureError;
 use super::format::Direction;
+use crate::engine::{BridgeError, Result};
 
 /// One packet record of a capture.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,18 +105,18 @@ impl std::fmt::Debug for RecordReader {
 
 impl RecordReader {
     /// Opens `path` and reads its file header.
-    pub fn open(path: &Path) -> Result<RecordReader, CaptureError> {
+    pub fn open(path: &Path) -> Result<RecordReader> {
         let open = |path: &Path| {
-            File::open(path).map_err(|source| CaptureError::Open { path: path.to_owned(), source })
+            File::open(path).map_err(|source| BridgeError::CaptureOpen { path: path.to_owned(), source })
         };
         let mut magic = [0u8; 4];
-        open(path)?.read_exact(&mut magic).map_err(|e| CaptureError::NotACapture {
+        open(path)?.read_exact(&mut magic).map_err(|e| BridgeError::NotACapture {
             path: path.to_owned(),
             detail: format!("cannot read the magic number: {e}"),
         })?;
         let file = BufReader::new(open(path)?);
         let not_capture =
-            |e: PcapError| CaptureError::NotACapture { path: path.to_owned(), detail: e.to_string() };
+            |e: PcapError| BridgeError::NotACapture { path: path.to_owned(), detail: e.to_string() };
         let (source, interfaces) = if magic == PCAPNG_MAGIC {
             (Source::PcapNg(Box::new(PcapNgReader::new(file).map_err(not_capture)?)), Vec::new())
         } else {
@@ -152,7 +152,7 @@ impl RecordReader {
 
     /// The next packet record; `Ok(None)` at the end of the file or at a block that cannot be
     /// read (then [`RecordReader::truncated`] says why: everything before it is good).
-    pub fn next_record(&mut self) -> Result<Option<RawRecord>, CaptureError> {
+    pub fn next_record(&mut self) -> Result<Option<RawRecord>> {
         if self.truncated.is_some() {
             return Ok(None);
         }
@@ -199,7 +199,7 @@ impl RecordReader {
 }
 
 impl Iterator for RecordReader {
-    type Item = Result<RawRecord, CaptureError>;
+    type Item = Result<RawRecord>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.next_record().transpose()
@@ -213,8 +213,8 @@ fn pcapng_block(
     interfaces: &mut Vec<InterfaceInfo>,
     interface_drops: &mut Vec<(u32, u64)>,
     path: &Path,
-) -> Result<Option<RawRecord>, CaptureError> {
-    let corrupt = |detail: String| CaptureError::Corrupt { path: path.to_owned(), detail };
+) -> Result<Option<RawRecord>> {
+    let corrupt = |detail: String| BridgeError::CaptureCorrupt { path: path.to_owned(), detail };
     match block {
         Block::SectionHeader(_) => interfaces.clear(),
         Block::InterfaceDescription(idb) => {
@@ -286,7 +286,7 @@ fn pcapng_block(
 }
 
 /// Reads a whole pcapng or pcap file into memory.
-pub fn read_capture(path: &Path) -> Result<CaptureFile, CaptureError> {
+pub fn read_capture(path: &Path) -> Result<CaptureFile> {
     let mut reader = RecordReader::open(path)?;
     let mut records = Vec::new();
     while let Some(record) = reader.next_record()? {

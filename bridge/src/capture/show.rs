@@ -12,9 +12,9 @@ use transports::vfio_user::wire::{
     DmaAccessRepr, Header, HeaderRepr, MessageType, RegionAccessRepr, dma_access, region_access,
 };
 
-use super::CaptureError;
 use super::format::{self, Direction, NetTlpHeaderRepr, TlpHeaderRepr, VfioSocket, VfioUserHeaderRepr};
 use super::read::RawRecord;
+use crate::engine::{BridgeError, Result};
 
 /// What a record carried, decoded.
 #[derive(Clone, Debug)]
@@ -327,8 +327,8 @@ fn parse_number(text: &str) -> Option<u64> {
 }
 
 impl Filter {
-    pub fn parse(expr: &str) -> Result<Filter, CaptureError> {
-        let err = |reason: String| CaptureError::Filter { expr: expr.to_owned(), reason };
+    pub fn parse(expr: &str) -> Result<Filter> {
+        let err = |reason: String| BridgeError::CaptureFilter { expr: expr.to_owned(), reason };
         let mut terms = Vec::new();
         for word in expr.split_whitespace() {
             let (key, values) =

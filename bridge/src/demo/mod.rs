@@ -20,7 +20,7 @@ use sim::rc::{RcConfig, Report, RootComplex, Script};
 use tlp::split::LinkParams;
 use tokio::task::JoinHandle;
 
-use crate::capture::{Capture, CaptureConfig, CaptureError, CaptureSummary, CaptureWriter};
+use crate::capture::{Capture, CaptureConfig, CaptureSummary, CaptureWriter};
 use crate::engine::counters::TLP_KINDS;
 use crate::engine::{BridgeError, CountersSnapshot, Engine, EngineConfig, ServerEndpoint};
 
@@ -191,8 +191,7 @@ async fn start_bridge(
     capture_path: PathBuf,
 ) -> Result<(Engine, CaptureWriter), BridgeError> {
     let link = listener.accept_bridge(&link_config).await.map_err(BridgeError::DemoLink)?;
-    let (handle, writer) =
-        Capture::create(&capture_path, CaptureConfig::for_link(&link)).map_err(BridgeError::Capture)?;
+    let (handle, writer) = Capture::create(&capture_path, CaptureConfig::for_link(&link))?;
     let config = EngineConfig { capture: Some(handle), ..EngineConfig::default() };
     match Engine::start(link, ServerEndpoint::Path(socket), config).await {
         Ok(engine) => Ok((engine, writer)),
@@ -207,8 +206,7 @@ async fn start_bridge(
 async fn finish_capture(writer: CaptureWriter) -> Result<CaptureSummary, BridgeError> {
     tokio::task::spawn_blocking(move || writer.finish())
         .await
-        .map_err(|e| BridgeError::Capture(CaptureError::Thread(e.to_string())))?
-        .map_err(BridgeError::Capture)
+        .map_err(|e| BridgeError::CaptureThread(e.to_string()))?
 }
 
 fn mode_name(mode: SimMode) -> &'static str {
@@ -293,7 +291,7 @@ async fn run_phases(
     let capture = capture?;
 
     progress.set("reading the capture back");
-    let records = crate::capture::read::read_capture(&capture_path).map_err(BridgeError::Capture)?;
+    let records = crate::capture::read::read_capture(&capture_path)?;
     let shown = crate::capture::show::analyze(&records.records);
     let transcript = Transcript::from_records(&shown);
     let latencies = Latencies::from_records(&shown);

@@ -81,9 +81,37 @@ pub enum BridgeError {
     #[error("the root complex could not run: {0}")]
     DemoRootComplex(#[source] sim::Error),
 
-    /// Writing the TLP capture or reading it back failed.
-    #[error("the capture: {0}")]
-    Capture(#[source] crate::capture::CaptureError),
+    /// The capture file cannot be created (`tlpbridge run --capture`, `demo`, `pcap write`).
+    #[error("cannot create capture file {path}: {source}; check the directory exists and is writable")]
+    CaptureCreate { path: PathBuf, source: std::io::Error },
+
+    /// Writing a record, the statistics block or the final flush of a capture file failed.
+    #[error("writing capture file {path} failed: {detail}")]
+    CaptureWrite { path: PathBuf, detail: String },
+
+    /// A capture file to read cannot be opened.
+    #[error("cannot open capture file {path}: {source}")]
+    CaptureOpen { path: PathBuf, source: std::io::Error },
+
+    /// A file to read is neither pcap nor pcapng.
+    #[error("{path} is not a pcap or pcapng file: {detail}")]
+    NotACapture { path: PathBuf, detail: String },
+
+    /// A pcap or pcapng file whose blocks or records cannot be read (cut short, bad lengths).
+    #[error("{path}: {detail}")]
+    CaptureCorrupt { path: PathBuf, detail: String },
+
+    /// A capture record whose pseudo-header cannot be decoded.
+    #[error("{0}")]
+    CaptureRecord(String),
+
+    /// A `tlpbridge pcap show --filter` expression that does not parse.
+    #[error("invalid filter {expr:?}: {reason}")]
+    CaptureFilter { expr: String, reason: String },
+
+    /// The capture writer thread could not start, was already finished, or panicked.
+    #[error("capture writer thread: {0}")]
+    CaptureThread(String),
 
     /// `tlpbridge demo` did not finish within its wall-clock limit.
     #[error("the demo did not finish within {limit:?} of wall-clock time; it was stuck {phase}")]
