@@ -15,9 +15,10 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// A point in time on a link's clock: picoseconds since the link started.
@@ -180,30 +181,71 @@ pub struct LinkInfo {
 /// once its effects have been applied. Every input is counted exactly once, in any order.
 ///
 /// Lockstep co-simulation needs this: the simulator may only advance time once every TLP it sent
-/// before has been handled, so the link implementation waits on [`LinkProgress::subscribe`] before
+/// before has been handled, so the link implementation waits on [`LinkProgress::wait_for`] before
 /// acknowledging a time step.
+///
+/// The engine counts every input, but only a lockstep link waits, so counting is one atomic add
+/// plus one atomic load; the waiters' [`Notify`] is signalled only while a waiter is registered.
 #[derive(Clone, Debug)]
 pub struct LinkProgress {
-    handled: Arc<watch::Sender<u64>>,
+    shared: Arc<ProgressShared>,
+}
+
+#[derive(Debug, Default)]
+struct ProgressShared {
+    handled: AtomicU64,
+    /// Waiters registered in [`LinkProgress::wait_for`] (each with its `Notified` already enabled).
+    waiters: AtomicUsize,
+    notify: Notify,
+}
+
+/// Unregisters a waiter however its wait ends (completion or cancellation).
+struct WaiterGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl LinkProgress {
     pub fn new() -> Self {
-        LinkProgress { handled: Arc::new(watch::channel(0).0) }
+        LinkProgress { shared: Arc::new(ProgressShared::default()) }
     }
 
     /// Records that one more input has been handled.
     pub fn handled_one(&self) {
-        self.handled.send_modify(|n| *n = n.saturating_add(1));
+        // SeqCst pairs with `wait_for`: either this load sees the waiter registered (and wakes
+        // it), or the waiter's re-check after registering sees this count.
+        self.shared.handled.fetch_add(1, Ordering::SeqCst);
+        if self.shared.waiters.load(Ordering::SeqCst) > 0 {
+            self.shared.notify.notify_waiters();
+        }
     }
 
     pub fn handled(&self) -> u64 {
-        *self.handled.borrow()
+        self.shared.handled.load(Ordering::SeqCst)
     }
 
-    /// A receiver that sees the count grow.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.handled.subscribe()
+    /// Completes once at least `count` inputs have been handled. Cancel-safe; callers bound it
+    /// with their own timeout (the engine may be gone and never count again).
+    pub async fn wait_for(&self, count: u64) {
+        let shared = &*self.shared;
+        loop {
+            if shared.handled.load(Ordering::SeqCst) >= count {
+                return;
+            }
+            // Register, re-check, then wait: no wake-up is lost between the check and the wait.
+            let notified = shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            shared.waiters.fetch_add(1, Ordering::SeqCst);
+            let _registered = WaiterGuard(&shared.waiters);
+            if shared.handled.load(Ordering::SeqCst) >= count {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -393,11 +435,50 @@ mod tests {
     #[tokio::test]
     async fn progress_reported_by_the_engine_reaches_the_root_port_end() {
         let (link, rp) = memory_pair(MemoryClock::Simulated, 1);
-        let mut seen = rp.progress.subscribe();
+        let waiter = {
+            let progress = rp.progress.clone();
+            tokio::spawn(async move { progress.wait_for(2).await })
+        };
         link.progress.handled_one();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "one input of two handled");
         link.progress.handled_one();
-        tokio::time::timeout(Duration::from_secs(5), seen.wait_for(|n| *n >= 2)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
         assert_eq!(rp.progress.handled(), 2);
+        // Already reached: completes without any further count.
+        tokio::time::timeout(Duration::from_secs(5), rp.progress.wait_for(2)).await.unwrap();
+    }
+
+    #[test]
+    fn progress_wakes_every_waiter_across_threads_without_losing_one() {
+        // Counter and waiters on different threads, racing the register/re-check window many
+        // times: a lost wake-up would leave a waiter hanging past its timeout.
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async {
+            let progress = LinkProgress::new();
+            for round in 1..=2000u64 {
+                let waiter = {
+                    let progress = progress.clone();
+                    tokio::spawn(async move { progress.wait_for(round).await })
+                };
+                let counter = {
+                    let progress = progress.clone();
+                    tokio::spawn(async move { progress.handled_one() })
+                };
+                counter.await.unwrap();
+                tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+            }
+            assert_eq!(progress.handled(), 2000);
+            assert_eq!(progress.shared.waiters.load(Ordering::SeqCst), 0, "every waiter unregistered");
+        });
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_progress_wait_unregisters() {
+        let progress = LinkProgress::new();
+        assert!(tokio::time::timeout(Duration::from_millis(10), progress.wait_for(1)).await.is_err());
+        assert_eq!(progress.shared.waiters.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

@@ -7,11 +7,15 @@
 //!   simulator's TIME messages drive.
 //! - Simulator side: [`SimulatorEnd`], for Rust simulators (the reference root complex) and tests.
 //!
-//! Disconnect behaviour (bridge side): when the simulator goes away — orderly CLOSE, ERROR, or the
-//! TCP connection dropping — the link delivers [`LinkEvent::Down`](transports::link::LinkEvent)
-//! and then closes `rx`; it does not wait for another simulator. A new simulator session starts
-//! its time at 0 again, and a link's clock never runs backwards, so a new session needs a new
-//! `Link` (call [`listen`] again).
+//! Disconnect behaviour (bridge side), see `docs/sim-protocol.md` §"Sessions and reconnection":
+//! - [`listen`] / [`SimListener::serve_bridge`] (`sim-listen://`): when a simulator session ends
+//!   without CLOSE (TCP drop, crash, ERROR, broken protocol) the link delivers
+//!   [`LinkEvent::Down`](transports::link::LinkEvent), keeps listening, accepts the next simulator
+//!   (full hello, same checks) and delivers `Up`. TLPs the engine sends meanwhile are dropped and
+//!   counted. A new session's tick 0 maps to the link-clock instant where the previous session
+//!   stopped, so the link clock never runs backwards. An orderly CLOSE ends the link.
+//! - [`connect`] (`sim://`) and [`SimListener::accept_bridge`]: one session; its end (CLOSE or
+//!   not) delivers `Down` and closes `rx`.
 
 mod bridge;
 mod simulator;
@@ -212,10 +216,20 @@ impl SimListener {
     }
 
     /// Waits (without limit: the simulator may take long to build) for a simulator, does the
-    /// hello exchange and returns the bridge's link.
+    /// hello exchange and returns the bridge's link, which ends with this one simulator session.
     pub async fn accept_bridge(&self, config: &BridgeConfig) -> Result<Link> {
         let stream = self.accept(None).await?;
-        bridge::start(stream, config).await
+        bridge::start(stream, config, None).await
+    }
+
+    /// Like [`accept_bridge`](Self::accept_bridge), but the link keeps this listener and
+    /// survives the simulator: a session that ends without CLOSE reports `Down`, the next
+    /// simulator to connect and pass the hello starts a new session and the link reports `Up`.
+    /// Only an orderly CLOSE (or the engine dropping the link) ends it. A failed first hello is
+    /// returned as an error; later failed hellos are logged and the listener waits on.
+    pub async fn serve_bridge(self, config: &BridgeConfig) -> Result<Link> {
+        let stream = self.accept(None).await?;
+        bridge::start(stream, config, Some(self)).await
     }
 
     /// Waits up to `config.connect_timeout` for a bridge and does the hello exchange.
@@ -228,12 +242,13 @@ impl SimListener {
 /// Bridge side: connects to a simulator listening at `addr` (`HOST:PORT`).
 pub async fn connect(addr: &str, config: &BridgeConfig) -> Result<Link> {
     let stream = connect_stream(addr, config.connect_timeout).await?;
-    bridge::start(stream, config).await
+    bridge::start(stream, config, None).await
 }
 
-/// Bridge side: listens on `addr` and accepts one simulator.
+/// Bridge side: listens on `addr`, accepts a simulator and keeps accepting the next one after
+/// each session that ends without CLOSE ([`SimListener::serve_bridge`]).
 pub async fn listen(addr: &str, config: &BridgeConfig) -> Result<Link> {
-    SimListener::bind(addr).await?.accept_bridge(config).await
+    SimListener::bind(addr).await?.serve_bridge(config).await
 }
 
 /// Bridge side: [`connect`] or [`listen`] as the address says.
