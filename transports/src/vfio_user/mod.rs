@@ -16,8 +16,8 @@ pub mod wire;
 
 pub use caps::{ClientCapabilities, ServerCapabilities, TwinSocket};
 pub use client::{
-    Client, ClientConfig, ClientEvent, ClientStats, DeviceInfo, DmaMode, EventReceiver, IrqAction, IrqData, IrqInfo,
-    Negotiated, PendingRegionRead, PendingRegionWrite, RegionInfo,
+    Client, ClientConfig, ClientEvent, ClientStats, DeviceInfo, DmaMode, EventReceiver, IrqAction, IrqData,
+    IrqInfo, Negotiated, PendingRegionRead, PendingRegionWrite, RegionInfo,
 };
 pub use dma::{DmaDirection, DmaError, DmaHandler, DmaWindow, DmaWindowTable, NoDma};
 pub use tap::{MessageTap, SocketRole, TapDirection};
