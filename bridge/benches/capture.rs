@@ -15,15 +15,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bridge::bench::rig::{RC, config_write_tlp};
 use bridge::capture::{Capture, CaptureConfig, Direction, TlpFlags};
 use bridge::engine::{Engine, EngineConfig, ServerEndpoint};
 use sim::device::{DmaEngine, DmaEngineConfig, ServerConfig};
+use tlp::Tlp;
 use tlp::split::{RequestFields, SplitChunk, memory_read_tlp, memory_write_tlp};
-use tlp::{Body, CfgType, ConfigRequest, RoutingId, Tlp};
 use transports::link::{LinkInstant, MemoryClock, RootPortEnd, memory_pair};
 
-const RC: RoutingId = RoutingId::new(0, 0, 0);
-const DEVICE: RoutingId = RoutingId::new(1, 0, 0);
 const BAR0: u64 = 0x1000_0000;
 const SCRATCH: u64 = BAR0 + 0x30;
 const RUNS: usize = 5;
@@ -87,31 +86,6 @@ fn record_cost() {
     }
 }
 
-fn config_tlp(tag: u16, register: u16, value: u32) -> Tlp {
-    Tlp {
-        prefixes: Vec::new(),
-        tc: 0,
-        attr: tlp::Attr::default(),
-        ln: false,
-        th: false,
-        ep: false,
-        at: 0,
-        length: 1,
-        body: Body::Config(ConfigRequest {
-            cfg_type: CfgType::Type0,
-            write: true,
-            requester: RC,
-            tag,
-            first_be: 0xf,
-            last_be: 0,
-            target: DEVICE,
-            register,
-        }),
-        payload: value.to_le_bytes().to_vec(),
-        digest: None,
-    }
-}
-
 async fn next(end: &mut RootPortEnd) -> Tlp {
     let bytes = tokio::time::timeout(STEP, end.from_bridge.recv()).await.expect("bridge silent").unwrap();
     Tlp::parse(&bytes).unwrap()
@@ -144,7 +118,7 @@ async fn bridge_run(capture: bool, run: usize) -> (f64, f64, u64) {
     };
     let engine = Engine::start(link, ServerEndpoint::Path(socket), config).await.unwrap();
     for (tag, register, value) in [(1, 0x10, BAR0 as u32), (2, 0x04, 0x0006)] {
-        end.send_tlp(config_tlp(tag, register, value).to_bytes()).await.unwrap();
+        end.send_tlp(config_write_tlp(tag, register, value).to_bytes()).await.unwrap();
         next(&mut end).await;
     }
     let fields = RequestFields { requester: RC, tc: 0, attr: tlp::Attr::default() };

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bridge::bench::rig::{RC, config_write_tlp};
 use bridge::engine::{Engine, EngineConfig, ServerEndpoint};
 use sim::device::{DmaEngine, DmaEngineConfig, ServerConfig};
+use tlp::Tlp;
 use tlp::split::{RequestFields, SplitChunk, memory_read_tlp, memory_write_tlp};
-use tlp::{Body, CfgType, ConfigRequest, RoutingId, Tlp};
 use transports::link::{MemoryClock, RootPortEnd, memory_pair};
 
 /// Allocations per posted MWr (root port → engine → REGION_WRITE with No_reply). Measured
@@ -71,40 +72,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const RC: RoutingId = RoutingId::new(0, 0, 0);
-const DEVICE: RoutingId = RoutingId::new(1, 0, 0);
 const BAR0: u64 = 0x8000_0000;
 const SCRATCH: u64 = BAR0 + 0x30;
 /// TLPs of each kind per measurement; `TLPBRIDGE_ALLOC_N` overrides it, so that instruction
 /// counts per TLP can be taken as the difference of two runs under callgrind (docs/performance.md).
 const DEFAULT_N: usize = 2_000;
 const WARM_UP: usize = 200;
-
-fn config_write(tag: u16, register: u16, value: u32) -> Vec<u8> {
-    Tlp {
-        prefixes: Vec::new(),
-        tc: 0,
-        attr: tlp::Attr::default(),
-        ln: false,
-        th: false,
-        ep: false,
-        at: 0,
-        length: 1,
-        body: Body::Config(ConfigRequest {
-            cfg_type: CfgType::Type0,
-            write: true,
-            requester: RC,
-            tag,
-            first_be: 0xf,
-            last_be: 0,
-            target: DEVICE,
-            register,
-        }),
-        payload: value.to_le_bytes().to_vec(),
-        digest: None,
-    }
-    .to_bytes()
-}
 
 fn fields() -> RequestFields {
     RequestFields { requester: RC, tc: 0, attr: tlp::Attr::default() }
@@ -158,7 +131,7 @@ fn engine_allocations_per_tlp_stay_bounded() {
             EngineConfig { device_timeout: Some(Duration::from_secs(10)), ..EngineConfig::default() };
         let engine = Engine::start(link, ServerEndpoint::Socket(ours.into()), config).await.unwrap();
         for (tag, register, value) in [(1, 0x10, BAR0 as u32), (2, 0x04, 0x0006)] {
-            end.send_tlp(config_write(tag, register, value)).await.unwrap();
+            end.send_tlp(config_write_tlp(tag, register, value).to_bytes()).await.unwrap();
             next(&mut end).await;
         }
 

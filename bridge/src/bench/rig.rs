@@ -44,8 +44,37 @@ pub const SEQUENCE_PORT: u64 = 0;
 /// Longest wait for any one TLP from the bridge (wall time; a safety net, not a measurement).
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
-const RC: RoutingId = RoutingId::new(0, 0, 0);
-const DEVICE: RoutingId = RoutingId::new(1, 0, 0);
+/// The root port's requester ID.
+pub const RC: RoutingId = RoutingId::new(0, 0, 0);
+/// The device's ID (bus 1, as below a root port).
+pub const DEVICE: RoutingId = RoutingId::new(1, 0, 0);
+
+/// A Type 0 configuration write of one whole dword `value` to `register` (byte offset) of
+/// [`DEVICE`], from [`RC`] with `tag`: how a root port sets a BAR or the Command register.
+pub fn config_write_tlp(tag: u16, register: u16, value: u32) -> Tlp {
+    Tlp {
+        prefixes: Vec::new(),
+        tc: 0,
+        attr: tlp::Attr::default(),
+        ln: false,
+        th: false,
+        ep: false,
+        at: 0,
+        length: 1,
+        body: Body::Config(ConfigRequest {
+            cfg_type: CfgType::Type0,
+            write: true,
+            requester: RC,
+            tag,
+            first_be: 0xf,
+            last_be: 0,
+            target: DEVICE,
+            register,
+        }),
+        payload: value.to_le_bytes().to_vec(),
+        digest: None,
+    }
+}
 
 pub fn bench_error(step: &str, reason: impl std::fmt::Display) -> BridgeError {
     BridgeError::Bench { step: step.to_owned(), reason: reason.to_string() }
@@ -394,28 +423,7 @@ impl LoadGen {
 
     pub async fn cfg_write(&mut self, register: u16, value: u32) -> Result<(), BridgeError> {
         let tag = self.tag();
-        let tlp = Tlp {
-            prefixes: Vec::new(),
-            tc: 0,
-            attr: tlp::Attr::default(),
-            ln: false,
-            th: false,
-            ep: false,
-            at: 0,
-            length: 1,
-            body: Body::Config(ConfigRequest {
-                cfg_type: CfgType::Type0,
-                write: true,
-                requester: RC,
-                tag,
-                first_be: 0xf,
-                last_be: 0,
-                target: DEVICE,
-                register,
-            }),
-            payload: value.to_le_bytes().to_vec(),
-            digest: None,
-        };
+        let tlp = config_write_tlp(tag, register, value);
         self.send(&tlp, "config write").await?;
         self.completion(tag, 0, "config write").await.map(drop)
     }
