@@ -7,6 +7,8 @@
 //!   `bridge` package.
 //! - [`TestDir`]: a per-test temporary directory, short enough for UNIX socket paths.
 //! - [`run_bounded`]: run a short command to completion with a timeout, output captured.
+//! - [`Running`], [`spawn_logged`], [`free_port`], [`wait_listening`]: long-running child
+//!   processes (killed and reaped on drop) with their output in a log file, and their TCP ports.
 //! - [`bridge_counter`]: a counter from the line `tlpbridge run` logs when it stops.
 //!
 //! See `docs/peers.md` for how the peers are built and found.
@@ -17,7 +19,7 @@ mod run_log;
 mod temp_dir;
 mod tlpbridge_bin;
 
-pub use process::{CommandOutput, run_bounded};
+pub use process::{CommandOutput, Running, free_port, run_bounded, spawn_logged, wait_listening};
 pub use run_log::{RUN_LOG_FILTER, bridge_counter, final_counters_line};
 pub use temp_dir::TestDir;
 pub use tlpbridge_bin::tlpbridge_bin;
@@ -69,6 +71,18 @@ pub enum HarnessError {
 
     #[error("cargo build printed no executable for the tlpbridge binary:\n{output}")]
     NoBridgeExecutable { output: String },
+
+    #[error("cannot create log file {path}: {source}")]
+    CreateLog { path: PathBuf, source: std::io::Error },
+
+    #[error("cannot find a free TCP port on 127.0.0.1: {0}")]
+    FreePort(std::io::Error),
+
+    #[error("nothing listened on 127.0.0.1:{port} within {timeout:?}; the listener's log:\n{log}")]
+    NotListening { port: u16, timeout: Duration, log: String },
+
+    #[error("{path} has no VmRSS line (the process has exited?)")]
+    NoRss { path: PathBuf },
 }
 
 /// True when running under CI (`CI=true`), where every peer must be installed.

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -63,5 +64,124 @@ pub(crate) fn read_log(mut log: &File) -> String {
     match read {
         Ok(_) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(err) => format!("<cannot read captured output: {err}>"),
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, so no test leaves one behind.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Best effort: the child may have exited already, and a drop has no one to report to.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// The exit status, or `None` if the child still runs after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self
+                .0
+                .try_wait()
+                .map_err(|source| HarnessError::Wait { what: format!("process {}", self.0.id()), source })?;
+            if status.is_some() || Instant::now() >= deadline {
+                return Ok(status);
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// True while the child has not exited.
+    pub fn is_running(&mut self) -> Result<bool, HarnessError> {
+        self.wait_exit(Duration::ZERO).map(|status| status.is_none())
+    }
+
+    /// Sends signal `name` (`STOP`, `CONT`, `INT`, ...) with kill(1).
+    pub fn signal(&self, name: &str) -> Result<(), HarnessError> {
+        let mut kill = Command::new("kill");
+        kill.arg(format!("-{name}")).arg(self.0.id().to_string());
+        let what = format!("kill -{name} {}", self.0.id());
+        let done = run_bounded(kill, &what, Duration::from_secs(10))?;
+        if !done.status.success() {
+            return Err(HarnessError::CommandFailed { what, status: done.status, output: done.output });
+        }
+        Ok(())
+    }
+
+    /// The resident set of the child, in KiB (`VmRSS` in `/proc/PID/status`).
+    pub fn rss_kib(&self) -> Result<u64, HarnessError> {
+        let path = std::path::PathBuf::from(format!("/proc/{}/status", self.0.id()));
+        let status = std::fs::read_to_string(&path)
+            .map_err(|source| HarnessError::ReadFile { path: path.clone(), source })?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.split_whitespace().next())
+            .and_then(|value| value.parse().ok())
+            .ok_or(HarnessError::NoRss { path })
+    }
+}
+
+/// Starts `bin args...` with the extra environment `env`, stdin closed and stdout and stderr
+/// both going to the file `log` (created or truncated).
+pub fn spawn_logged(
+    bin: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: &Path,
+) -> Result<Running, HarnessError> {
+    let create_err = |source| HarnessError::CreateLog { path: log.to_owned(), source };
+    let stdout = File::create(log).map_err(create_err)?;
+    let stderr = stdout.try_clone().map_err(create_err)?;
+    let child = Command::new(bin)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .map_err(|source| HarnessError::Spawn { program: bin.to_owned(), source })?;
+    Ok(Running(child))
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16, HarnessError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .map_err(HarnessError::FreePort)
+}
+
+/// Waits until something listens on 127.0.0.1:`port`, read from `/proc/net/tcp`: connecting to
+/// find out would use up the one connection a sim link accepts. `log` is the listener's log,
+/// quoted in the error when `timeout` passes first.
+pub fn wait_listening(port: u16, timeout: Duration, log: &Path) -> Result<(), HarnessError> {
+    const TCP_TABLE: &str = "/proc/net/tcp";
+    const TCP_LISTEN: &str = "0A";
+    let local = format!("0100007F:{port:04X}");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let table = std::fs::read_to_string(TCP_TABLE)
+            .map_err(|source| HarnessError::ReadFile { path: TCP_TABLE.into(), source })?;
+        // Rows: `sl local_address rem_address st ...`, after one header line.
+        let listening = table.lines().skip(1).any(|line| {
+            let mut fields = line.split_whitespace();
+            fields.nth(1) == Some(local.as_str()) && fields.nth(1) == Some(TCP_LISTEN)
+        });
+        if listening {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let log_text = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(HarnessError::NotListening { port, timeout, log: log_text });
+        }
+        std::thread::sleep(POLL_INTERVAL);
     }
 }

@@ -19,6 +19,7 @@ use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 use tlp::Limits;
 use tlp::arbitrary::{KIND_NAMES, any_tlp, valid_tlp_of};
+use tlpbridge_tests::{Running, free_port, spawn_logged, wait_listening};
 
 fn hex(bytes: &[u8]) -> String {
     tlp::json::bytes_to_hex(bytes)
@@ -176,73 +177,6 @@ fn dissector_agrees_with_pcap_show_on_every_tlp_kind_and_vfio_user_messages() {
 // the reference root complex in front, running a DMA copy.
 // ---------------------------------------------------------------------------------------------
 
-/// Kills (SIGKILL) and reaps a child process when dropped, so no test leaves one behind.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(bin: &std::path::Path, args: &[&str], log: &std::path::Path) -> Running {
-    let log = std::fs::File::create(log).unwrap();
-    Running(
-        Command::new(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start tlpbridge"),
-    )
-}
-
-/// The child's exit status, or `None` if it still runs after `timeout`.
-fn wait_exit(
-    child: &mut std::process::Child,
-    timeout: std::time::Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if std::time::Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
-/// Waits until something listens on 127.0.0.1:`port` (read from /proc/net/tcp: connecting to
-/// find out would use up the bridge's one link connection).
-fn wait_listening(port: u16, what: &std::path::Path) {
-    let local = format!("0100007F:{port:04X}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-        let listening = table.lines().skip(1).any(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
-        });
-        if listening {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the bridge never listened on port {port}:\n{}",
-            std::fs::read_to_string(what).unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 const COPY_SCRIPT: &str = "\
 enumerate
 expect-id 1234:7e57
@@ -271,15 +205,17 @@ struct Bench {
 
 fn start_bridge(bin: &std::path::Path, dir: &tlpbridge_tests::TestDir, name: &str) -> Bench {
     let socket = dir.socket_path(&format!("{name}.sock")).unwrap_or_else(|e| panic!("{e}"));
-    let device = spawn(
+    let device = spawn_logged(
         bin,
         &["sim", "device", "--socket", socket.to_str().unwrap()],
+        &[],
         &dir.join(format!("{name}-device.log")),
-    );
-    let port = free_port();
+    )
+    .unwrap();
+    let port = free_port().unwrap();
     let capture = dir.join(format!("{name}.pcapng"));
     let bridge_log = dir.join(format!("{name}-run.log"));
-    let bridge = spawn(
+    let bridge = spawn_logged(
         bin,
         &[
             "run",
@@ -290,9 +226,11 @@ fn start_bridge(bin: &std::path::Path, dir: &tlpbridge_tests::TestDir, name: &st
             "--pcap",
             capture.to_str().unwrap(),
         ],
+        &[],
         &bridge_log,
-    );
-    wait_listening(port, &bridge_log);
+    )
+    .unwrap();
+    wait_listening(port, std::time::Duration::from_secs(60), &bridge_log).unwrap_or_else(|e| panic!("{e}"));
     Bench { _device: device, bridge, port, capture, bridge_log }
 }
 
@@ -320,7 +258,7 @@ fn a_bridge_run_with_pcap_captures_both_sides_and_the_dissector_agrees() {
     let rc = run_rc(&bin, &dir, bench.port);
     assert!(rc.status.success(), "sim rc failed:\n{}", rc.output);
     // The root complex closing the link ends the bridge, which then finishes the capture.
-    let status = wait_exit(&mut bench.bridge.0, std::time::Duration::from_secs(60));
+    let status = bench.bridge.wait_exit(std::time::Duration::from_secs(60)).unwrap();
     assert!(
         status.is_some(),
         "the bridge did not stop after the link closed:\n{}",
@@ -368,7 +306,7 @@ fn a_capture_from_a_sigkilled_bridge_still_opens() {
     let bench = start_bridge(&bin, &dir, "kill");
     let script = dir.join("copy.rcs");
     std::fs::write(&script, COPY_SCRIPT).unwrap();
-    let _rc = spawn(
+    let _rc = spawn_logged(
         &bin,
         &[
             "sim",
@@ -382,8 +320,10 @@ fn a_capture_from_a_sigkilled_bridge_still_opens() {
             "--script",
             script.to_str().unwrap(),
         ],
+        &[],
         &dir.join("kill-rc.log"),
-    );
+    )
+    .unwrap();
     // Wait until the bridge has written a good part of the run, then SIGKILL it mid-flight.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let shown = loop {

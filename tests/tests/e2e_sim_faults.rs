@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e_common::{Running, spawn};
+// The sample card's BAR0 (docs/sample-device.md).
+use sim::device::dma_engine::regs::{DMA_ERRNO, STATUS};
+use sim::device::dma_engine::{error_code, status as status_bits};
 use sim::link::wire::hello_flags;
 use sim::link::{HelloParams, SimListener, SimMode, SimulatorConfig, SimulatorEnd};
 use sim::rc::{RcConfig, RootComplex, RootPortIo};
@@ -31,12 +34,6 @@ const CPL_TIMEOUT_CYCLES: u64 = 2_000_000;
 const SRC: u64 = 0x10_0000;
 const DST: u64 = 0x20_0000;
 const LEN: u32 = 4096;
-// Sample card BAR0 registers (docs/sample-device.md).
-const STATUS: u64 = 0x20;
-const DMA_ERRNO: u64 = 0x2c;
-const STATUS_BUSY: u32 = 1 << 0;
-const STATUS_ERROR: u32 = 1 << 2;
-const ERROR_READ_REJECTED: u32 = 0x03;
 
 /// The simulator end, swallowing the device's memory reads while `stall` is set.
 struct StallingPort {
@@ -209,8 +206,8 @@ async fn a_stalled_simulator_times_out_dma_in_simulated_time_not_wall_time() {
     assert_eq!(s.swallowed.load(Ordering::SeqCst), 8);
     let status = read32(&mut s.rc, s.bar0 + STATUS).await;
     assert_eq!(
-        status & (STATUS_BUSY | STATUS_ERROR),
-        STATUS_BUSY,
+        status & (status_bits::BUSY | status_bits::ERROR),
+        status_bits::BUSY,
         "status {status:#x}: no timeout without time"
     );
     assert!(s.rc.now() - frozen_at < CPL_TIMEOUT_CYCLES, "the status read itself must not reach the timeout");
@@ -221,14 +218,18 @@ async fn a_stalled_simulator_times_out_dma_in_simulated_time_not_wall_time() {
     let deadline = Instant::now() + WAIT;
     let status = loop {
         let status = read32(&mut s.rc, s.bar0 + STATUS).await;
-        if status & STATUS_BUSY == 0 {
+        if status & status_bits::BUSY == 0 {
             break status;
         }
         assert!(Instant::now() < deadline, "the copy never ended:\n{}", s.bridge.output());
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(status & STATUS_ERROR, STATUS_ERROR, "status {status:#x}");
-    assert_eq!((status >> 8) & 0xff, ERROR_READ_REJECTED, "status {status:#x}");
+    assert_eq!(status & status_bits::ERROR, status_bits::ERROR, "status {status:#x}");
+    assert_eq!(
+        (status & status_bits::ERROR_CODE_MASK) >> status_bits::ERROR_CODE_SHIFT,
+        u32::from(error_code::READ_REJECTED),
+        "status {status:#x}"
+    );
     assert_ne!(read32(&mut s.rc, s.bar0 + DMA_ERRNO).await, 0, "the client's error reply carried an errno");
     assert_eq!(s.swallowed.load(Ordering::SeqCst), 8, "no retried reads");
 

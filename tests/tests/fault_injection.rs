@@ -17,88 +17,20 @@
 //! - a simulator that drops the link: the bridge resets the device and stops (status 1); a new
 //!   bridge and simulator session on the same server find it reset and working.
 
+mod e2e_common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use sim::device::dma_engine::regs::{
+    DMA_ERRNO, DOORBELL, DST_LO, ID, IRQ_CONTROL, LENGTH, SCRATCH_LO, SRC_LO, STATUS,
+};
 use sim::link::{SimulatorConfig, SimulatorEnd};
 use sim::rc::{RcConfig, RootComplex};
+use tlpbridge_tests::{Running, free_port, spawn_logged, wait_listening};
 
-/// Kills (SIGKILL) and reaps a child process when dropped, so no test leaves one behind.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(bin: &Path, args: &[&str], log: &Path) -> Running {
-    let log = std::fs::File::create(log).unwrap();
-    Running(
-        Command::new(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start tlpbridge"),
-    )
-}
-
-fn signal(child: &Running, name: &str) {
-    let status = Command::new("kill").arg(format!("-{name}")).arg(child.0.id().to_string()).status().unwrap();
-    assert!(status.success(), "kill -{name} failed");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Waits until something listens on 127.0.0.1:`port` (read from /proc/net/tcp: connecting to
-/// find out would use up the bridge's one link connection).
-fn wait_listening(port: u16, log: &Path) {
-    let local = format!("0100007F:{port:04X}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-        let listening = table.lines().skip(1).any(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
-        });
-        if listening {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the bridge never listened on port {port}:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The resident set of a process, in KiB.
-fn rss_kib(child: &Running) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-const ID: u64 = 0x00;
-const SRC_LO: u64 = 0x08;
-const DST_LO: u64 = 0x10;
-const LENGTH: u64 = 0x18;
-const DOORBELL: u64 = 0x1c;
-const STATUS: u64 = 0x20;
-const IRQ_CONTROL: u64 = 0x24;
-const DMA_ERRNO: u64 = 0x2c;
-const SCRATCH_LO: u64 = 0x30;
+/// How long the bridge may take to read the device and listen for the root complex.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Starts `tlpbridge run` against the server at `socket`, connects a root complex to it and
 /// enumerates the device: the bridge, its log, the root complex, BAR0 and BAR2.
@@ -110,33 +42,16 @@ async fn attach(
     rc: RcConfig,
     log_name: &str,
 ) -> (Running, PathBuf, RootComplex<SimulatorEnd>, u64, u64) {
-    let port = free_port();
+    let port = free_port().unwrap();
     let bridge_log = dir.join(log_name);
     let link = format!("sim-listen://127.0.0.1:{port}");
     let mut args = vec!["run", "--server", socket.to_str().unwrap(), "--link", &link];
     args.extend_from_slice(bridge_args);
-    let bridge = spawn(bin, &args, &bridge_log);
-    wait_listening(port, &bridge_log);
+    let bridge = spawn_logged(bin, &args, &[], &bridge_log).unwrap();
+    wait_listening(port, LISTEN_TIMEOUT, &bridge_log).unwrap_or_else(|e| panic!("{e}"));
     let end = SimulatorEnd::connect(&format!("127.0.0.1:{port}"), &SimulatorConfig::default()).await.unwrap();
     let mut rc = RootComplex::new(end, rc).unwrap();
-    // The bridge answers CRS until it has read the device; on a loaded machine that can
-    // outlast the root complex's own CRS retries.
-    let mut attempts = 0;
-    let enumeration = loop {
-        match rc.enumerate().await {
-            Ok(e) => break e,
-            Err(e) if e.to_string().contains("CRS") && attempts < 100 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => {
-                panic!(
-                    "enumeration failed: {e}\n{}",
-                    std::fs::read_to_string(&bridge_log).unwrap_or_default()
-                )
-            }
-        }
-    };
+    let enumeration = e2e_common::enumerate_past_crs(&mut rc, &bridge_log).await;
     let bar = |slot: u8| enumeration.bars.iter().find(|b| b.slot == slot).unwrap().address;
     let (bar0, bar2) = (bar(0), bar(2));
     (bridge, bridge_log, rc, bar0, bar2)
@@ -159,8 +74,13 @@ impl Bench {
         let bin = tlpbridge_tests::tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
         let dir = tlpbridge_tests::TestDir::new(name).unwrap_or_else(|e| panic!("{e}"));
         let socket = dir.socket_path("dev.sock").unwrap_or_else(|e| panic!("{e}"));
-        let device =
-            spawn(&bin, &["sim", "device", "--socket", socket.to_str().unwrap()], &dir.join("device.log"));
+        let device = spawn_logged(
+            &bin,
+            &["sim", "device", "--socket", socket.to_str().unwrap()],
+            &[],
+            &dir.join("device.log"),
+        )
+        .unwrap();
         let (bridge, bridge_log, rc, bar0, bar2) =
             attach(&bin, &dir, &socket, bridge_args, rc, "run.log").await;
         Bench { device, bridge, bridge_log, rc, bar0, bar2, _dir: dir }
@@ -203,12 +123,12 @@ async fn a_stopped_server_gets_completer_abort_and_its_late_reply_is_dropped() {
     bench.write32(scratch, 1).await;
     assert_eq!(bench.read32(scratch).await, Ok(1));
 
-    signal(&bench.device, "STOP");
+    bench.device.signal("STOP").unwrap();
     let stalled = bench.read32(scratch).await;
     assert_completer_abort(stalled, &bench.log());
     // Queued behind the stalled read on the socket; the server sees it after SIGCONT.
     bench.write32(scratch, 2).await;
-    signal(&bench.device, "CONT");
+    bench.device.signal("CONT").unwrap();
 
     // The late reply to the timed-out read (value 1) must not complete this one.
     assert_eq!(bench.read32(scratch).await, Ok(2), "{}", bench.log());
@@ -228,12 +148,12 @@ async fn a_server_killed_with_a_read_in_flight_fails_the_read_and_the_bridge_sto
     bench.write32(scratch, 7).await;
     assert_eq!(bench.read32(scratch).await, Ok(7));
 
-    signal(&bench.device, "STOP");
+    bench.device.signal("STOP").unwrap();
     let pid = bench.device.0.id();
     // The read goes out while the server is stopped; the kill comes while it is in flight.
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
     });
     let in_flight = bench.read32(scratch).await;
     killer.join().unwrap();
@@ -282,11 +202,13 @@ async fn a_restarted_server_is_reconnected_restored_and_reported_with_err_fatal(
     assert!(bench.bridge.0.try_wait().unwrap().is_none(), "the bridge stopped:\n{}", bench.log());
 
     let socket = bench._dir.socket_path("dev.sock").unwrap_or_else(|e| panic!("{e}"));
-    bench.device = spawn(
+    bench.device = spawn_logged(
         &bin,
         &["sim", "device", "--socket", socket.to_str().unwrap()],
+        &[],
         &bench._dir.join("device2.log"),
-    );
+    )
+    .unwrap();
     // Reads get CA until the bridge has reconnected; then the device answers at the same BAR.
     let mut id = Err(String::new());
     for _ in 0..3000 {
@@ -382,7 +304,7 @@ async fn a_flood_of_posted_writes_lands_once_in_order_with_bounded_bridge_memory
     let rc = RcConfig { completion_timeout: 1 << 40, ..RcConfig::default() };
     let mut bench = Bench::start("fault-flood", &[], rc).await;
     let (bar0, bar2) = (bench.bar0, bench.bar2);
-    let rss_before = rss_kib(&bench.bridge);
+    let rss_before = bench.bridge.rss_kib().unwrap();
     const WORDS: u32 = 8192; // half of the 64 KiB BAR2 window
     for i in 0..WORDS {
         bench.rc.mem_write(bar2 + u64::from(i) * 4, &(i ^ 0xa5a5_0000).to_le_bytes()).await.unwrap();
@@ -397,7 +319,7 @@ async fn a_flood_of_posted_writes_lands_once_in_order_with_bounded_bridge_memory
         let got = u32::from_le_bytes(word.try_into().unwrap());
         assert_eq!(got, i as u32 ^ 0xa5a5_0000, "BAR2 word {i}");
     }
-    let rss_after = rss_kib(&bench.bridge);
+    let rss_after = bench.bridge.rss_kib().unwrap();
     // 12k posted writes went through bounded queues: the bridge grew by far less than they are.
     assert!(rss_after < rss_before + 32 * 1024, "bridge RSS {rss_before} KiB -> {rss_after} KiB");
     assert!(bench.bridge.0.try_wait().unwrap().is_none(), "{}", bench.log());
@@ -429,17 +351,7 @@ async fn a_dropped_simulator_link_keeps_the_bridge_up_and_the_next_session_finds
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&bridge_log).unwrap_or_default()));
     let mut rc = RootComplex::new(end, patient_rc()).unwrap();
-    let mut attempts = 0;
-    let enumeration = loop {
-        match rc.enumerate().await {
-            Ok(e) => break e,
-            Err(e) if e.to_string().contains("CRS") && attempts < 100 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("{e}\n{}", std::fs::read_to_string(&bridge_log).unwrap_or_default()),
-        }
-    };
+    let enumeration = e2e_common::enumerate_past_crs(&mut rc, &bridge_log).await;
     let bar0 = enumeration.bars.iter().find(|b| b.slot == 0).unwrap().address;
     let read = |data: Vec<u8>| u32::from_le_bytes(data.try_into().unwrap());
     let scratch = rc

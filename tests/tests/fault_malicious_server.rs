@@ -17,29 +17,22 @@
 //! - 8: a flood of 3000 such requests: each answered exactly once, served or refused with
 //!   EBUSY once the client's DMA queue (1024) is full.
 
+mod e2e_common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sim::link::{SimulatorConfig, SimulatorEnd};
 use sim::rc::{RcConfig, RootComplex};
+use tlpbridge_tests::{Running, free_port, spawn_logged};
 use transports::vfio_user::wire::{
     Command as Cmd, DmaAccessRepr, HEADER_LEN, Header, HeaderRepr, MessageType, RegionAccessRepr,
     RegionInfoRepr, VersionRepr, encode_message,
 };
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// What the server saw: the client's answers to its DMA requests, by id.
 #[derive(Default)]
@@ -242,21 +235,28 @@ impl Bench {
         let log = Arc::new(Mutex::new(ServerLog::default()));
         let server_log = log.clone();
         std::thread::spawn(move || serve(listener, server_log));
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port().unwrap();
         let bridge_log = dir.join("run.log");
-        let out = std::fs::File::create(&bridge_log).unwrap();
-        let bridge = Running(
-            Command::new(&bin)
-                .args(["run", "--server", socket.to_str().unwrap(), "--link"])
-                .arg(format!("sim-listen://127.0.0.1:{port}"))
+        let link = format!("sim-listen://127.0.0.1:{port}");
+        let bridge = spawn_logged(
+            &bin,
+            &[
+                "run",
+                "--server",
+                socket.to_str().unwrap(),
+                "--link",
+                &link,
                 // The scripted server serves one connection: nothing to reconnect to.
-                .args(["--dma-window", "0:1M", "--device-timeout", "2s", "--no-reconnect"])
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().unwrap())
-                .stderr(out)
-                .spawn()
-                .unwrap(),
-        );
+                "--dma-window",
+                "0:1M",
+                "--device-timeout",
+                "2s",
+                "--no-reconnect",
+            ],
+            &[],
+            &bridge_log,
+        )
+        .unwrap();
         let config = SimulatorConfig::default();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let end = loop {
@@ -275,19 +275,7 @@ impl Bench {
             ..RcConfig::default()
         };
         let mut rc = RootComplex::new(end, rc_config).unwrap();
-        let mut attempts = 0;
-        let enumeration = loop {
-            match rc.enumerate().await {
-                Ok(e) => break e,
-                Err(e) if e.to_string().contains("CRS") && attempts < 100 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => {
-                    panic!("enumeration: {e}\n{}", std::fs::read_to_string(&bridge_log).unwrap_or_default())
-                }
-            }
-        };
+        let enumeration = e2e_common::enumerate_past_crs(&mut rc, &bridge_log).await;
         let bar0 = enumeration.bars.iter().find(|b| b.slot == 0).unwrap().address;
         Bench { bridge, bridge_log, rc, bar0, log, _dir: dir }
     }

@@ -17,10 +17,11 @@
 //! retransmission. Waits are bounded; nothing asserts on wall time.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tlpbridge_tests::{RUN_LOG_FILTER, Running, spawn_logged};
 
 /// Longest the whole workload may take before the test gives up (a hang, not a slow run).
 const WORKLOAD_LIMIT: Duration = Duration::from_secs(600);
@@ -28,45 +29,6 @@ const WORKLOAD_LIMIT: Duration = Duration::from_secs(600);
 const SCRATCH_LO: u32 = 0x30;
 const COPY_COUNT: u32 = 0x28;
 const STATUS_DONE: u32 = 0x2;
-
-/// A child killed and reaped when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Running {
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn spawn_logged(bin: &Path, args: &[&str], log: &Path) -> Running {
-    let log = std::fs::File::create(log).unwrap();
-    Running(
-        Command::new(bin)
-            .args(args)
-            .env("RUST_LOG", tlpbridge_tests::RUN_LOG_FILTER)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display())),
-    )
-}
 
 /// The root-complex script (docs/rc-script.md) and the number of copies it starts.
 fn workload() -> (String, u32) {
@@ -125,8 +87,13 @@ fn posted_writes_reads_and_dma_survive_bit_errors_and_dropped_frames() {
     let script_path = dir.join("workload.rcs");
     std::fs::write(&script_path, &script).unwrap();
 
-    let _device =
-        spawn_logged(&bin, &["sim", "device", "--socket", socket.to_str().unwrap()], &dir.join("device.log"));
+    let _device = spawn_logged(
+        &bin,
+        &["sim", "device", "--socket", socket.to_str().unwrap()],
+        &[("RUST_LOG", RUN_LOG_FILTER)],
+        &dir.join("device.log"),
+    )
+    .unwrap();
     let emulator_log = dir.join("emulator.log");
     let mut emulator = Running(
         Command::new(&bin)
@@ -181,11 +148,13 @@ fn posted_writes_reads_and_dma_survive_bit_errors_and_dropped_frames() {
             "--device-timeout",
             "10s",
         ],
+        &[("RUST_LOG", RUN_LOG_FILTER)],
         &bridge_log,
-    );
+    )
+    .unwrap();
     let bridge_output = || std::fs::read_to_string(&bridge_log).unwrap_or_default();
 
-    let status = emulator.wait_exit(WORKLOAD_LIMIT).unwrap_or_else(|| {
+    let status = emulator.wait_exit(WORKLOAD_LIMIT).unwrap().unwrap_or_else(|| {
         panic!(
             "the workload did not end within {WORKLOAD_LIMIT:?}:\n{}\n{}",
             emulator_output(),
@@ -213,9 +182,9 @@ fn posted_writes_reads_and_dma_survive_bit_errors_and_dropped_frames() {
     assert_eq!(field("times down"), 0, "the link went down:\n{report}");
 
     // The bridge: nothing dropped, timed out or completed twice on its side either.
-    let _ = Command::new("kill").arg("-INT").arg(bridge.0.id().to_string()).status();
+    let _ = bridge.signal("INT");
     assert!(
-        bridge.wait_exit(Duration::from_secs(30)).is_some(),
+        bridge.wait_exit(Duration::from_secs(30)).unwrap().is_some(),
         "bridge ignored SIGINT:\n{}",
         bridge_output()
     );

@@ -191,7 +191,7 @@ impl Bench {
     /// Stops the bridge with Ctrl-C (SIGINT) and checks the counters it logs: one reconnection,
     /// and `posted_lost` at least `posted_lost_at_least`.
     fn stop_and_check_counters(mut self, posted_lost_at_least: u64) {
-        let pid = self.bridge.child.id().to_string();
+        let pid = self.bridge.process.id().to_string();
         let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
         assert!(status.success(), "kill -INT {pid} failed");
         let status = self.bridge.wait_exit(WAIT);

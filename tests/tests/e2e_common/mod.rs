@@ -2,14 +2,16 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sim::rc::{Enumeration, RootComplex, RootPortIo};
 
-/// A child process killed (SIGKILL) and reaped when dropped, with its output in a log file.
+/// A child process killed (SIGKILL) and reaped when dropped (by [`tlpbridge_tests::Running`]),
+/// with the log file its output goes to.
 pub struct Running {
-    pub child: Child,
+    pub process: tlpbridge_tests::Running,
     pub log: PathBuf,
 }
 
@@ -20,27 +22,11 @@ impl Running {
 
     /// The exit status, or `None` if it still runs after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.wait_exit(timeout).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.is_running().unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -51,44 +37,19 @@ pub fn spawn(bin: &Path, args: &[&str], log: PathBuf) -> Running {
 
 /// [`spawn`] with extra environment variables (e.g. `RUST_LOG`).
 pub fn spawn_with_env(bin: &Path, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Running {
-    let file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(bin)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-    Running { child, log }
+    let process = tlpbridge_tests::spawn_logged(bin, args, env, &log).unwrap_or_else(|e| panic!("{e}"));
+    Running { process, log }
 }
 
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    tlpbridge_tests::free_port().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Waits until something listens on 127.0.0.1:`port` (read from /proc/net/tcp, so the one
 /// connection a sim link accepts is not used up by probing).
 pub fn wait_listening(port: u16, who: &Running, timeout: Duration) {
-    let local = format!("0100007F:{port:04X}");
-    let deadline = Instant::now() + timeout;
-    loop {
-        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-        let listening = table.lines().any(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
-        });
-        if listening {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing listened on port {port} within {timeout:?}:\n{}",
-            who.output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    tlpbridge_tests::wait_listening(port, timeout, &who.log).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Waits until `path` exists (a server's socket).
@@ -138,4 +99,24 @@ pub fn tlp_sequence(records: &[Value]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Enumerates the device behind the bridge through `rc`, retrying while the bridge answers CRS:
+/// it does until it has read the device, which on a loaded machine can outlast the root
+/// complex's own CRS retries. Any other failure panics with the bridge's log at `bridge_log`.
+pub async fn enumerate_past_crs<I: RootPortIo>(rc: &mut RootComplex<I>, bridge_log: &Path) -> Enumeration {
+    const ATTEMPTS: u32 = 100;
+    let mut attempts = 0;
+    loop {
+        match rc.enumerate().await {
+            Ok(enumeration) => return enumeration,
+            Err(e) if e.to_string().contains("CRS") && attempts < ATTEMPTS => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                panic!("enumeration failed: {e}\n{}", std::fs::read_to_string(bridge_log).unwrap_or_default())
+            }
+        }
+    }
 }
