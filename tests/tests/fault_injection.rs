@@ -162,14 +162,11 @@ async fn a_server_killed_with_a_read_in_flight_fails_the_read_and_the_bridge_sto
     assert!(in_flight.is_err(), "read {in_flight:?} from a killed server");
 
     // Without reconnection the bridge reports the lost server and exits with status 1.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = bench.bridge.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "the bridge kept running:\n{}", bench.log());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = bench
+        .bridge
+        .wait_exit(Duration::from_secs(30))
+        .unwrap()
+        .unwrap_or_else(|| panic!("the bridge kept running:\n{}", bench.log()));
     assert_eq!(status.code(), Some(1), "{}", bench.log());
     let log = bench.log();
     assert!(log.contains("answering Completer Abort"), "the in-flight read was not answered:\n{log}");
