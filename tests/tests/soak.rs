@@ -1,19 +1,27 @@
 //! Soak (docs/reliability.md §3): mixed operations through `tlpbridge run` between the sample
-//! device and the reference root complex, with the server stopped (SIGSTOP) for a while at
-//! random moments. At the end every posted write to BAR2 is there (the model of BAR2 equals what
-//! the device holds, read back whole), every read got exactly one completion (a value equal to
-//! the model, or CA while the server was stopped or just after; no completion the root complex
-//! did not expect, none the bridge did not expect), every DMA copy completed with its MSI-X
-//! interrupt and the right bytes, no posted write was dropped by the bridge (its counters at
-//! SIGINT), and the bridge's RSS did not grow between the first quarter and the end.
+//! device and the reference root complex, with the server stopped (SIGSTOP) for a while, or
+//! killed and started again at the same socket, at random moments. At the end every posted
+//! write to BAR2 is there (the model of BAR2 equals what the device holds, read back whole),
+//! every read got exactly one completion (a value equal to the model, or CA while the server was
+//! stopped, gone or just resumed; no completion the root complex did not expect, none the
+//! bridge did not expect), every DMA copy completed with its MSI-X interrupt and the right
+//! bytes, no posted write was dropped by the bridge while the server was there (its counters at
+//! SIGINT), and the bridge's RSS did not grow between the first quarter and the end. A restart
+//! resets the model (the new device is at its reset values); while the server is gone every read
+//! is CA and every posted write is lost and counted by the bridge (`posted_lost`), a DMA copy
+//! rung just before the kill is abandoned, and each restart is one ERR_FATAL at the root
+//! complex and one `server_reconnects`.
 //!
 //! Knobs (environment variables; the defaults are what CI runs, well under 30 s):
 //! - `TLPBRIDGE_SOAK_OPS`: operations (default 1000);
 //! - `TLPBRIDGE_SOAK_SEED`: the seed of the operation mix (default 0x5eed1234);
 //! - `TLPBRIDGE_SOAK_STALL_PERMILLE`: chance per operation, in ‰, of stopping the server
 //!   (default 10);
+//! - `TLPBRIDGE_SOAK_RESTART_PERMILLE`: chance per operation, in ‰, of killing the server
+//!   (SIGKILL) and starting a new one at the same socket (default 3);
 //! - `TLPBRIDGE_SOAK_STALL_OPS`: a stop lasts 1..=this many operations (default 20); all but
-//!   the first read while stopped become writes, so long stops flood the stopped server;
+//!   the first read while stopped become writes, so long stops flood the stopped server; a
+//!   restart has 1..=this many operations (reads and writes) before the new server starts;
 //! - `TLPBRIDGE_SOAK_STEP_US`: longest wall time of one root-complex step, which ends early
 //!   when the bridge sends a TLP (default 1000; 0: 100 ns steps with only a yield between them,
 //!   the root complex spinning, as the soak ran before);
@@ -88,8 +96,9 @@ fn spawn(bin: &Path, args: &[&str], log: &Path) -> Running {
     Running(
         Command::new(bin)
             .args(args)
-            // Warnings, and the bridge's counters when it stops.
-            .env("RUST_LOG", tlpbridge_tests::RUN_LOG_FILTER)
+            // Warnings, the bridge's counters when it stops, and the engine's steps when the
+            // server goes away and comes back (`SERVER_LOST_LINE`).
+            .env("RUST_LOG", format!("{},bridge::engine=info", tlpbridge_tests::RUN_LOG_FILTER))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -152,6 +161,10 @@ const STATUS: u64 = 0x20;
 const IRQ_CONTROL: u64 = 0x24;
 const DMA_ERRNO: u64 = 0x2c;
 
+/// What the bridge logs once it has marked the server gone (reads CA, posted writes dropped and
+/// counted as `posted_lost`), docs/run.md "When the server goes away".
+const SERVER_LOST_LINE: &str = "waiting for the vfio-user server to come back";
+
 #[derive(Debug, Default)]
 struct Tally {
     writes: u64,
@@ -164,6 +177,15 @@ struct Tally {
     dma_bytes: u64,
     interrupts: u64,
     stops: u64,
+    restarts: u64,
+    /// Reads while the server was gone (all CA).
+    reads_server_gone: u64,
+    /// Writes while the server was gone, and their MWr TLPs (each one `posted_lost`).
+    writes_server_gone: u64,
+    mwr_server_gone: u64,
+    /// DMA copies rung just before a kill, never waited for.
+    dma_copies_abandoned: u64,
+    dma_bytes_abandoned: u64,
 }
 
 /// Wall time spent per kind of operation: where a slow soak spends its time.
@@ -200,22 +222,23 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
     let seed = env_u64("TLPBRIDGE_SOAK_SEED", 0x5eed_1234);
     let stall_permille = env_u64("TLPBRIDGE_SOAK_STALL_PERMILLE", 10);
     assert!(stall_permille <= 100, "TLPBRIDGE_SOAK_STALL_PERMILLE={stall_permille}: at most 100");
+    let restart_permille = env_u64("TLPBRIDGE_SOAK_RESTART_PERMILLE", 3);
+    assert!(restart_permille <= 100, "TLPBRIDGE_SOAK_RESTART_PERMILLE={restart_permille}: at most 100");
     let dma_timeout_ms = env_u64("TLPBRIDGE_SOAK_DEVICE_DMA_TIMEOUT_MS", 30_000).to_string();
     let device_timeout = format!("{}ms", env_u64("TLPBRIDGE_SOAK_DEVICE_TIMEOUT_MS", 500));
     let stall_ops = env_u64("TLPBRIDGE_SOAK_STALL_OPS", 20).max(1);
     let step_us = env_u64("TLPBRIDGE_SOAK_STEP_US", 1000);
     eprintln!(
-        "soak: {ops} operations, seed {seed:#x}, stall {stall_permille}‰ for up to {stall_ops} operations, device timeout {device_timeout}, device DMA timeout {dma_timeout_ms} ms, \
+        "soak: {ops} operations, seed {seed:#x}, stall {stall_permille}‰ for up to {stall_ops} operations, \
+         restart {restart_permille}‰, device timeout {device_timeout}, device DMA timeout {dma_timeout_ms} ms, \
          root-complex step {step_us} µs"
     );
     let bin = tlpbridge_tests::tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
     let dir = tlpbridge_tests::TestDir::new("soak").unwrap_or_else(|e| panic!("{e}"));
     let socket = dir.socket_path("dev.sock").unwrap_or_else(|e| panic!("{e}"));
-    let device = spawn(
-        &bin,
-        &["sim", "device", "--socket", socket.to_str().unwrap(), "--dma-timeout-ms", &dma_timeout_ms],
-        &dir.join("device.log"),
-    );
+    let device_args =
+        ["sim", "device", "--socket", socket.to_str().unwrap(), "--dma-timeout-ms", &dma_timeout_ms];
+    let mut device = spawn(&bin, &device_args, &dir.join("device.log"));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log_path = dir.join("run.log");
     let link = format!("sim-listen://127.0.0.1:{port}");
@@ -235,6 +258,9 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
             // works, so the completion timeout (simulated time) must not be what ends a copy.
             "--cpl-timeout",
             "1000s",
+            // A restarted server is back within a second; a failed restart ends the soak.
+            "--reconnect-window",
+            "30s",
         ],
         &log_path,
     );
@@ -323,6 +349,105 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
                 stalled_read_done = false;
                 tally.stops += 1;
                 profile.add("SIGSTOP", t);
+            }
+            // Kill the server (half the time just after ringing a copy's doorbell), run
+            // 1..=`stall_ops` reads and writes while it is gone, start a new one at the same
+            // socket and wait for the bridge to reconnect: the device is then at its reset values.
+            r if r >= 1000 - stall_permille - restart_permille && stopped_until.is_none() => {
+                // A read answered by the server: every request before it reached the server and
+                // was answered (late replies to reads it timed out included), so the only writes
+                // in flight at the kill are the copy's.
+                loop {
+                    match rc.mem_read(bar2, 4).await {
+                        Ok(data) => break assert_eq!(data, &model[..4], "op {op}: read before the kill"),
+                        Err(e) if e.to_string().contains("status CA") => tally.reads_aborted += 1,
+                        Err(e) => panic!("op {op}: read before the kill: {e}\n{}", log()),
+                    }
+                }
+                let irqs_before = rc.irq_log().len();
+                if rng.below(2) == 0 {
+                    let len = 1 + rng.below(4096);
+                    tally.dma_bytes_abandoned += len;
+                    for (reg, value) in
+                        [(SRC_LO, 0x10_0000), (DST_LO, 0x20_0000), (LENGTH, len as u32), (DOORBELL, 1)]
+                    {
+                        rc.mem_write(bar0 + reg, &value.to_le_bytes()).await.unwrap();
+                    }
+                    tally.dma_copies_abandoned += 1;
+                }
+                device.0.kill().unwrap();
+                device.0.wait().unwrap();
+                tally.restarts += 1;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while (log().matches(SERVER_LOST_LINE).count() as u64) < tally.restarts {
+                    assert!(
+                        Instant::now() < deadline,
+                        "op {op}: the bridge did not notice the kill\n{}",
+                        log()
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                for _ in 0..1 + rng.below(stall_ops) {
+                    let len = 1 + rng.below(256);
+                    let at = rng.below(BAR2_SIZE - len);
+                    if rng.below(2) == 0 {
+                        let read = rc.mem_read(bar2 + at, len).await;
+                        assert!(
+                            read.as_ref().is_err_and(|e| e.to_string().contains("status CA")),
+                            "op {op}: read {len} at {at:#x} while the server is gone: {read:?}\n{}",
+                            log()
+                        );
+                        tally.reads_server_gone += 1;
+                        let mrrs = rc.config().link.max_read_request_size();
+                        let chunks = tlp::split::memory_read_requests(bar2 + at, len, mrrs).unwrap().count();
+                        tally.completions_after_abort += chunks as u64 - 1;
+                    } else {
+                        let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                        rc.mem_write(bar2 + at, &data).await.unwrap();
+                        let mps = rc.config().link.max_payload_size();
+                        let mwrs =
+                            tlp::split::split_range(bar2 + at, len, "Max_Payload_Size", mps).unwrap().count();
+                        tally.writes_server_gone += 1;
+                        tally.mwr_server_gone += mwrs as u64;
+                    }
+                }
+                device = spawn(&bin, &device_args, &dir.join(format!("device-{}.log", tally.restarts)));
+                // Reads get CA until the bridge has reconnected; the first answer is the new
+                // device's BAR2, all zeros.
+                let back = loop {
+                    match rc.mem_read(bar2, 4).await {
+                        Ok(data) => break data,
+                        Err(e) if e.to_string().contains("status CA") => {
+                            assert!(Instant::now() < deadline, "op {op}: no reconnection\n{}", log());
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Err(e) => panic!("op {op}: read while reconnecting: {e}\n{}", log()),
+                    }
+                };
+                assert_eq!(back, [0; 4], "op {op}: BAR2 of the restarted device");
+                model.fill(0);
+                // The ERR_FATAL follows the reconnection; nothing else may send one.
+                let err_fatals = |rc: &RootComplex<WakingSimEnd>| {
+                    rc.messages().iter().filter(|m| **m == tlp::MessageCode::ERR_FATAL).count() as u64
+                };
+                while err_fatals(&rc) < tally.restarts {
+                    assert!(
+                        Instant::now() < deadline,
+                        "op {op}: no ERR_FATAL; {:?}\n{}",
+                        rc.messages(),
+                        log()
+                    );
+                    rc.settle().await.unwrap();
+                }
+                assert_eq!(err_fatals(&rc), tally.restarts, "op {op}: {:?}", rc.messages());
+                // The abandoned copy may have ended before the kill: its interrupt is not the
+                // next copy's.
+                for _ in irqs_before..rc.irq_log().len() {
+                    rc.wait_irq(IrqKind::Msix, 0, 1 << 50).await.unwrap();
+                }
+                // IRQ_CONTROL is at its reset value (interrupts off) too.
+                rc.mem_write(bar0 + IRQ_CONTROL, &0x0000_0005u32.to_le_bytes()).await.unwrap();
+                profile.add("restart", t);
             }
             // Reads of 1..=256 bytes: exactly one answer, equal to the model or CA.
             0..=449 if stall_read_allowed => {
@@ -429,6 +554,13 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
     let unexpected = rc.counters().unexpected_completions;
     assert!(unexpected <= tally.completions_after_abort, "{unexpected} unexpected completions; {tally:?}");
     assert!(rss_end <= rss_quarter + 16 * 1024, "bridge RSS grew from {rss_quarter} to {rss_end} KiB");
+    // Exactly one ERR_FATAL per restart, none for anything else.
+    assert_eq!(
+        rc.messages().iter().filter(|m| **m == tlp::MessageCode::ERR_FATAL).count() as u64,
+        tally.restarts,
+        "messages {:?}",
+        rc.messages()
+    );
     assert!(bridge_alive(&bridge), "{}", log());
     // The bridge's own view: nothing dropped, nothing completed that it did not ask for.
     signal(&bridge, "INT");
@@ -441,7 +573,7 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
     let counters = tlpbridge_tests::final_counters_line(&log).unwrap_or_default();
     eprintln!("soak: bridge counters: {counters}");
     assert!(!counters.is_empty(), "no counters from the bridge\n{log}");
-    for name in ["unexpected_completions", "late_completions", "completion_timeouts", "dma_refused_bme"] {
+    for name in ["unexpected_completions", "completion_timeouts", "dma_refused_bme"] {
         assert_eq!(tlpbridge_tests::bridge_counter(&log, name), Some(0), "bridge counter {name}\n{counters}");
     }
     // Every request the bridge gave up on (CA after the device timeout) was answered by the
@@ -453,8 +585,30 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
         "device timeouts vs late replies; {tally:?}\n{counters}"
     );
     assert!(late_replies >= tally.reads_aborted + tally.reads_aborted_server_late, "{tally:?}\n{counters}");
-    // Counted by bridges since posted writes may be dropped when the server is gone.
-    assert!(tlpbridge_tests::bridge_counter(&log, "posted_lost").is_none_or(|n| n == 0), "{counters}");
+    // Completions for the DMA reads of copies abandoned at a kill arrive after the bridge gave
+    // their tags up: at most one per 64 bytes (the smallest RCB) plus two per MRd (unaligned
+    // ends) of at least 128 bytes (the smallest MRRS). None otherwise.
+    let late_completions = tlpbridge_tests::bridge_counter(&log, "late_completions").unwrap();
+    let late_bound = tally.dma_bytes_abandoned.div_ceil(64)
+        + 2 * (tally.dma_bytes_abandoned.div_ceil(128) + tally.dma_copies_abandoned);
+    assert!(
+        late_completions <= late_bound,
+        "late_completions {late_completions} > {late_bound}; {tally:?}\n{counters}"
+    );
+    // Every MWr sent while the server was gone was dropped and counted; so may be (or not,
+    // when the device took them or they went to the dead socket) the 4 register writes of a
+    // copy rung just before the kill. Nothing else is lost. Each restart was one reconnection.
+    let posted_lost = tlpbridge_tests::bridge_counter(&log, "posted_lost").unwrap();
+    assert!(
+        (tally.mwr_server_gone..=tally.mwr_server_gone + 4 * tally.dma_copies_abandoned)
+            .contains(&posted_lost),
+        "posted_lost {posted_lost}; {tally:?}\n{counters}"
+    );
+    assert_eq!(
+        tlpbridge_tests::bridge_counter(&log, "server_reconnects"),
+        Some(tally.restarts),
+        "server_reconnects; {tally:?}\n{counters}"
+    );
 }
 
 fn bridge_alive(bridge: &Running) -> bool {
