@@ -56,54 +56,6 @@ async fn negotiation_without_twin_and_without_json_uses_defaults() {
     assert_eq!(negotiated.server.max_dma_maps, 65535);
 }
 
-/// Log lines at WARN and above written while `f` runs on this thread.
-async fn warnings_during<F: std::future::Future>(f: F) -> String {
-    #[derive(Clone, Default)]
-    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Other tests hit the same callsites on threads without a subscriber; a callsite first
-    // registered there may have cached "never" as its interest, so recompute it now.
-    tracing::callsite::rebuild_interest_cache();
-    f.await;
-    String::from_utf8_lossy(&lines.0.lock().unwrap()).into_owned()
-}
-
-/// The missing twin socket matters only to a client that serves DMA: one with DMA disabled
-/// (`tlpbridge probe`) does not warn about it.
-#[tokio::test]
-async fn a_missing_twin_socket_warns_only_when_the_client_serves_dma() {
-    let no_twin = || Hello::libvfio_user_like(8, 1 << 20, false);
-    let disabled = ClientConfig { dma: DmaMode::Disabled, ..config() };
-    let quiet = warnings_during(async {
-        let (client, _events, _peer) = connect(disabled, no_twin(), NoDma).await;
-        assert!(!client.negotiated().twin_socket);
-    })
-    .await;
-    assert!(!quiet.contains("did not grant a twin socket"), "{quiet}");
-    let serving = ClientConfig { dma: DmaMode::Windows(Vec::new()), ..config() };
-    let loud = warnings_during(async {
-        let (client, _events, _peer) = connect(serving, no_twin(), NoDma).await;
-        assert!(!client.negotiated().twin_socket);
-    })
-    .await;
-    assert!(loud.contains("did not grant a twin socket"), "{loud}");
-}
-
 #[tokio::test]
 async fn negotiation_rejects_a_newer_minor_and_another_major() {
     for (major, minor) in [(0, 3), (1, 0)] {
