@@ -246,6 +246,27 @@ async fn timeout_then_late_reply_is_dropped_and_connection_survives() {
     assert!(client.disconnect_reason().is_none());
 }
 
+/// A request's own timeout far shorter than the client's default is enforced on time: the
+/// deadline sweeper is woken for a request due before its next look.
+#[tokio::test]
+async fn short_request_timeout_fires_on_time() {
+    let config = ClientConfig { request_timeout: Duration::from_secs(30), ..config() };
+    let (client, _events, peer) = connect(config, Hello::libvfio_user_like(8, 1 << 20, true), NoDma).await;
+    let started = std::time::Instant::now();
+    let (_request, task) = recv_after(&peer, client.clone(), |c| async move {
+        c.start_region_read(0, 0, 4, Duration::from_millis(100)).await?.wait().await
+    })
+    .await;
+    let error = task.await.unwrap().unwrap_err();
+    let waited = started.elapsed();
+    assert!(matches!(error, Error::Timeout { command: Command::RegionRead, id: Some(_), .. }), "{error}");
+    assert!(waited >= Duration::from_millis(100), "timed out early, after {waited:?}");
+    // The sweeper's idle period with a 30 s default is 1 s: a timeout seen well before that
+    // came from the request's own deadline.
+    assert!(waited < Duration::from_millis(900), "timed out late, after {waited:?}");
+    assert!(client.disconnect_reason().is_none());
+}
+
 /// Starts `op` on a task and receives the message it sends.
 async fn recv_after<F, Fut, T>(
     peer: &Peer,
@@ -298,12 +319,15 @@ async fn two_phase_region_requests_are_queued_in_start_order_before_any_wait() {
     let (client, _events, peer) = connect(config(), Hello::libvfio_user_like(8, 1024, true), NoDma).await;
     let device = Device::new(1024);
     tokio::spawn(serve(peer, device.clone()));
-    let write = client.start_region_write(0, 0x20, &[1, 2, 3, 4]).await.unwrap();
-    let read = client.start_region_read(0, 0x20, 4).await.unwrap();
+    let write = client.start_region_write(0, 0x20, &[1, 2, 3, 4], Duration::from_secs(5)).await.unwrap();
+    let read = client.start_region_read(0, 0x20, 4, Duration::from_secs(5)).await.unwrap();
     // Replies are awaited in the opposite order: the read still sees the earlier write.
     assert_eq!(read.wait().await.unwrap(), vec![1, 2, 3, 4]);
     write.wait().await.unwrap();
-    assert!(matches!(client.start_region_read(0, 0, 1025).await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        client.start_region_read(0, 0, 1025, Duration::from_secs(5)).await,
+        Err(Error::InvalidArgument(_))
+    ));
     let order: Vec<Command> = device.lock().unwrap().accesses.iter().map(|a| a.command).collect();
     assert_eq!(order, vec![Command::RegionWrite, Command::RegionRead]);
 }

@@ -11,6 +11,7 @@
 //!   the replies to a completion task, so one slow read does not stall the next one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -23,6 +24,7 @@ use tlp::completion::{
     unsuccessful_completion,
 };
 use tlp::{Body, CfgType, CplStatus, Limits, MemOp, Message, MessageCode, MsgRouting, Tlp};
+use transports::Error as ClientError;
 use transports::link::{LinkEvent, LinkInput, LinkInstant, LinkProgress};
 use transports::vfio_user::{Client, PendingRegionRead, PendingRegionWrite};
 
@@ -442,7 +444,10 @@ async fn dispatch_non_posted(
     let (first_piece, second_piece) = (plan.next(), plan.next());
     let Some(second_piece) = second_piece else {
         let piece = match first_piece {
-            Some(at_count) => Some(start_piece(client, &target, base, first, at_count, &tlp.payload).await),
+            Some(at_count) => Some(
+                start_piece(client, &target, base, first, at_count, &tlp.payload, shared.device_timeout)
+                    .await,
+            ),
             // Nothing to access (no byte enabled): the completion task answers at once.
             None => None,
         };
@@ -453,7 +458,8 @@ async fn dispatch_non_posted(
     let payload = tlp.payload.clone();
     completions.spawn(complete(shared.clone(), tlp, Pieces::Stream(rx), total as usize, after, permit));
     for at_count in first_piece.into_iter().chain([second_piece]).chain(plan) {
-        let piece = start_piece(client, &target, base, first, at_count, &payload).await;
+        let piece =
+            start_piece(client, &target, base, first, at_count, &payload, shared.device_timeout).await;
         let failed = matches!(piece, Piece::Failed(_));
         if tx.send(piece).await.is_err() || failed {
             return;
@@ -469,17 +475,18 @@ async fn start_piece(
     first: u32,
     (at, count): (u64, u32),
     payload: &[u8],
+    device_timeout: Duration,
 ) -> Piece {
     let dest = (at - base) as usize - first as usize;
     if target.write {
         let from = (at - base) as usize;
         let data = payload.get(from..from + count as usize).unwrap_or(&[]);
-        match client.start_region_write(target.region, at, data).await {
+        match client.start_region_write(target.region, at, data, device_timeout).await {
             Ok(pending) => Piece::Write(pending),
             Err(e) => Piece::Failed(e.to_string()),
         }
     } else {
-        match client.start_region_read(target.region, at, count).await {
+        match client.start_region_read(target.region, at, count, device_timeout).await {
             Ok(pending) => Piece::Read { pending, at: dest },
             Err(e) => Piece::Failed(e.to_string()),
         }
@@ -533,18 +540,18 @@ async fn complete(
             continue;
         }
         let outcome = match piece {
-            Piece::Read { pending, at } => match timeout_at(deadline, pending.wait()).await {
-                Ok(Ok(bytes)) => {
+            // The client fails a piece with Error::Timeout once the device timeout has passed
+            // since it was started (no timer here: see transports' deadline sweeper).
+            Piece::Read { pending, at } => match pending.wait().await {
+                Ok(bytes) => {
                     place_piece(&mut data, len, at, bytes);
                     Ok(())
                 }
-                Ok(Err(e)) => Err((false, e.to_string())),
-                Err(_) => Err((true, "no reply".to_owned())),
+                Err(e) => Err((matches!(e, ClientError::Timeout { .. }), e.to_string())),
             },
-            Piece::Write(pending) => match timeout_at(deadline, pending.wait()).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err((false, e.to_string())),
-                Err(_) => Err((true, "no reply".to_owned())),
+            Piece::Write(pending) => match pending.wait().await {
+                Ok(()) => Ok(()),
+                Err(e) => Err((matches!(e, ClientError::Timeout { .. }), e.to_string())),
             },
             Piece::Local { data: bytes, at } => {
                 place_piece(&mut data, len, at, bytes);

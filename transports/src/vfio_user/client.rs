@@ -2,10 +2,12 @@
 //!
 //! Tasks per connection (all owned by the client and stopped when it closes or is dropped):
 //! - one reader per socket (main, and twin when granted): the only code that reads it;
-//! - one reply writer per socket, writing the answers to server commands (DMA results and
-//!   refusals) from two bounded queues;
+//! - one reply writer per socket, writing the reader's refusals and error replies to server
+//!   commands from a bounded queue;
 //! - one DMA dispatcher running at most `max_concurrent_dma` handler calls at once, fed by a
-//!   bounded queue the readers never wait on (a full queue refuses the command with EBUSY).
+//!   bounded queue the readers never wait on (a full queue refuses the command with EBUSY);
+//!   each handler call writes its own reply, under the socket's write lock (no hop through a
+//!   task: DMA replies are on the critical path of every device copy).
 //!
 //! Client commands are written by the requesting task itself, whole, under the socket's async
 //! mutex (FIFO, so the order on the wire is the order in which writes began), with no hop
@@ -26,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::UnixStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, timeout_at};
 use tracing::{Instrument, debug, debug_span, error, info, warn};
@@ -278,6 +280,9 @@ type ReplySender = oneshot::Sender<Result<Reply, Error>>;
 struct Waiter {
     command: Command,
     reply: ReplySender,
+    /// When [`deadline_sweeper`] fails the request with [`Error::Timeout`].
+    deadline: Instant,
+    timeout: Duration,
 }
 
 #[derive(Default)]
@@ -287,6 +292,8 @@ struct PendingTable {
     expired: HashSet<u16>,
     expired_order: VecDeque<u16>,
     closed: Option<DisconnectReason>,
+    /// When [`deadline_sweeper`] looks next; a request due earlier wakes it.
+    sweep_at: Option<Instant>,
 }
 
 impl PendingTable {
@@ -303,10 +310,13 @@ impl PendingTable {
         }
     }
 
-    fn expire(&mut self, id: u16) {
-        if self.waiting.remove(&id).is_none() {
-            return;
-        }
+    fn expire(&mut self, id: u16) -> Option<Waiter> {
+        let waiter = self.waiting.remove(&id)?;
+        self.remember_expired(id);
+        Some(waiter)
+    }
+
+    fn remember_expired(&mut self, id: u16) {
         if self.expired_order.len() >= EXPIRED_IDS_REMEMBERED {
             if let Some(oldest) = self.expired_order.pop_front() {
                 self.expired.remove(&oldest);
@@ -317,8 +327,60 @@ impl PendingTable {
     }
 }
 
+/// How long [`deadline_sweeper`] sleeps when no request is due sooner: less than the request
+/// timeout, so a request started at any moment is due after the sweeper's next look and does
+/// not need to wake it.
+fn sweep_period(request_timeout: Duration) -> Duration {
+    (request_timeout / 2).clamp(Duration::from_millis(1), Duration::from_secs(1))
+}
+
+/// Fails each request whose deadline has passed with [`Error::Timeout`]. One task per
+/// connection rather than a timer per request: arming a tokio timer while no other timer is
+/// armed wakes the runtime's driver (an eventfd write, and on a multi-threaded runtime often a
+/// parked worker thread), which cost every MMIO read two such wakeups.
+async fn deadline_sweeper(shared: Arc<Shared>, period: Duration) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut due: Vec<(u16, Waiter)> = Vec::new();
+    loop {
+        let now = Instant::now();
+        let mut next = now + period;
+        {
+            let mut table = shared.pending();
+            if table.closed.is_some() {
+                return;
+            }
+            let mut any_due = false;
+            for waiter in table.waiting.values() {
+                if waiter.deadline <= now {
+                    any_due = true;
+                } else {
+                    next = next.min(waiter.deadline);
+                }
+            }
+            if any_due {
+                let ids: Vec<u16> =
+                    table.waiting.iter().filter(|(_, w)| w.deadline <= now).map(|(id, _)| *id).collect();
+                due.extend(ids.into_iter().filter_map(|id| table.expire(id).map(|waiter| (id, waiter))));
+            }
+            table.sweep_at = Some(next);
+        }
+        for (id, waiter) in due.drain(..) {
+            let Waiter { command, reply, timeout, .. } = waiter;
+            warn!(command = %command, id, timeout = ?timeout, "vfio-user request timed out");
+            let _ = reply.send(Err(Error::Timeout { command, id: Some(id), timeout }));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = shared.sweep.notified() => {}
+            _ = wait_shutdown(&mut shutdown) => return,
+        }
+    }
+}
+
 struct Shared {
     pending: Mutex<PendingTable>,
+    /// Wakes [`deadline_sweeper`] for a request due before its next look.
+    sweep: Notify,
     shutdown: watch::Sender<bool>,
     events: mpsc::Sender<ClientEvent>,
     windows: Mutex<DmaWindowTable>,
@@ -562,7 +624,6 @@ struct ServerReply {
 /// within `stall_limit` (it stopped reading its socket) ends the connection.
 async fn reply_writer(
     writer: Arc<MessageWriter>,
-    mut results: mpsc::Receiver<ServerReply>,
     mut refusals: mpsc::Receiver<ServerReply>,
     shared: Arc<Shared>,
     stall_limit: Duration,
@@ -572,21 +633,37 @@ async fn reply_writer(
         let reply = tokio::select! {
             biased;
             _ = wait_shutdown(&mut shutdown) => return,
-            Some(reply) = results.recv() => reply,
-            Some(reply) = refusals.recv() => reply,
-            else => return,
+            reply = refusals.recv() => match reply {
+                Some(reply) => reply,
+                None => return,
+            },
         };
-        match writer.write(&shared, &reply.bytes, &[], Instant::now() + stall_limit, None).await {
-            // The command is answered: release the hold and the DMA_WRITE bytes it stood for.
-            Ok(()) => drop(reply.ticket),
-            Err(WriteError::TimedOut | WriteError::Held) => {
-                shared.fail(DisconnectReason::Io(format!(
-                    "the server has not read its socket for {stall_limit:?} while replies to its commands wait"
-                )));
-                return;
-            }
-            Err(WriteError::Failed(_)) => return,
+        if !write_reply(&writer, &shared, reply, stall_limit).await {
+            return;
         }
+    }
+}
+
+/// Writes the answer to a server command; false once the connection is failed.
+async fn write_reply(
+    writer: &MessageWriter,
+    shared: &Shared,
+    reply: ServerReply,
+    stall_limit: Duration,
+) -> bool {
+    match writer.write(shared, &reply.bytes, &[], Instant::now() + stall_limit, None).await {
+        // The command is answered: release the hold and the DMA_WRITE bytes it stood for.
+        Ok(()) => {
+            drop(reply.ticket);
+            true
+        }
+        Err(WriteError::TimedOut | WriteError::Held) => {
+            shared.fail(DisconnectReason::Io(format!(
+                "the server has not read its socket for {stall_limit:?} while replies to its commands wait"
+            )));
+            false
+        }
+        Err(WriteError::Failed(_)) => false,
     }
 }
 
@@ -606,7 +683,8 @@ struct DmaJob {
     access: DmaAccessRepr,
     data: Vec<u8>,
     fds_attached: usize,
-    reply_to: mpsc::Sender<ServerReply>,
+    /// The socket the command came from, which its reply goes to.
+    reply_to: Arc<MessageWriter>,
     ticket: DmaTicket,
 }
 
@@ -619,8 +697,8 @@ struct Reader {
     counts_toward_hold: bool,
     /// Refusals and error replies, written by this socket's reply writer.
     refusals: mpsc::Sender<ServerReply>,
-    /// Where handlers send this socket's DMA results.
-    results: mpsc::Sender<ServerReply>,
+    /// This socket's writer, where handlers write their DMA results.
+    writer: Arc<MessageWriter>,
     jobs: mpsc::Sender<DmaJob>,
     /// Budget of DMA_WRITE data held at once (see `ClientConfig::dma_queue_bytes`).
     dma_queue_bytes: usize,
@@ -764,7 +842,7 @@ impl Reader {
             access,
             data,
             fds_attached: message.fds.len(),
-            reply_to: self.results.clone(),
+            reply_to: self.writer.clone(),
             ticket,
         };
         // Never wait for a handler slot here: the handlers' replies may need the server to
@@ -822,6 +900,7 @@ async fn dma_dispatcher<H: DmaHandler>(
     mut jobs: mpsc::Receiver<DmaJob>,
     max_concurrent: usize,
     handler_timeout: Duration,
+    stall_limit: Duration,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut running = JoinSet::new();
@@ -834,7 +913,7 @@ async fn dma_dispatcher<H: DmaHandler>(
                 Some(job) => {
                     let span = debug_span!("vfio_user_dma", command = %job.header.command, id = job.header.id,
                         address = job.access.address, count = job.access.count);
-                    running.spawn(serve_dma(handler.clone(), shared.clone(), job, handler_timeout).instrument(span));
+                    running.spawn(serve_dma(handler.clone(), shared.clone(), job, handler_timeout, stall_limit).instrument(span));
                 }
                 None => return,
             },
@@ -847,6 +926,7 @@ async fn serve_dma<H: DmaHandler>(
     shared: Arc<Shared>,
     mut job: DmaJob,
     handler_timeout: Duration,
+    stall_limit: Duration,
 ) {
     let header = job.header;
     // The handler takes the DMA_WRITE data (no copy); its bytes are free once it returns.
@@ -858,13 +938,15 @@ async fn serve_dma<H: DmaHandler>(
         return;
     }
     let bytes = match outcome {
-        Ok(data) => wire::encode_message(
+        // The data is copied once, behind the header and the echoed fixed part.
+        Ok(data) => wire::encode_message_parts(
             header.id,
             header.command,
             MessageType::Reply,
             false,
             None,
-            &job.access.to_bytes_with(&data),
+            &job.access.to_array(),
+            &data,
         )
         .unwrap_or_default(),
         Err(e) => {
@@ -872,8 +954,9 @@ async fn serve_dma<H: DmaHandler>(
             error_reply(&header, e.errno())
         }
     };
-    // A closed writer means the connection is already going down.
-    let _ = job.reply_to.send(ServerReply { bytes, ticket: Some(job.ticket) }).await;
+    let DmaJob { reply_to, ticket, .. } = job;
+    // A failed write has failed the connection, which every waiter hears about.
+    write_reply(&reply_to, &shared, ServerReply { bytes, ticket: Some(ticket) }, stall_limit).await;
 }
 
 /// Checks a server DMA request and runs it; the data is what the reply carries.
@@ -971,32 +1054,22 @@ impl std::fmt::Debug for Client {
 struct PendingReply {
     shared: Arc<Shared>,
     id: u16,
-    command: Command,
     reply: oneshot::Receiver<Result<Reply, Error>>,
-    deadline: Instant,
-    timeout: Duration,
     finished: bool,
     _slot: OwnedSemaphorePermit,
 }
 
 impl PendingReply {
+    /// The reply, or [`Error::Timeout`] from [`deadline_sweeper`] once the request's deadline
+    /// has passed.
     async fn wait(mut self) -> Result<Reply, Error> {
-        match timeout_at(self.deadline, &mut self.reply).await {
-            Ok(Ok(result)) => {
-                self.finished = true;
-                result
-            }
-            Ok(Err(_)) => {
-                self.finished = true;
-                Err(Error::Disconnected(
-                    self.shared.disconnect_reason().unwrap_or(DisconnectReason::ClosedByClient),
-                ))
-            }
-            Err(_) => {
-                warn!(command = %self.command, id = self.id, timeout = ?self.timeout, "vfio-user request timed out");
-                Err(Error::Timeout { command: self.command, id: Some(self.id), timeout: self.timeout })
-            }
-        }
+        let result = (&mut self.reply).await;
+        self.finished = true;
+        result.unwrap_or_else(|_| {
+            Err(Error::Disconnected(
+                self.shared.disconnect_reason().unwrap_or(DisconnectReason::ClosedByClient),
+            ))
+        })
     }
 }
 
@@ -1153,6 +1226,7 @@ impl Client {
         let (events_tx, events_rx) = mpsc::channel(8);
         let shared = Arc::new(Shared {
             pending: Mutex::new(PendingTable::default()),
+            sweep: Notify::new(),
             shutdown,
             events: events_tx,
             windows: Mutex::new(DmaWindowTable::default()),
@@ -1174,37 +1248,35 @@ impl Client {
         let handler = Arc::new(handler);
         let (jobs_tx, jobs_rx) = mpsc::channel(config.dma_queue_depth);
         let mut tasks = Vec::new();
-        let serve_socket = |socket: Arc<MessageSocket>,
-                            name: &'static str,
-                            tasks: &mut Vec<JoinHandle<()>>| {
-            let writer =
-                Arc::new(MessageWriter { socket: socket.clone(), lock: tokio::sync::Mutex::new(()) });
-            let (results_tx, results_rx) = mpsc::channel(config.max_concurrent_dma);
-            let (refusals_tx, refusals_rx) = mpsc::channel(config.send_queue_depth);
-            tasks.push(tokio::spawn(
-                reply_writer(writer.clone(), results_rx, refusals_rx, shared.clone(), config.request_timeout)
-                    .instrument(debug_span!("vfio_user_writer", socket = name)),
-            ));
-            let is_main = name == "main";
-            tasks.push(tokio::spawn(
-                Reader {
-                    socket,
-                    shared: shared.clone(),
-                    carries_replies: is_main,
-                    counts_toward_hold: is_main && !negotiated.twin_socket,
-                    refusals: refusals_tx,
-                    results: results_tx,
-                    jobs: jobs_tx.clone(),
-                    dma_queue_bytes: config.dma_queue_bytes,
-                    max_size,
-                    max_fds,
-                    name,
-                }
-                .run()
-                .instrument(debug_span!("vfio_user_reader", socket = name)),
-            ));
-            writer
-        };
+        let serve_socket =
+            |socket: Arc<MessageSocket>, name: &'static str, tasks: &mut Vec<JoinHandle<()>>| {
+                let writer =
+                    Arc::new(MessageWriter { socket: socket.clone(), lock: tokio::sync::Mutex::new(()) });
+                let (refusals_tx, refusals_rx) = mpsc::channel(config.send_queue_depth);
+                tasks.push(tokio::spawn(
+                    reply_writer(writer.clone(), refusals_rx, shared.clone(), config.request_timeout)
+                        .instrument(debug_span!("vfio_user_writer", socket = name)),
+                ));
+                let is_main = name == "main";
+                tasks.push(tokio::spawn(
+                    Reader {
+                        socket,
+                        shared: shared.clone(),
+                        carries_replies: is_main,
+                        counts_toward_hold: is_main && !negotiated.twin_socket,
+                        refusals: refusals_tx,
+                        writer: writer.clone(),
+                        jobs: jobs_tx.clone(),
+                        dma_queue_bytes: config.dma_queue_bytes,
+                        max_size,
+                        max_fds,
+                        name,
+                    }
+                    .run()
+                    .instrument(debug_span!("vfio_user_reader", socket = name)),
+                ));
+                writer
+            };
         let main_writer = serve_socket(main.clone(), "main", &mut tasks);
         let mut sockets = vec![main];
         if let Some(twin) = twin {
@@ -1213,12 +1285,14 @@ impl Client {
             sockets.push(twin);
         }
         drop(jobs_tx);
+        tasks.push(tokio::spawn(deadline_sweeper(shared.clone(), sweep_period(config.request_timeout))));
         tasks.push(tokio::spawn(dma_dispatcher(
             handler,
             shared.clone(),
             jobs_rx,
             config.max_concurrent_dma,
             config.dma_handler_timeout,
+            config.request_timeout,
         )));
 
         let hold_during_dma = !negotiated.twin_socket;
@@ -1328,26 +1402,21 @@ impl Client {
             .map_err(|_| queued_timeout())?
             .map_err(|_| Error::Disconnected(DisconnectReason::ClosedByClient))?;
         let (reply_tx, reply_rx) = oneshot::channel();
-        let id = {
+        let (id, wake_sweeper) = {
             let mut table = shared.pending();
             if let Some(reason) = &table.closed {
                 return Err(Error::Disconnected(reason.clone()));
             }
             let id = table.allocate_id();
-            table.waiting.insert(id, Waiter { command, reply: reply_tx });
-            id
+            table.waiting.insert(id, Waiter { command, reply: reply_tx, deadline, timeout });
+            (id, table.sweep_at.is_none_or(|at| deadline < at))
         };
+        if wake_sweeper {
+            shared.sweep.notify_one();
+        }
         tracing::Span::current().record("id", id);
-        let pending = PendingReply {
-            shared: shared.clone(),
-            id,
-            command,
-            reply: reply_rx,
-            deadline,
-            timeout,
-            finished: false,
-            _slot: slot,
-        };
+        let pending =
+            PendingReply { shared: shared.clone(), id, reply: reply_rx, finished: false, _slot: slot };
         let bytes = wire::encode_message_parts(id, command, MessageType::Command, false, None, fixed, data)?;
         self.write_command(&bytes, &fds, deadline, command, id, timeout).await?;
         debug!(command = %command, id, size = bytes.len(), fds = fds.len(), "vfio-user request sent");
@@ -1708,7 +1777,8 @@ impl Client {
         async {
             let mut pending = Vec::new();
             for (at, count) in self.chunks(offset, len)? {
-                pending.push(self.start_region_read(index, at, count).await?);
+                pending
+                    .push(self.start_region_read(index, at, count, self.inner.config.request_timeout).await?);
             }
             let mut data = Vec::with_capacity(len);
             for reply in pending {
@@ -1734,46 +1804,35 @@ impl Client {
     /// Phase one of a REGION_READ of `count` bytes (at most the server's `max_data_xfer_size`):
     /// returns once the request is queued on the socket writer, so that requests started one
     /// after the other reach the server in that order; [`PendingRegionRead::wait`] awaits the
-    /// reply.
+    /// reply, failing with [`Error::Timeout`] once `timeout` has passed since this call.
     pub async fn start_region_read(
         &self,
         index: u32,
         offset: u64,
         count: u32,
+        timeout: Duration,
     ) -> Result<PendingRegionRead, Error> {
         let count = self.check_single_access(offset, u64::from(count))?;
         let request = RegionAccessRepr { offset, region: index, count };
-        let reply = self
-            .start_request(
-                Command::RegionRead,
-                &request.to_array(),
-                &[],
-                Vec::new(),
-                self.inner.config.request_timeout,
-            )
-            .await?;
+        let reply =
+            self.start_request(Command::RegionRead, &request.to_array(), &[], Vec::new(), timeout).await?;
         Ok(PendingRegionRead { client: self.clone(), request, reply })
     }
 
     /// Phase one of a REGION_WRITE of `data` (at most the server's `max_data_xfer_size` bytes):
-    /// returns once queued; [`PendingRegionWrite::wait`] awaits the reply.
+    /// returns once queued; [`PendingRegionWrite::wait`] awaits the reply, failing with
+    /// [`Error::Timeout`] once `timeout` has passed since this call.
     pub async fn start_region_write(
         &self,
         index: u32,
         offset: u64,
         data: &[u8],
+        timeout: Duration,
     ) -> Result<PendingRegionWrite, Error> {
         let count = self.check_single_access(offset, data.len() as u64)?;
         let request = RegionAccessRepr { offset, region: index, count };
-        let reply = self
-            .start_request(
-                Command::RegionWrite,
-                &request.to_array(),
-                data,
-                Vec::new(),
-                self.inner.config.request_timeout,
-            )
-            .await?;
+        let reply =
+            self.start_request(Command::RegionWrite, &request.to_array(), data, Vec::new(), timeout).await?;
         Ok(PendingRegionWrite { client: self.clone(), request, reply })
     }
 
@@ -1786,7 +1845,9 @@ impl Client {
             for (at, count) in self.chunks(offset, data.len())? {
                 let piece = data.get(consumed..consumed + count as usize).unwrap_or(&[]);
                 consumed += count as usize;
-                pending.push(self.start_region_write(index, at, piece).await?);
+                pending.push(
+                    self.start_region_write(index, at, piece, self.inner.config.request_timeout).await?,
+                );
             }
             for reply in pending {
                 reply.wait().await?;
@@ -1972,9 +2033,25 @@ mod tests {
     fn ids_skip_in_flight_and_expired() {
         let mut table = PendingTable { next_id: u16::MAX, ..Default::default() };
         let (tx, _rx) = oneshot::channel();
-        table.waiting.insert(0, Waiter { command: Command::RegionRead, reply: tx });
+        table.waiting.insert(
+            0,
+            Waiter {
+                command: Command::RegionRead,
+                reply: tx,
+                deadline: Instant::now(),
+                timeout: Duration::from_secs(1),
+            },
+        );
         let (tx, _rx2) = oneshot::channel();
-        table.waiting.insert(1, Waiter { command: Command::RegionRead, reply: tx });
+        table.waiting.insert(
+            1,
+            Waiter {
+                command: Command::RegionRead,
+                reply: tx,
+                deadline: Instant::now(),
+                timeout: Duration::from_secs(1),
+            },
+        );
         table.expire(1);
         assert_eq!(table.allocate_id(), u16::MAX);
         assert_eq!(table.allocate_id(), 2);
@@ -1986,7 +2063,15 @@ mod tests {
         let mut table = PendingTable::default();
         for id in 0..(EXPIRED_IDS_REMEMBERED as u16 + 10) {
             let (tx, _rx) = oneshot::channel();
-            table.waiting.insert(id, Waiter { command: Command::RegionRead, reply: tx });
+            table.waiting.insert(
+                id,
+                Waiter {
+                    command: Command::RegionRead,
+                    reply: tx,
+                    deadline: Instant::now(),
+                    timeout: Duration::from_secs(1),
+                },
+            );
             table.expire(id);
         }
         assert_eq!(table.expired.len(), EXPIRED_IDS_REMEMBERED);

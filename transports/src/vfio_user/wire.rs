@@ -1198,6 +1198,15 @@ impl DmaAccessRepr {
         view.set_count(self.count);
     }
 
+    /// The fixed part alone, without allocating.
+    pub fn to_array(&self) -> [u8; Self::LEN] {
+        let mut bytes = [0u8; Self::LEN];
+        if let Ok(mut view) = dma_access::View::new_checked(&mut bytes[..]) {
+            self.emit(&mut view);
+        }
+        bytes
+    }
+
     /// The fixed part followed by `data`.
     pub fn to_bytes_with(&self, data: &[u8]) -> Vec<u8> {
         let mut bytes = vec![0u8; Self::LEN + data.len()];
