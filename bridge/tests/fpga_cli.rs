@@ -34,7 +34,13 @@ async fn the_emulator_enumerates_the_card_behind_a_bridge() {
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("card.sock");
     let card = Arc::new(
-        DmaEngine::new(DmaEngineConfig { msi_vectors: 4, msix_vectors: 8, max_length: 1 << 20 }).unwrap(),
+        DmaEngine::new(DmaEngineConfig {
+            msi_vectors: 4,
+            msix_vectors: 8,
+            max_length: 1 << 20,
+            max_payload_supported: 256,
+        })
+        .unwrap(),
     );
     let serve_path = socket.clone();
     tokio::spawn(async move {

@@ -103,7 +103,13 @@ async fn start(config: &EmulatorConfig, link_options: &str, engine_config: Engin
     let dir = TempDir::new();
     let socket = dir.path().join("card.sock");
     let card = Arc::new(
-        DmaEngine::new(DmaEngineConfig { msi_vectors: 4, msix_vectors: 8, max_length: 1 << 20 }).unwrap(),
+        DmaEngine::new(DmaEngineConfig {
+            msi_vectors: 4,
+            msix_vectors: 8,
+            max_length: 1 << 20,
+            max_payload_supported: 256,
+        })
+        .unwrap(),
     );
     let serve_path = socket.clone();
     tokio::spawn(async move {

@@ -49,6 +49,10 @@ struct DeviceArgs {
     /// Largest copy the card accepts (its MAX_LENGTH register), in bytes.
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     max_copy_length: u32,
+    /// Max Payload Size Supported that the card advertises (128, 256, 512, 1024, 2048 or 4096
+    /// bytes); the root port programs at most this.
+    #[arg(long, default_value_t = 256, value_name = "BYTES")]
+    max_payload_supported: u16,
 }
 
 pub fn run(args: SimArgs) -> ExitCode {
@@ -67,6 +71,7 @@ fn run_device(args: DeviceArgs) -> ExitCode {
         msi_vectors: args.msi_vectors,
         msix_vectors: args.msix_vectors,
         max_length: args.max_copy_length,
+        max_payload_supported: args.max_payload_supported,
     }) {
         Ok(card) => Arc::new(card),
         Err(e) => {

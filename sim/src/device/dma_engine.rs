@@ -120,11 +120,14 @@ pub struct DmaEngineConfig {
     pub msix_vectors: u16,
     /// The largest copy (MAX_LENGTH register).
     pub max_length: u32,
+    /// Max Payload Size Supported in Device Capabilities, in bytes: 128, 256, 512, 1024, 2048
+    /// or 4096. A software card has no buffer limit; 256 B is the usual hardware value.
+    pub max_payload_supported: u16,
 }
 
 impl Default for DmaEngineConfig {
     fn default() -> Self {
-        Self { msi_vectors: 4, msix_vectors: 8, max_length: 1024 * 1024 }
+        Self { msi_vectors: 4, msix_vectors: 8, max_length: 1024 * 1024, max_payload_supported: 256 }
     }
 }
 
@@ -202,6 +205,12 @@ impl DmaEngine {
         if settings.max_length == 0 || settings.max_length > 64 * 1024 * 1024 {
             return Err(Error::Config(format!("max_length {} not in 1..=64 MiB", settings.max_length)));
         }
+        if max_payload_code(settings.max_payload_supported).is_none() {
+            return Err(Error::Config(format!(
+                "max_payload_supported {} is not 128, 256, 512, 1024, 2048 or 4096",
+                settings.max_payload_supported
+            )));
+        }
         let (config, caps) = build_config_space(&settings).map_err(Error::Config)?;
         let entries = usize::from(settings.msix_vectors);
         let state = CardState {
@@ -248,6 +257,11 @@ fn initial_msix_table(entries: usize) -> Vec<u8> {
 }
 
 /// Builds the config space with `tlp::config_space::ConfigImage` and sets its write semantics.
+/// The Device Capabilities encoding of a Max Payload Size Supported of `bytes` (128 << code).
+fn max_payload_code(bytes: u16) -> Option<u32> {
+    (bytes.is_power_of_two() && (128..=4096).contains(&bytes)).then(|| (bytes / 128).trailing_zeros())
+}
+
 fn build_config_space(settings: &DmaEngineConfig) -> Result<(ConfigSpace, CapabilityOffsets), String> {
     let e = |err: tlp::TlpError| err.to_string();
     let mut image = ConfigImage::new(PCIE_CONFIG_LEN).map_err(e)?;
@@ -283,8 +297,12 @@ fn build_config_space(settings: &DmaEngineConfig) -> Result<(ConfigSpace, Capabi
             offset: 0,
             // Version 2, endpoint.
             capabilities: PcieCapabilities(0x0002),
-            // Max payload 256 bytes supported.
-            device_capabilities: DeviceCapabilities(0x0000_0001),
+            // Bits 2:0, Max Payload Size Supported; nothing else (no phantom functions, 5-bit
+            // tags, no FLR).
+            device_capabilities: DeviceCapabilities(
+                max_payload_code(settings.max_payload_supported)
+                    .ok_or_else(|| format!("max_payload_supported {}", settings.max_payload_supported))?,
+            ),
             // Relaxed ordering and no-snoop enabled, MPS 128, MRRS 512 (the reset values).
             device_control: DeviceControl(0x2810),
             device_status: DeviceStatus(0),
@@ -911,6 +929,24 @@ mod tests {
 
     /// DEVICE_RESET while a copy waits for the reply to one of its DMA pieces ends the copy:
     /// the late reply is dropped, no further piece is requested, and the next copy runs alone.
+    #[tokio::test]
+    async fn device_capabilities_advertise_the_configured_max_payload() {
+        let rig = Rig::new(1 << 20);
+        for (bytes, code) in [(128u16, 0u32), (256, 1), (4096, 5)] {
+            let card = DmaEngine::new(DmaEngineConfig { max_payload_supported: bytes, ..Default::default() })
+                .unwrap();
+            let at = u64::from(card.capability_offsets().pci_express) + 4;
+            let mut devcap = [0u8; 4];
+            card.region_read(&rig.bus, CONFIG_REGION, at, &mut devcap).unwrap();
+            assert_eq!(u32::from_le_bytes(devcap), code, "{bytes} bytes");
+        }
+        for bytes in [0u16, 64, 384, 8192] {
+            let refused =
+                DmaEngine::new(DmaEngineConfig { max_payload_supported: bytes, ..Default::default() });
+            assert!(matches!(refused, Err(Error::Config(_))), "{bytes} bytes accepted");
+        }
+    }
+
     #[tokio::test]
     async fn reset_while_a_copy_waits_on_dma_cancels_it_and_no_further_dma_is_issued() {
         let rig = Rig::new(64);
