@@ -91,9 +91,8 @@ pub struct SequenceCard {
 }
 
 impl SequenceCard {
-    pub fn new() -> Result<Self, BridgeError> {
-        let card =
-            DmaEngine::new(DmaEngineConfig::default()).map_err(|e| bench_error("creating the card", e))?;
+    pub fn new(settings: DmaEngineConfig) -> Result<Self, BridgeError> {
+        let card = DmaEngine::new(settings).map_err(|e| bench_error("creating the card", e))?;
         Ok(SequenceCard {
             card,
             expected: AtomicU32::new(0),
@@ -160,9 +159,18 @@ impl Rig {
     /// Starts everything and enumerates the card: BAR0, BAR2, Memory Space + Bus Master, MSI
     /// vector 0 to [`MSI_ADDRESS`], the copy engine's interrupt on MSI.
     pub async fn start(config: EngineConfig, name: &str) -> Result<Rig, BridgeError> {
+        Rig::start_with_card(config, DmaEngineConfig::default(), name).await
+    }
+
+    /// [`Rig::start`] with a card built from `card` instead of the defaults.
+    pub async fn start_with_card(
+        config: EngineConfig,
+        card: DmaEngineConfig,
+        name: &str,
+    ) -> Result<Rig, BridgeError> {
         let socket = std::env::temp_dir().join(format!("tlpbridge-bench-{}-{name}.sock", std::process::id()));
         let _ = std::fs::remove_file(&socket);
-        let card = Arc::new(SequenceCard::new()?);
+        let card = Arc::new(SequenceCard::new(card)?);
         let listener =
             sim::device::server::bind(&socket).map_err(|e| bench_error("binding the device socket", e))?;
         let (stop_server, stopped) = oneshot::channel::<()>();
