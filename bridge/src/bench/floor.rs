@@ -3,14 +3,16 @@
 //! Layout, as in the measured setup: a *host* end on a TCP connection over 127.0.0.1 (the sim
 //! link's socket), a *relay* that copies bytes between that TCP connection and a UNIX stream
 //! socket (`tokio::io::copy_bidirectional`, the bridge's position without any bridge logic), and
-//! a *device* end on the UNIX socket (the vfio-user socket). All three are tasks of the same
-//! tokio runtime as the bridge runs in. Messages are a 16-byte header (kind u32 LE, length u32
+//! a *device* end on the UNIX socket (the vfio-user socket). Host and device ends are tasks of
+//! the runtime the load generator and the device run in; the relay runs on a thread of its own,
+//! as the bridge runs on a runtime of its own. Messages are a 16-byte header (kind u32 LE, length u32
 //! LE, 8 bytes zero, like a vfio-user header) and `length` payload bytes.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::task::JoinSet;
 
+use super::own_thread::OwnThread;
 use super::rig::bench_error;
 use crate::engine::BridgeError;
 
@@ -40,6 +42,7 @@ pub struct Floor {
     pub host: Option<TcpStream>,
     pub device: Option<UnixStream>,
     tasks: JoinSet<()>,
+    relay: OwnThread,
 }
 
 impl Floor {
@@ -52,11 +55,20 @@ impl Floor {
         host.set_nodelay(true).map_err(fail)?;
         relay_tcp.set_nodelay(true).map_err(fail)?;
         let (relay_unix, device) = UnixStream::pair().map_err(fail)?;
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let (mut tcp, mut unix) = (relay_tcp, relay_unix);
+        // Moved to the relay's runtime (std sockets stay non-blocking).
+        let (relay_tcp, relay_unix) =
+            (relay_tcp.into_std().map_err(fail)?, relay_unix.into_std().map_err(fail)?);
+        // One task: a minimal relay program needs one thread.
+        let relay = OwnThread::start("floor-relay", 1)?;
+        relay.handle().spawn(async move {
+            let (Ok(mut tcp), Ok(mut unix)) =
+                (TcpStream::from_std(relay_tcp), UnixStream::from_std(relay_unix))
+            else {
+                return;
+            };
             let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
         });
+        let mut tasks = JoinSet::new();
         let (host, device) = match initiator {
             Initiator::Host => {
                 tasks.spawn(respond(device));
@@ -67,13 +79,14 @@ impl Floor {
                 (None, Some(device))
             }
         };
-        Ok(Floor { host, device, tasks })
+        Ok(Floor { host, device, tasks, relay })
     }
 
     pub async fn stop(mut self) {
         drop(self.host.take());
         drop(self.device.take());
         self.tasks.shutdown().await;
+        self.relay.stop().await;
     }
 }
 

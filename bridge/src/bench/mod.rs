@@ -8,6 +8,7 @@
 //! so that drift of a shared machine hits both alike.
 
 pub mod floor;
+pub mod own_thread;
 pub mod rig;
 
 use std::time::{Duration, Instant};

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use transports::link::LinkInput;
 
+use super::own_thread::OwnThread;
 use crate::engine::{BridgeError, CountersSnapshot, Engine, EngineConfig, ServerEndpoint};
 
 pub const BAR0: u64 = 0x8000_0000;
@@ -43,6 +44,9 @@ const DEVICE_CONTROL_RESET: u32 = 0x0810;
 pub const SEQUENCE_PORT: u64 = 0;
 /// Longest wait for any one TLP from the bridge (wall time; a safety net, not a measurement).
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Worker threads of the bridge's runtime: as in `tlpbridge run`.
+const BRIDGE_WORKERS: usize = 2;
 
 /// The root port's requester ID.
 pub const RC: RoutingId = RoutingId::new(0, 0, 0);
@@ -145,11 +149,15 @@ impl DeviceModel for SequenceCard {
     }
 }
 
-/// Device, bridge and load generator, started together and stopped with [`Rig::stop`].
+/// Device, bridge and load generator, started together and stopped with [`Rig::stop`]. The
+/// bridge (engine and its end of the sim link) runs on a runtime of its own with the two
+/// workers of `tlpbridge run`, as that process would; device and load generator run on the
+/// caller's runtime.
 pub struct Rig {
     pub port: LoadGen,
     pub card: Arc<SequenceCard>,
     engine: Engine,
+    bridge: OwnThread,
     server: JoinHandle<Result<(), sim::Error>>,
     stop_server: oneshot::Sender<()>,
     socket: PathBuf,
@@ -182,19 +190,33 @@ impl Rig {
             .await
         });
 
-        let sim_listener =
-            SimListener::bind("127.0.0.1:0").await.map_err(|e| bench_error("binding the sim link", e))?;
-        let addr = sim_listener.local_addr().map_err(|e| bench_error("binding the sim link", e))?.to_string();
-        let bridge_side = async { sim_listener.accept_bridge(&BridgeConfig::default()).await };
-        let sim_config = SimulatorConfig::default();
-        let sim_side = SimulatorEnd::connect(&addr, &sim_config);
-        let (link, end) = tokio::join!(bridge_side, sim_side);
-        let link = link.map_err(|e| bench_error("opening the sim link (bridge side)", e))?;
-        let end = end.map_err(|e| bench_error("opening the sim link (simulator side)", e))?;
-        let engine = Engine::start(link, ServerEndpoint::Path(socket.clone()), config).await?;
+        let bridge = OwnThread::start(&format!("bridge-{name}"), BRIDGE_WORKERS)?;
+        let (addr_tx, addr_rx) = oneshot::channel();
+        let server_path = socket.clone();
+        // Listener, link tasks and engine tasks all belong to the bridge's runtime.
+        let bridge_side = bridge.handle().spawn(async move {
+            let sim_listener =
+                SimListener::bind("127.0.0.1:0").await.map_err(|e| bench_error("binding the sim link", e))?;
+            let addr =
+                sim_listener.local_addr().map_err(|e| bench_error("binding the sim link", e))?.to_string();
+            let _ = addr_tx.send(addr);
+            let link = sim_listener
+                .accept_bridge(&BridgeConfig::default())
+                .await
+                .map_err(|e| bench_error("opening the sim link (bridge side)", e))?;
+            Engine::start(link, ServerEndpoint::Path(server_path), config).await
+        });
+        let addr =
+            addr_rx.await.map_err(|_| bench_error("binding the sim link", "the bridge thread ended"))?;
+        let end = SimulatorEnd::connect(&addr, &SimulatorConfig::default())
+            .await
+            .map_err(|e| bench_error("opening the sim link (simulator side)", e))?;
+        let engine = bridge_side
+            .await
+            .map_err(|e| bench_error("starting the bridge", format!("the bridge task: {e}")))??;
         let mut port = LoadGen::new(end);
         port.enumerate().await?;
-        Ok(Rig { port, card, engine, server, stop_server, socket })
+        Ok(Rig { port, card, engine, bridge, server, stop_server, socket })
     }
 
     pub fn counters(&self) -> CountersSnapshot {
@@ -202,8 +224,16 @@ impl Rig {
     }
 
     pub async fn stop(self) -> CountersSnapshot {
-        let Rig { port, engine, server, stop_server, socket, .. } = self;
-        let snapshot = engine.shutdown().await;
+        let Rig { port, engine, bridge, server, stop_server, socket, .. } = self;
+        // Shut down where its tasks and sockets live.
+        let snapshot = match bridge.handle().spawn(engine.shutdown()).await {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                tracing::warn!(error = %e, "bridge shutdown task failed");
+                CountersSnapshot::default()
+            }
+        };
+        bridge.stop().await;
         drop(port);
         let _ = stop_server.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
