@@ -300,6 +300,31 @@ pub struct MemoryWrites<'a> {
     data: &'a [u8],
 }
 
+impl MemoryWrites<'_> {
+    /// The next MWr as wire bytes, in a new `Vec` of exactly its length: the same bytes as
+    /// `self.next().map(|t| t.to_bytes())`, with the data copied once behind the emitted header
+    /// (zero bytes pad an unaligned start and end), where building the [`Tlp`] first would
+    /// zero-fill its payload, copy the data into it and copy it again when emitting. For
+    /// senders that only need the bytes, such as a DMA write of many MWrs.
+    pub fn next_bytes(&mut self) -> Option<Vec<u8>> {
+        let chunk = self.chunks.next()?;
+        let (now, rest) = self.data.split_at(chunk.len as usize);
+        self.data = rest;
+        // As in `next`: a chunk from `split_range` always has byte enables.
+        let enables = chunk.byte_enables().ok()?;
+        let header = memory_tlp(&self.fields, MemOp::Write, 0, &chunk, enables, Vec::new());
+        let header_len = header.buffer_len();
+        let total = header_len + enables.length_dw as usize * 4;
+        let mut bytes = Vec::with_capacity(total);
+        bytes.resize(header_len, 0);
+        header.emit(&mut bytes).ok()?;
+        bytes.resize(header_len + (chunk.address & 3) as usize, 0);
+        bytes.extend_from_slice(now);
+        bytes.resize(total, 0);
+        Some(bytes)
+    }
+}
+
 impl Iterator for MemoryWrites<'_> {
     type Item = Tlp;
 

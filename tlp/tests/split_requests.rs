@@ -316,6 +316,23 @@ proptest! {
     }
 
     #[test]
+    fn write_bytes_are_the_emitted_writes(
+        address in address(),
+        data in proptest::collection::vec(any::<u8>(), 0..9000),
+        mps in limit(),
+    ) {
+        let emitted: Vec<Vec<u8>> =
+            memory_write_tlps(fields(), address, &data, mps).unwrap().map(|t| t.to_bytes()).collect();
+        let mut writes = memory_write_tlps(fields(), address, &data, mps).unwrap();
+        let mut direct = Vec::new();
+        while let Some(bytes) = writes.next_bytes() {
+            prop_assert_eq!(bytes.len(), bytes.capacity());
+            direct.push(bytes);
+        }
+        prop_assert_eq!(direct, emitted);
+    }
+
+    #[test]
     fn writes_carry_exactly_the_data(
         address in address(),
         data in proptest::collection::vec(any::<u8>(), 0..9000),

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
-use tracing::debug;
+use tracing::{debug, trace};
 
 use tlp::CplStatus;
 use tlp::completion::ReadReassembly;
@@ -138,14 +138,16 @@ impl DmaBridge {
     async fn write(&self, address: u64, data: Vec<u8>) -> Result<(), DmaError> {
         let resets = self.shared.tags.resets();
         let (fields, link, _) = self.check_bus_master()?;
-        let writes = memory_write_tlps(fields, address, &data, link.max_payload_size())
+        let mut writes = memory_write_tlps(fields, address, &data, link.max_payload_size())
             .map_err(|_| DmaError::UnsupportedRequest)?;
-        for request in writes {
+        // Emitted straight from the data: no Tlp with its own copy of each payload.
+        while let Some(request) = writes.next_bytes() {
             // The rest of a write a reset interrupted must not reach the host after it.
             if self.shared.tags.resets() != resets {
                 return Err(DmaError::LinkDown);
             }
-            self.shared.tx.send(&request).await.map_err(|_| DmaError::LinkDown)?;
+            trace!(address, len = request.len(), "tx MWr of a device DMA write");
+            self.shared.tx.send_encoded(request, "MWr", false).await.map_err(|_| DmaError::LinkDown)?;
         }
         Counters::add(&self.shared.counters.dma_bytes_written, data.len() as u64);
         Ok(())

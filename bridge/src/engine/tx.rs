@@ -39,14 +39,24 @@ impl TxQueue {
 
     /// Queues one TLP, waiting while the link's queue is full.
     pub async fn send(&self, tlp: &tlp::Tlp) -> Result<(), TxClosed> {
-        let bytes = tlp.to_bytes();
         trace!(tlp = %tlp, "tx");
+        self.send_encoded(tlp.to_bytes(), tlp.kind_name(), tlp.ep).await
+    }
+
+    /// Queues one TLP already emitted as `bytes` (a valid TLP of kind `kind`, as
+    /// [`tlp::Tlp::kind_name`] names it; `poisoned` when EP is set).
+    pub async fn send_encoded(
+        &self,
+        bytes: Vec<u8>,
+        kind: &'static str,
+        poisoned: bool,
+    ) -> Result<(), TxClosed> {
         if let Some((capture, clock)) = &self.capture {
-            let flags = TlpFlags { poisoned: tlp.ep, ..TlpFlags::default() };
+            let flags = TlpFlags { poisoned, ..TlpFlags::default() };
             capture.tlp(Direction::Outbound, clock.now(), flags, &bytes);
         }
         self.link.send(bytes).await.map_err(|_| TxClosed)?;
-        self.counters.count_out(tlp.kind_name());
+        self.counters.count_out(kind);
         Ok(())
     }
 }
