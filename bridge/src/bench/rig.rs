@@ -12,6 +12,7 @@ use sim::device::{DeviceBus, DeviceDescription, DeviceModel, DmaEngine, DmaEngin
 use sim::link::{BridgeConfig, SimListener, SimulatorConfig, SimulatorEnd};
 use tlp::completion::{MemoryRead, read_completions};
 use tlp::split::{LinkParams, RequestFields, SplitChunk, memory_read_tlp, memory_write_tlp};
+use tlp::wire::{Kind, Packet};
 use tlp::{Body, CfgType, ConfigRequest, MemOp, RoutingId, Tlp};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -376,45 +377,58 @@ impl LoadGen {
     /// Serves a DMA request from the card (MRd: CplDs from host memory, queued on the link and
     /// `completions` set; MWr: into host memory) or counts an MSI and returns `None`; returns
     /// anything else.
+    /// An MWr into host memory, or the MSI.
+    fn memory_write(&mut self, packet: &Packet<&[u8]>, step: &str) -> Result<(), BridgeError> {
+        let (address, payload) = (packet.address(), packet.payload());
+        if address == MSI_ADDRESS {
+            self.irqs += 1;
+            return Ok(());
+        }
+        let at = usize::try_from(address).unwrap_or(usize::MAX);
+        let end = at.saturating_add(payload.len());
+        let target = self.host.get_mut(at..end).ok_or_else(|| {
+            bench_error(
+                step,
+                format!("DMA write of {} bytes at {address:#x} outside host memory", payload.len()),
+            )
+        })?;
+        let (first_be, last_be) = (packet.first_be(), packet.last_be());
+        let last_dw = payload.len().saturating_sub(1) / 4;
+        let last_full = last_be == 0xf || (last_dw == 0 && last_be == 0);
+        if first_be == 0xf && last_full {
+            // All bytes enabled (the card's aligned copies): one copy, not a byte loop.
+            target.copy_from_slice(payload);
+            return Ok(());
+        }
+        for (i, (to, from)) in target.iter_mut().zip(payload).enumerate() {
+            let (dw, lane) = (i / 4, i % 4);
+            let enables = match (dw, last_dw) {
+                (0, _) => first_be,
+                (d, l) if d == l => last_be,
+                _ => 0xf,
+            };
+            if enables >> lane & 1 == 1 {
+                *to = *from;
+            }
+        }
+        Ok(())
+    }
+
     fn serve(
         &mut self,
         bytes: &[u8],
         completions: &mut bool,
         step: &str,
     ) -> Result<Option<Tlp>, BridgeError> {
+        // MWrs (the card's DMA writes, and MSIs) are read in place: a root port's memory takes
+        // the payload straight off the link, without building a TLP model first.
+        let packet = Packet::new_checked(bytes).map_err(|e| bench_error(step, e))?;
+        if packet.kind() == Some(Kind::MemWrite) {
+            self.memory_write(&packet, step)?;
+            return Ok(None);
+        }
         let tlp = Tlp::parse(bytes).map_err(|e| bench_error(step, e))?;
         match &tlp.body {
-            Body::Memory(request) if request.op == MemOp::Write => {
-                if request.address == MSI_ADDRESS {
-                    self.irqs += 1;
-                    return Ok(None);
-                }
-                let at = usize::try_from(request.address).unwrap_or(usize::MAX);
-                let end = at.saturating_add(tlp.payload.len());
-                let target = self
-                    .host
-                    .get_mut(at..end)
-                    .ok_or_else(|| bench_error(step, format!("DMA write outside host memory: {tlp}")))?;
-                let last_dw = tlp.payload.len().saturating_sub(1) / 4;
-                let last_full = request.last_be == 0xf || (last_dw == 0 && request.last_be == 0);
-                if request.first_be == 0xf && last_full {
-                    // All bytes enabled (the card's aligned copies): one copy, not a byte loop.
-                    target.copy_from_slice(&tlp.payload);
-                    return Ok(None);
-                }
-                for (i, (to, from)) in target.iter_mut().zip(&tlp.payload).enumerate() {
-                    let (dw, lane) = (i / 4, i % 4);
-                    let enables = match (dw, last_dw) {
-                        (0, _) => request.first_be,
-                        (d, l) if d == l => request.last_be,
-                        _ => 0xf,
-                    };
-                    if enables >> lane & 1 == 1 {
-                        *to = *from;
-                    }
-                }
-                Ok(None)
-            }
             Body::Memory(request) if request.op == MemOp::Read => {
                 let read = MemoryRead::from_tlp(&tlp).map_err(|e| bench_error(step, e))?;
                 let at = usize::try_from(read.first_byte_address()).unwrap_or(usize::MAX);
