@@ -151,12 +151,26 @@ pub fn spawn_logged(
     Ok(Running(child))
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago and that no other caller in this process
+/// has been given. The kernel may hand the same free port to two binds in a row, and tests run
+/// in parallel threads: two children told to listen on one port made one test's root complex
+/// talk to the other test's bridge (`wait_listening` cannot tell whose listener it sees).
 pub fn free_port() -> Result<u16, HarnessError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .map_err(HarnessError::FreePort)
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    // Far more than the ports a test binary asks for; the loop ends when the kernel offers a
+    // port not given out yet, which takes one or two tries.
+    for _ in 0..1000 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .map_err(HarnessError::FreePort)?;
+        let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    Err(HarnessError::FreePort(std::io::Error::other("every free port offered was already given out")))
 }
 
 /// Waits until something listens on 127.0.0.1:`port`, read from `/proc/net/tcp`: connecting to

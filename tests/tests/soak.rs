@@ -239,7 +239,7 @@ async fn mixed_operations_with_server_stalls_keep_every_write_and_answer_every_r
     let device_args =
         ["sim", "device", "--socket", socket.to_str().unwrap(), "--dma-timeout-ms", &dma_timeout_ms];
     let mut device = spawn(&bin, &device_args, &dir.join("device.log"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = tlpbridge_tests::free_port().unwrap_or_else(|e| panic!("{e}"));
     let log_path = dir.join("run.log");
     let link = format!("sim-listen://127.0.0.1:{port}");
     let mut bridge = spawn(
