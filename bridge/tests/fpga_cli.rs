@@ -33,15 +33,7 @@ async fn the_emulator_enumerates_the_card_behind_a_bridge() {
     let dir = std::env::temp_dir().join(format!("tlpbridge-fpga-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("card.sock");
-    let card = Arc::new(
-        DmaEngine::new(DmaEngineConfig {
-            msi_vectors: 4,
-            msix_vectors: 8,
-            max_length: 1 << 20,
-            max_payload_supported: 256,
-        })
-        .unwrap(),
-    );
+    let card = Arc::new(DmaEngine::new(DmaEngineConfig::default()).unwrap());
     let serve_path = socket.clone();
     tokio::spawn(async move {
         let _ = sim::device::serve(&serve_path, card, ServerConfig::default(), std::future::pending()).await;

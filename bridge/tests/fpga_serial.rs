@@ -102,15 +102,7 @@ struct Bench {
 async fn start(config: &EmulatorConfig, link_options: &str, engine_config: EngineConfig) -> Bench {
     let dir = TempDir::new();
     let socket = dir.path().join("card.sock");
-    let card = Arc::new(
-        DmaEngine::new(DmaEngineConfig {
-            msi_vectors: 4,
-            msix_vectors: 8,
-            max_length: 1 << 20,
-            max_payload_supported: 256,
-        })
-        .unwrap(),
-    );
+    let card = Arc::new(DmaEngine::new(DmaEngineConfig::default()).unwrap());
     let serve_path = socket.clone();
     tokio::spawn(async move {
         let _ = sim::device::serve(&serve_path, card, ServerConfig::default(), std::future::pending()).await;

@@ -2029,29 +2029,22 @@ async fn negotiate(
 mod tests {
     use super::*;
 
+    fn waiter(reply: ReplySender) -> Waiter {
+        Waiter {
+            command: Command::RegionRead,
+            reply,
+            deadline: Instant::now(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
     #[test]
     fn ids_skip_in_flight_and_expired() {
         let mut table = PendingTable { next_id: u16::MAX, ..Default::default() };
         let (tx, _rx) = oneshot::channel();
-        table.waiting.insert(
-            0,
-            Waiter {
-                command: Command::RegionRead,
-                reply: tx,
-                deadline: Instant::now(),
-                timeout: Duration::from_secs(1),
-            },
-        );
+        table.waiting.insert(0, waiter(tx));
         let (tx, _rx2) = oneshot::channel();
-        table.waiting.insert(
-            1,
-            Waiter {
-                command: Command::RegionRead,
-                reply: tx,
-                deadline: Instant::now(),
-                timeout: Duration::from_secs(1),
-            },
-        );
+        table.waiting.insert(1, waiter(tx));
         table.expire(1);
         assert_eq!(table.allocate_id(), u16::MAX);
         assert_eq!(table.allocate_id(), 2);
@@ -2063,15 +2056,7 @@ mod tests {
         let mut table = PendingTable::default();
         for id in 0..(EXPIRED_IDS_REMEMBERED as u16 + 10) {
             let (tx, _rx) = oneshot::channel();
-            table.waiting.insert(
-                id,
-                Waiter {
-                    command: Command::RegionRead,
-                    reply: tx,
-                    deadline: Instant::now(),
-                    timeout: Duration::from_secs(1),
-                },
-            );
+            table.waiting.insert(id, waiter(tx));
             table.expire(id);
         }
         assert_eq!(table.expired.len(), EXPIRED_IDS_REMEMBERED);
