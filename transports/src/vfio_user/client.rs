@@ -294,6 +294,10 @@ struct PendingTable {
     closed: Option<DisconnectReason>,
     /// When [`deadline_sweeper`] looks next; a request due earlier wakes it.
     sweep_at: Option<Instant>,
+    /// The shortest timeout a request has had: the sweeper's period follows it, so that
+    /// requests with a short timeout (the engine's device timeout, 8 ms on a wall-clock link)
+    /// do not each have to wake it.
+    shortest_timeout: Option<Duration>,
 }
 
 impl PendingTable {
@@ -327,28 +331,30 @@ impl PendingTable {
     }
 }
 
-/// How long [`deadline_sweeper`] sleeps when no request is due sooner: less than the request
-/// timeout, so a request started at any moment is due after the sweeper's next look and does
-/// not need to wake it.
-fn sweep_period(request_timeout: Duration) -> Duration {
-    (request_timeout / 2).clamp(Duration::from_millis(1), Duration::from_secs(1))
+/// How long [`deadline_sweeper`] sleeps when no request is due sooner: less than the shortest
+/// timeout in use, so a request started at any moment is due after the sweeper's next look and
+/// does not need to wake it.
+fn sweep_period(shortest_timeout: Duration) -> Duration {
+    (shortest_timeout / 2).clamp(Duration::from_millis(1), Duration::from_secs(1))
 }
 
 /// Fails each request whose deadline has passed with [`Error::Timeout`]. One task per
 /// connection rather than a timer per request: arming a tokio timer while no other timer is
 /// armed wakes the runtime's driver (an eventfd write, and on a multi-threaded runtime often a
 /// parked worker thread), which cost every MMIO read two such wakeups.
-async fn deadline_sweeper(shared: Arc<Shared>, period: Duration) {
+async fn deadline_sweeper(shared: Arc<Shared>, request_timeout: Duration) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut due: Vec<(u16, Waiter)> = Vec::new();
     loop {
         let now = Instant::now();
-        let mut next = now + period;
+        let mut next;
         {
             let mut table = shared.pending();
             if table.closed.is_some() {
                 return;
             }
+            let shortest = table.shortest_timeout.map_or(request_timeout, |t| t.min(request_timeout));
+            next = now + sweep_period(shortest);
             let mut any_due = false;
             for waiter in table.waiting.values() {
                 if waiter.deadline <= now {
@@ -1285,7 +1291,7 @@ impl Client {
             sockets.push(twin);
         }
         drop(jobs_tx);
-        tasks.push(tokio::spawn(deadline_sweeper(shared.clone(), sweep_period(config.request_timeout))));
+        tasks.push(tokio::spawn(deadline_sweeper(shared.clone(), config.request_timeout)));
         tasks.push(tokio::spawn(dma_dispatcher(
             handler,
             shared.clone(),
@@ -1409,6 +1415,7 @@ impl Client {
             }
             let id = table.allocate_id();
             table.waiting.insert(id, Waiter { command, reply: reply_tx, deadline, timeout });
+            table.shortest_timeout = Some(table.shortest_timeout.map_or(timeout, |t| t.min(timeout)));
             (id, table.sweep_at.is_none_or(|at| deadline < at))
         };
         if wake_sweeper {
