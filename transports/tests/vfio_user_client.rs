@@ -943,3 +943,65 @@ async fn single_socket_dma_between_replies_is_demultiplexed() {
     results.sort();
     assert_eq!(results, vec![0u32.to_le_bytes().to_vec(), 4u32.to_le_bytes().to_vec()]);
 }
+
+/// Records what the client reports sending.
+#[derive(Debug, Default)]
+struct SentTap(std::sync::Mutex<Vec<(usize, u16)>>);
+
+impl transports::vfio_user::MessageTap for SentTap {
+    fn message(
+        &self,
+        direction: transports::vfio_user::TapDirection,
+        _socket: transports::vfio_user::SocketRole,
+        message: &[u8],
+        _fds: usize,
+    ) {
+        if direction == transports::vfio_user::TapDirection::Sent {
+            let command = u16::from_le_bytes([message[2], message[3]]);
+            self.0.lock().unwrap().push((message.len(), command));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_posted_writes_reaches_the_server_as_separate_messages_in_order() {
+    let tap = Arc::new(SentTap::default());
+    let config = ClientConfig { tap: Some(tap.clone()), ..config() };
+    let (client, _events, peer) = connect(config, Hello::libvfio_user_like(8, 1024, true), NoDma).await;
+    let device = Device::new(8192);
+    tokio::spawn(serve(peer, device.clone()));
+    let big: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+    let mut batch = client.posted_writes();
+    assert!(batch.is_empty());
+    batch.region_write(0, 0x10, &[1, 2, 3, 4]).unwrap();
+    batch.region_write(0, 0x100, &big).unwrap();
+    batch.region_write(0, 0x10, &[9]).unwrap();
+    // Too long for the region offset space: rejected, and nothing of it is added.
+    assert!(batch.region_write(0, u64::MAX, &[0; 2]).is_err());
+    // 1 + 3 (2500 bytes split at the server's 1024-byte limit) + 1.
+    assert_eq!(batch.messages(), 5);
+    let tapped_before = tap.0.lock().unwrap().len();
+    batch.send().await.unwrap();
+
+    assert_eq!(client.region_read(0, 0x10, 4).await.unwrap(), vec![9, 2, 3, 4]);
+    assert_eq!(client.region_read(0, 0x100, 1024).await.unwrap(), big[..1024]);
+    assert_eq!(client.region_read(0, 0x500, 1024).await.unwrap(), big[1024..2048]);
+    assert_eq!(client.region_read(0, 0x900, 452).await.unwrap(), big[2048..]);
+    let accesses = device.lock().unwrap().accesses.clone();
+    let posted: Vec<(u64, u32)> =
+        accesses.iter().filter(|a| a.no_reply).map(|a| (a.offset, a.count)).collect();
+    assert_eq!(posted, vec![(0x10, 4), (0x100, 1024), (0x500, 1024), (0x900, 452), (0x10, 1)]);
+    // The tap (capture) sees each message of the one write on its own.
+    let tapped: Vec<(usize, u16)> = tap.0.lock().unwrap()[tapped_before..tapped_before + 5].to_vec();
+    let region_write = u16::from(Command::RegionWrite);
+    assert_eq!(
+        tapped,
+        vec![
+            (16 + 16 + 4, region_write),
+            (16 + 16 + 1024, region_write),
+            (16 + 16 + 1024, region_write),
+            (16 + 16 + 452, region_write),
+            (16 + 16 + 1, region_write)
+        ]
+    );
+}

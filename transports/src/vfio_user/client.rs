@@ -618,6 +618,76 @@ impl MessageWriter {
     }
 }
 
+/// Posted REGION_WRITEs (No_reply) gathered for one socket write, in the order added; built by
+/// [`Client::posted_writes`]. Dropping it unsent sends nothing.
+pub struct PostedWrites<'a> {
+    client: &'a Client,
+    bytes: Vec<u8>,
+    messages: usize,
+    first_id: Option<u16>,
+}
+
+impl PostedWrites<'_> {
+    /// Adds REGION_WRITE(s) of `data` at `offset` of region `index`, split into messages of at
+    /// most the server's `max_data_xfer_size`. Nothing is added on error.
+    pub fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), Error> {
+        let (len_before, messages_before) = (self.bytes.len(), self.messages);
+        let mut consumed = 0usize;
+        let added = self.client.chunks(offset, data.len()).and_then(|chunks| {
+            for (at, count) in chunks {
+                let piece = data.get(consumed..consumed + count as usize).unwrap_or(&[]);
+                consumed += count as usize;
+                let request = RegionAccessRepr { offset: at, region: index, count };
+                let id = self.client.append_posted(
+                    &mut self.bytes,
+                    Command::RegionWrite,
+                    &request.to_array(),
+                    piece,
+                )?;
+                self.first_id.get_or_insert(id);
+                self.messages += 1;
+            }
+            Ok(())
+        });
+        if added.is_err() {
+            self.bytes.truncate(len_before);
+            self.messages = messages_before;
+        }
+        added
+    }
+
+    /// Bytes gathered so far.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Messages gathered so far.
+    pub fn messages(&self) -> usize {
+        self.messages
+    }
+
+    /// Writes every gathered message with one write (waiting, like any command, while server
+    /// DMA is unanswered in single-socket mode). Returns once written.
+    pub async fn send(self) -> Result<(), Error> {
+        let Some(id) = self.first_id else { return Ok(()) };
+        let client = self.client;
+        let timeout = client.inner.config.request_timeout;
+        debug!(
+            messages = self.messages,
+            size = self.bytes.len(),
+            first_id = id,
+            "sending posted REGION_WRITEs"
+        );
+        client
+            .write_command(&self.bytes, &[], Instant::now() + timeout, Command::RegionWrite, id, timeout)
+            .await
+    }
+}
+
 /// The answer to a server command, on its way to the socket the command came from. The
 /// ticket (a DMA command's) is dropped once the reply is written.
 struct ServerReply {
@@ -1502,9 +1572,14 @@ impl Client {
         pending.wait().await
     }
 
-    /// Sends a command with No_reply set.
-    async fn post(&self, command: Command, fixed: &[u8], data: &[u8]) -> Result<(), Error> {
-        let timeout = self.inner.config.request_timeout;
+    /// Appends a command with No_reply set to `out`.
+    fn append_posted(
+        &self,
+        out: &mut Vec<u8>,
+        command: Command,
+        fixed: &[u8],
+        data: &[u8],
+    ) -> Result<u16, Error> {
         let id = {
             let mut table = self.inner.shared.pending();
             if let Some(reason) = &table.closed {
@@ -1512,8 +1587,8 @@ impl Client {
             }
             table.allocate_id()
         };
-        let bytes = wire::encode_message_parts(id, command, MessageType::Command, true, None, fixed, data)?;
-        self.write_command(&bytes, &[], Instant::now() + timeout, command, id, timeout).await
+        wire::append_message_parts(out, id, command, MessageType::Command, true, None, fixed, data)?;
+        Ok(id)
     }
 
     fn protocol_error(&self, what: String) -> Error {
@@ -1865,23 +1940,19 @@ impl Client {
         .await
     }
 
-    /// REGION_WRITE with No_reply (a posted memory write). Returns once queued; errors are
-    /// never reported by the server. Any later request is processed after it (the server
-    /// handles messages in order and the client keeps queue order on the wire).
+    /// REGION_WRITE with No_reply (a posted memory write). Returns once written to the socket;
+    /// errors are never reported by the server. Any later request is processed after it (the
+    /// server handles messages in order and the client keeps queue order on the wire).
     pub async fn region_write_posted(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), Error> {
-        let span = debug_span!("vfio_user_request", command = %Command::RegionWrite, posted = true, region = index, offset, len = data.len());
-        async {
-            let mut consumed = 0usize;
-            for (at, count) in self.chunks(offset, data.len())? {
-                let piece = data.get(consumed..consumed + count as usize).unwrap_or(&[]);
-                consumed += count as usize;
-                let request = RegionAccessRepr { offset: at, region: index, count };
-                self.post(Command::RegionWrite, &request.to_array(), piece).await?;
-            }
-            Ok(())
-        }
-        .instrument(span)
-        .await
+        let mut batch = self.posted_writes();
+        batch.region_write(index, offset, data)?;
+        batch.send().await
+    }
+
+    /// An empty batch of posted REGION_WRITEs, sent with one socket write: a burst of posted
+    /// writes costs one system call instead of one per write.
+    pub fn posted_writes(&self) -> PostedWrites<'_> {
+        PostedWrites { client: self, bytes: Vec::new(), messages: 0, first_id: None }
     }
 
     /// Reads config space (region 7) in naturally aligned accesses of at most 4 bytes, the

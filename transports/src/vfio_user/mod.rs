@@ -17,7 +17,7 @@ pub mod wire;
 pub use caps::{ClientCapabilities, ServerCapabilities, TwinSocket};
 pub use client::{
     Client, ClientConfig, ClientEvent, ClientStats, DeviceInfo, DmaMode, EventReceiver, IrqAction, IrqData,
-    IrqInfo, Negotiated, PendingRegionRead, PendingRegionWrite, RegionInfo,
+    IrqInfo, Negotiated, PendingRegionRead, PendingRegionWrite, PostedWrites, RegionInfo,
 };
 pub use dma::{DmaDirection, DmaError, DmaHandler, DmaWindow, DmaWindowTable, NoDma};
 pub use tap::{MessageTap, SocketRole, TapDirection};

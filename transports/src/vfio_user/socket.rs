@@ -72,7 +72,7 @@ impl MessageSocket {
         Ok(Self { stream, tap: None, cmsg_buffer: cmsg_buffer() })
     }
 
-    /// Sends one whole message; `fds` go with its first bytes.
+    /// Sends one whole message (or several, back to back); `fds` go with its first bytes.
     pub async fn send(&self, message: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
         self.send_tracked(message, fds, &AtomicUsize::new(0)).await
     }
@@ -87,9 +87,18 @@ impl MessageSocket {
         sent: &AtomicUsize,
     ) -> Result<(), Error> {
         // Reported before the first byte goes out: the peer's reply may be received (and
-        // reported by the reader task) before this send returns.
+        // reported by the reader task) before this send returns. One report per message.
         if let Some((tap, role)) = &self.tap {
-            tap.message(TapDirection::Sent, *role, message, fds.len());
+            let mut rest = message;
+            let mut fds_here = fds.len();
+            while !rest.is_empty() {
+                let size = Header::new_checked(rest)
+                    .map_or(rest.len(), |h| (h.size() as usize).clamp(HEADER_LEN, rest.len()));
+                let (one, after) = rest.split_at(size);
+                tap.message(TapDirection::Sent, *role, one, fds_here);
+                fds_here = 0;
+                rest = after;
+            }
         }
         let raw_fds: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
         let socket_fd = self.stream.as_raw_fd();

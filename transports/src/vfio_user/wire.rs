@@ -371,6 +371,24 @@ pub fn encode_message_parts(
     fixed: &[u8],
     data: &[u8],
 ) -> Result<Vec<u8>, Error> {
+    let mut bytes = Vec::with_capacity(HEADER_LEN + fixed.len() + data.len());
+    append_message_parts(&mut bytes, id, command, message_type, no_reply, error, fixed, data)?;
+    Ok(bytes)
+}
+
+/// [`encode_message_parts`] appending to `out` (several messages written with one `write`).
+/// Nothing is appended on error.
+#[allow(clippy::too_many_arguments)]
+pub fn append_message_parts(
+    out: &mut Vec<u8>,
+    id: u16,
+    command: Command,
+    message_type: MessageType,
+    no_reply: bool,
+    error: Option<u32>,
+    fixed: &[u8],
+    data: &[u8],
+) -> Result<(), Error> {
     let total = HEADER_LEN + fixed.len() + data.len();
     let size = u32::try_from(total).map_err(|_| {
         Error::InvalidArgument(format!("message of {total} bytes exceeds the 32-bit size field"))
@@ -379,11 +397,11 @@ pub fn encode_message_parts(
     let repr = HeaderRepr { id, command, size, message_type, no_reply, error };
     let mut header = Header::new_checked(&mut header_bytes[..])?;
     repr.emit(&mut header);
-    let mut bytes = Vec::with_capacity(total);
-    bytes.extend_from_slice(&header_bytes);
-    bytes.extend_from_slice(fixed);
-    bytes.extend_from_slice(data);
-    Ok(bytes)
+    out.reserve(total);
+    out.extend_from_slice(&header_bytes);
+    out.extend_from_slice(fixed);
+    out.extend_from_slice(data);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
