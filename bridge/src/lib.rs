@@ -4,3 +4,4 @@ pub mod capture;
 pub mod demo;
 pub mod engine;
 pub mod probe_report;
+pub mod runtime;

@@ -24,8 +24,9 @@ use transports::link::{MemoryClock, RootPortEnd, memory_pair};
 /// Allocations per posted MWr (root port → engine → REGION_WRITE with No_reply). Measured
 /// 6.01 (2026-11-22, before any allocation work), 5.01 once `access_pieces` became an iterator,
 /// 4.01 once the client's region chunks did too, 3.01 after later client work, 2.01 once the
-/// engine stopped collecting a write's byte-enable runs into a `Vec`.
-const MAX_ALLOCS_PER_POSTED_WRITE: f64 = 2.5;
+/// engine stopped collecting a write's byte-enable runs into a `Vec`, 1.12 once the posted
+/// dispatcher sent the writes already queued in one batch (one buffer per batch).
+const MAX_ALLOCS_PER_POSTED_WRITE: f64 = 1.5;
 /// Allocations per MRd round trip (MRd → REGION_READ → reply → CplD). Measured 16.00, then
 /// 14.00 once single-piece requests skipped the per-request piece channel, 13.00 with the
 /// `access_pieces` iterator, 10.00 after later client work, 7.00 once the engine kept the runs

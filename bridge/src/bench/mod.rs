@@ -22,10 +22,12 @@ use rig::{BAR0, BAR2, REG_SCRATCH, Rig, SEQUENCE_PORT, bench_error};
 use sim::device::DmaEngineConfig;
 
 /// How much to measure.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct BenchOptions {
     /// CI-sized run: fewer samples and smaller transfers (seconds instead of about a minute).
     pub quick: bool,
+    /// Worker threads of the bridge's runtime (`tlpbridge run --threads`).
+    pub bridge_threads: usize,
 }
 
 /// One line of the table.
@@ -206,9 +208,13 @@ impl Sizes {
 pub async fn run(options: BenchOptions) -> Result<BenchReport, BridgeError> {
     let sizes = Sizes::new(options.quick);
     let mut report = BenchReport { quick: options.quick, rows: Vec::new(), notes: Vec::new() };
+    report.notes.push(format!(
+        "the bridge runs on a runtime of {} worker thread(s) of its own (--bridge-threads, as `tlpbridge run --threads`)",
+        options.bridge_threads
+    ));
     let (rss_before, _) = rss_kib();
 
-    let mut rig = Rig::start(bench_engine_config(), "main").await?;
+    let mut rig = Rig::start(bench_engine_config(), options.bridge_threads, "main").await?;
     mmio(&mut rig, &sizes, &mut report).await?;
     dma(&mut rig, &sizes, &mut report).await?;
     capture(&mut rig, &sizes, &mut report).await?;
@@ -216,8 +222,8 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, BridgeError> {
     if counters.device_timeouts + counters.completion_timeouts + counters.malformed != 0 {
         return Err(bench_error("checking the bridge's counters", format!("errors counted: {counters}")));
     }
-    scaling(&sizes, &mut report).await?;
-    memory(&sizes, rss_before, &mut report).await?;
+    scaling(&sizes, options.bridge_threads, &mut report).await?;
+    memory(&sizes, options.bridge_threads, rss_before, &mut report).await?;
     report.notes.push(
         "Serial-link framing over a pty: `cargo bench -p fpga --bench serial_link` (docs/performance.md, \"FPGA serial link over a pty\")."
             .into(),
@@ -374,7 +380,7 @@ async fn dma(rig: &mut Rig, sizes: &Sizes, report: &mut BenchReport) -> Result<(
     for len in DMA_SIZES {
         dma_size(rig, &mut device, &mut requester, len, sizes, report, "").await?;
     }
-    let mut tuned = Rig::start(bench_engine_config(), "mps256").await?;
+    let mut tuned = Rig::start(bench_engine_config(), rig.bridge_threads, "mps256").await?;
     tuned.port.set_payload_sizes(256, 4096).await?;
     tuned.port.fill_host(SRC as usize, 1 << 20);
     for len in DMA_SIZES.into_iter().filter(|&len| len >= 64 << 10) {
@@ -382,7 +388,8 @@ async fn dma(rig: &mut Rig, sizes: &Sizes, report: &mut BenchReport) -> Result<(
     }
     tuned.stop().await;
     let card = DmaEngineConfig { max_payload_supported: 4096, ..DmaEngineConfig::default() };
-    let mut largest = Rig::start_with_card(bench_engine_config(), card, "mps4096").await?;
+    let mut largest =
+        Rig::start_with_card(bench_engine_config(), card, rig.bridge_threads, "mps4096").await?;
     largest.port.set_payload_sizes(4096, 4096).await?;
     largest.port.fill_host(SRC as usize, 1 << 20);
     for len in DMA_SIZES.into_iter().filter(|&len| len >= 64 << 10) {
@@ -465,11 +472,11 @@ fn size_name(len: u32) -> String {
 }
 
 /// DMA read throughput with 1..256 MRds outstanding per DMA (`max_reads_per_dma`).
-async fn scaling(sizes: &Sizes, report: &mut BenchReport) -> Result<(), BridgeError> {
+async fn scaling(sizes: &Sizes, threads: usize, report: &mut BenchReport) -> Result<(), BridgeError> {
     let mut first = None;
     for tags in [1usize, 4, 16, 64, 256] {
         let config = EngineConfig { max_reads_per_dma: tags, ..bench_engine_config() };
-        let mut rig = Rig::start(config, &format!("tags{tags}")).await?;
+        let mut rig = Rig::start(config, threads, &format!("tags{tags}")).await?;
         rig.port.fill_host(SRC as usize, sizes.scaling_len as usize);
         rig.port.copy(SRC, DST, sizes.scaling_len).await?;
         let mut read = Duration::ZERO;
@@ -501,7 +508,7 @@ async fn capture(rig: &mut Rig, sizes: &Sizes, report: &mut BenchReport) -> Resu
     let (handle, writer) = Capture::create(&path, CaptureConfig::default())
         .map_err(|e| bench_error("creating the capture", e))?;
     let config = EngineConfig { capture: Some(handle.clone()), ..bench_engine_config() };
-    let mut on = Rig::start(config, "capture").await?;
+    let mut on = Rig::start(config, rig.bridge_threads, "capture").await?;
     on.port.fill_host(SRC as usize, 64 << 10);
     let mut lat = (Vec::new(), Vec::new());
     let mut rate = (Vec::new(), Vec::new());
@@ -566,9 +573,14 @@ async fn capture(rig: &mut Rig, sizes: &Sizes, report: &mut BenchReport) -> Resu
 
 /// Peak RSS under the heaviest load (1 MiB copies, 256 MRds outstanding) and its growth over a
 /// long run of them.
-async fn memory(sizes: &Sizes, rss_before: u64, report: &mut BenchReport) -> Result<(), BridgeError> {
+async fn memory(
+    sizes: &Sizes,
+    threads: usize,
+    rss_before: u64,
+    report: &mut BenchReport,
+) -> Result<(), BridgeError> {
     let config = EngineConfig { max_reads_per_dma: 256, ..bench_engine_config() };
-    let mut rig = Rig::start(config, "soak").await?;
+    let mut rig = Rig::start(config, threads, "soak").await?;
     rig.port.fill_host(SRC as usize, 1 << 20);
     let warm = sizes.soak_copies / 10 + 1;
     for _ in 0..warm {

@@ -1,7 +1,7 @@
 //! A tokio runtime on threads of its own: where the bench runs the bridge, and the floor's relay
 //! in its place, as each would run in a process of its own, with its own event loop.
 
-use tokio::runtime::{Builder, Handle};
+use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use super::rig::bench_error;
@@ -19,12 +19,7 @@ impl OwnThread {
     /// `workers` 1: a current-thread runtime; more: a multi-threaded one with that many workers.
     pub fn start(name: &str, workers: usize) -> Result<OwnThread, BridgeError> {
         let fail = |e: std::io::Error| bench_error("starting a runtime thread", e);
-        let runtime = if workers > 1 {
-            Builder::new_multi_thread().worker_threads(workers).thread_name(name).enable_all().build()
-        } else {
-            Builder::new_current_thread().enable_all().build()
-        }
-        .map_err(fail)?;
+        let runtime = crate::runtime::build(workers, name).map_err(fail)?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()

@@ -46,9 +46,6 @@ pub const SEQUENCE_PORT: u64 = 0;
 /// Longest wait for any one TLP from the bridge (wall time; a safety net, not a measurement).
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Worker threads of the bridge's runtime: as in `tlpbridge run`.
-const BRIDGE_WORKERS: usize = 2;
-
 /// The root port's requester ID.
 pub const RC: RoutingId = RoutingId::new(0, 0, 0);
 /// The device's ID (bus 1, as below a root port).
@@ -157,6 +154,8 @@ impl DeviceModel for SequenceCard {
 pub struct Rig {
     pub port: LoadGen,
     pub card: Arc<SequenceCard>,
+    /// Worker threads of the bridge's runtime.
+    pub bridge_threads: usize,
     engine: Engine,
     bridge: OwnThread,
     server: JoinHandle<Result<(), sim::Error>>,
@@ -166,15 +165,17 @@ pub struct Rig {
 
 impl Rig {
     /// Starts everything and enumerates the card: BAR0, BAR2, Memory Space + Bus Master, MSI
-    /// vector 0 to [`MSI_ADDRESS`], the copy engine's interrupt on MSI.
-    pub async fn start(config: EngineConfig, name: &str) -> Result<Rig, BridgeError> {
-        Rig::start_with_card(config, DmaEngineConfig::default(), name).await
+    /// vector 0 to [`MSI_ADDRESS`], the copy engine's interrupt on MSI. The bridge runs on a
+    /// runtime of `threads` worker threads (as `tlpbridge run --threads`).
+    pub async fn start(config: EngineConfig, threads: usize, name: &str) -> Result<Rig, BridgeError> {
+        Rig::start_with_card(config, DmaEngineConfig::default(), threads, name).await
     }
 
     /// [`Rig::start`] with a card built from `card` instead of the defaults.
     pub async fn start_with_card(
         config: EngineConfig,
         card: DmaEngineConfig,
+        threads: usize,
         name: &str,
     ) -> Result<Rig, BridgeError> {
         let socket = std::env::temp_dir().join(format!("tlpbridge-bench-{}-{name}.sock", std::process::id()));
@@ -191,7 +192,7 @@ impl Rig {
             .await
         });
 
-        let bridge = OwnThread::start(&format!("bridge-{name}"), BRIDGE_WORKERS)?;
+        let bridge = OwnThread::start(&format!("bridge-{name}"), threads)?;
         let (addr_tx, addr_rx) = oneshot::channel();
         let server_path = socket.clone();
         // Listener, link tasks and engine tasks all belong to the bridge's runtime.
@@ -217,7 +218,7 @@ impl Rig {
             .map_err(|e| bench_error("starting the bridge", format!("the bridge task: {e}")))??;
         let mut port = LoadGen::new(end);
         port.enumerate().await?;
-        Ok(Rig { port, card, engine, bridge, server, stop_server, socket })
+        Ok(Rig { port, card, bridge_threads: threads, engine, bridge, server, stop_server, socket })
     }
 
     pub fn counters(&self) -> CountersSnapshot {

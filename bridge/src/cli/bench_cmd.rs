@@ -12,6 +12,9 @@ pub struct BenchArgs {
     /// Print the report as one JSON document instead of a Markdown table.
     #[arg(long)]
     json: bool,
+    /// Worker threads of the bridge's runtime, as `tlpbridge run --threads` (to compare).
+    #[arg(long, value_name = "N", default_value_t = bridge::runtime::DEFAULT_THREADS, value_parser = super::parse_threads)]
+    bridge_threads: usize,
 }
 
 pub fn run(args: BenchArgs) -> ExitCode {
@@ -22,7 +25,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = match runtime.block_on(run_bench(BenchOptions { quick: args.quick })) {
+    let report = match runtime
+        .block_on(run_bench(BenchOptions { quick: args.quick, bridge_threads: args.bridge_threads }))
+    {
         Ok(report) => report,
         Err(e) => {
             eprintln!("tlpbridge bench: {e}");

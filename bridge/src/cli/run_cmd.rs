@@ -65,6 +65,11 @@ pub struct RunArgs {
     /// Stop (exit status 1) as soon as the server's connection ends instead of reconnecting.
     #[arg(long, conflicts_with = "reconnect_window")]
     no_reconnect: bool,
+    /// Worker threads of the bridge's async runtime, 1..=64. One (the default) keeps every
+    /// hand-off between the bridge's tasks on one thread: faster MMIO reads and DMA; two
+    /// sustain more back-to-back posted writes (docs/performance.md, "Fourth round").
+    #[arg(long, value_name = "N", default_value_t = bridge::runtime::DEFAULT_THREADS, value_parser = super::parse_threads)]
+    threads: usize,
 }
 
 fn parse_size(text: &str) -> Result<u16, String> {
@@ -177,7 +182,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         eprintln!("tlpbridge run: {e}");
         return ExitCode::from(EXIT_BAD_INPUT);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match bridge::runtime::build(args.threads, "tlpbridge") {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("tlpbridge run: cannot start the async runtime: {e}");

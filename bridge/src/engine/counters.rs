@@ -104,7 +104,8 @@ counters! {
     interrupts_masked,
     /// Device resets (FLR, hot reset, link down).
     resets,
-    /// Posted writes dropped because the server was gone (between its loss and reconnection).
+    /// Posted writes dropped because the server was gone (between its loss and reconnection) or
+    /// the connection failed while they were being written.
     posted_lost,
     /// Connections re-established to a restarted server (each one a device reset).
     server_reconnects,

@@ -11,6 +11,7 @@
 //!   the replies to a completion task, so one slow read does not stall the next one.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -26,7 +27,7 @@ use tlp::completion::{
 use tlp::{Body, CfgType, CplStatus, Limits, MemOp, Message, MessageCode, MsgRouting, Tlp};
 use transports::Error as ClientError;
 use transports::link::{LinkEvent, LinkInput, LinkInstant, LinkProgress};
-use transports::vfio_user::{Client, PendingRegionRead, PendingRegionWrite};
+use transports::vfio_user::{Client, PendingRegionRead, PendingRegionWrite, PostedWrites};
 
 use super::config::AccessSplit;
 use super::counters::Counters;
@@ -216,27 +217,47 @@ fn enabled_span(runs: &EnabledRuns) -> Option<(u32, u32)> {
     Some((first, end - first))
 }
 
-/// The posted dispatcher.
+/// Bytes of REGION_WRITE messages the posted dispatcher gathers, at most, into one socket write
+/// (one more write may take it past this).
+const POSTED_BATCH_BYTES: usize = 64 * 1024;
+
+/// The posted dispatcher. The writes already queued when it wakes go to the server in one
+/// socket write (in order), so a burst of MWrs costs few system calls.
 pub async fn posted_dispatcher(
     shared: Arc<Shared>,
     mut queue: mpsc::Receiver<Request>,
     done: watch::Sender<u64>,
 ) {
-    while let Some(request) = queue.recv().await {
+    while let Some(first) = queue.recv().await {
+        let mut forwarded = first.posted_before + 1;
         match shared.client() {
             Some(client) if !shared.function().server_lost => {
-                forward_posted(&shared, &client, &request.tlp).await
+                let mut batch = client.posted_writes();
+                let mut next = Some(first);
+                let mut tlps = 0u64;
+                while let Some(request) = next {
+                    forwarded = request.posted_before + 1;
+                    tlps += 1;
+                    add_posted(&shared, &mut batch, &request.tlp).await;
+                    next = if batch.len() < POSTED_BATCH_BYTES { queue.try_recv().ok() } else { None };
+                }
+                let messages = batch.messages();
+                if let Err(e) = batch.send().await {
+                    shared.counters.posted_lost.fetch_add(tlps, Ordering::Relaxed);
+                    warn!(error = %e, tlps, messages, "posted writes could not be forwarded");
+                }
             }
             _ => {
                 Counters::inc(&shared.counters.posted_lost);
-                debug!(tlp = %request.tlp, "posted write dropped: the server is gone");
+                debug!(tlp = %first.tlp, "posted write dropped: the server is gone");
             }
         }
-        done.send_replace(request.posted_before + 1);
+        done.send_replace(forwarded);
     }
 }
 
-async fn forward_posted(shared: &Shared, client: &Client, tlp: &Tlp) {
+/// Adds the REGION_WRITEs of one posted MWr to `batch`.
+async fn add_posted(shared: &Shared, batch: &mut PostedWrites<'_>, tlp: &Tlp) {
     let Body::Memory(m) = &tlp.body else { return };
     // Runs are recomputed rather than collected: no allocation per posted write.
     let runs = enabled_runs(m.first_be, m.last_be, tlp.length_dw());
@@ -257,7 +278,8 @@ async fn forward_posted(shared: &Shared, client: &Client, tlp: &Tlp) {
         for (at, count) in access_pieces(base + u64::from(offset), len, split, shared.max_xfer()) {
             let from = (at - base - u64::from(offset)) as usize;
             let piece = data.get(from..from + count as usize).unwrap_or(&[]);
-            if let Err(e) = client.region_write_posted(hit.region, at, piece).await {
+            if let Err(e) = batch.region_write(hit.region, at, piece) {
+                Counters::inc(&shared.counters.posted_lost);
                 warn!(tlp = %tlp, error = %e, "posted write could not be forwarded");
                 return;
             }
