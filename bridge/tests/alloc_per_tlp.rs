@@ -31,8 +31,9 @@ const MAX_ALLOCS_PER_POSTED_WRITE: f64 = 1.5;
 /// 14.00 once single-piece requests skipped the per-request piece channel, 13.00 with the
 /// `access_pieces` iterator, 10.00 after later client work, 7.00 once the engine kept the runs
 /// as an iterator, used a whole-span reply as the read's data (no zeroed span and copy) and
-/// sent completions as built (no `Vec<Tlp>`).
-const MAX_ALLOCS_PER_READ: f64 = 7.5;
+/// sent completions as built (no `Vec<Tlp>`), 6.00 once CplDs were emitted straight from the
+/// data (`ReadCompletions::next_bytes`, no payload `Vec`).
+const MAX_ALLOCS_PER_READ: f64 = 6.5;
 
 struct Counting;
 

@@ -291,10 +291,20 @@ impl ReadCompletions<'_> {
     }
 }
 
-impl Iterator for ReadCompletions<'_> {
-    type Item = Tlp;
+/// One CplD of a [`ReadCompletions`], before its payload is copied anywhere.
+struct NextCompletion<'a> {
+    header: Completion,
+    /// Payload length in bytes (whole DWs).
+    payload_len: usize,
+    /// Where `data` starts in the payload (the first byte's lane).
+    lane: usize,
+    data: &'a [u8],
+    /// Page offset of the payload's first byte (DW aligned).
+    dw_start: u64,
+}
 
-    fn next(&mut self) -> Option<Tlp> {
+impl<'a> ReadCompletions<'a> {
+    fn next_completion(&mut self) -> Option<NextCompletion<'a>> {
         let read = &self.read;
         if self.zero_length_pending {
             self.zero_length_pending = false;
@@ -306,7 +316,8 @@ impl Iterator for ReadCompletions<'_> {
                 1,
                 read.enables.lower_address(read.dw_address),
             );
-            return Some(completion_tlp(&read.echo, header, vec![0; 4]));
+            let dw_start = read.dw_address & (PAGE_SIZE - 1);
+            return Some(NextCompletion { header, payload_len: 4, lane: 0, data: &[], dw_start });
         }
         if self.next >= self.end {
             return None;
@@ -318,22 +329,8 @@ impl Iterator for ReadCompletions<'_> {
         let limit = (dw_start + self.mps) & !(self.rcb - 1);
         let last_end = limit.min(self.end);
         let payload_end = (last_end + 3) & !3;
-        let mut payload = vec![0u8; (payload_end - dw_start) as usize];
         let from = (first - self.start) as usize;
         let to = (last_end - self.start) as usize;
-        let lane = (first - dw_start) as usize;
-        payload[lane..lane + (to - from)].copy_from_slice(&self.data[from..to]);
-        // Disabled bytes between enabled ones (non-contiguous enables of 1-2 DW reads) are 0.
-        // Only the request's first and last DW have disabled bytes, and they can only be this
-        // payload's first and last DW.
-        let payload_len = payload.len();
-        let edges = (0..4).chain(payload_len.saturating_sub(4).max(4)..payload_len);
-        for i in edges {
-            let offset = (dw_start + i as u64 - self.read_offset) as u32;
-            if !read.enables.is_enabled(offset) {
-                payload[i] = 0;
-            }
-        }
         let header = completion_header(
             &read.echo,
             self.completer,
@@ -343,7 +340,74 @@ impl Iterator for ReadCompletions<'_> {
             first as u8,
         );
         self.next = last_end;
-        Some(completion_tlp(&read.echo, header, payload))
+        Some(NextCompletion {
+            header,
+            payload_len: (payload_end - dw_start) as usize,
+            lane: (first - dw_start) as usize,
+            data: self.data.get(from..to).unwrap_or(&[]),
+            dw_start,
+        })
+    }
+
+    /// Fills `payload` (zeroed, `next.payload_len` bytes) with the completion's data; disabled
+    /// bytes between enabled ones (non-contiguous enables of 1-2 DW reads) stay 0. Only the
+    /// request's first and last DW have disabled bytes, and they can only be this payload's
+    /// first and last DW.
+    fn fill_payload(&self, next: &NextCompletion<'_>, payload: &mut [u8]) {
+        if let Some(dst) = payload.get_mut(next.lane..next.lane + next.data.len()) {
+            dst.copy_from_slice(next.data);
+        }
+        let payload_len = payload.len();
+        let edges = (0..4.min(payload_len)).chain(payload_len.saturating_sub(4).max(4)..payload_len);
+        for i in edges {
+            let offset = (next.dw_start + i as u64).wrapping_sub(self.read_offset) as u32;
+            if !self.read.enables.is_enabled(offset) {
+                payload[i] = 0;
+            }
+        }
+    }
+
+    /// The next CplD emitted straight into bytes (header, then the data with disabled bytes 0):
+    /// the same bytes as emitting [`Iterator::next`]'s TLP, without building its payload `Vec`
+    /// first and copying it again. For completers that only need the bytes. `None` when every
+    /// completion was returned.
+    pub fn next_bytes(&mut self) -> Option<Vec<u8>> {
+        let mut bytes = Vec::new();
+        self.next_into(&mut bytes).then_some(bytes)
+    }
+
+    /// [`ReadCompletions::next_bytes`] into `out` (cleared first; a buffer reused for every
+    /// completion allocates nothing). `false`, with `out` empty, when every completion was
+    /// returned.
+    pub fn next_into(&mut self, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let Some(next) = self.next_completion() else { return false };
+        let header = completion_tlp(&self.read.echo, next.header, Vec::new());
+        let header_len = header.buffer_len();
+        out.resize(header_len + next.payload_len, 0);
+        if header.emit(out).is_err() {
+            // Unreachable: `out` holds the header's `buffer_len()` bytes.
+            out.clear();
+            return false;
+        }
+        let mut packet = crate::wire::Packet::new_unchecked(&mut out[..]);
+        // A Cpl header with no payload was emitted: make it a CplD of the payload's length.
+        packet.set_fmt_type(crate::model::Fmt::for_header(false, true), header.type_field());
+        packet.set_length((next.payload_len / 4) as u16 & 0x3ff);
+        let (_, payload) = out.split_at_mut(header_len);
+        self.fill_payload(&next, payload);
+        true
+    }
+}
+
+impl Iterator for ReadCompletions<'_> {
+    type Item = Tlp;
+
+    fn next(&mut self) -> Option<Tlp> {
+        let next = self.next_completion()?;
+        let mut payload = vec![0u8; next.payload_len];
+        self.fill_payload(&next, &mut payload);
+        Some(completion_tlp(&self.read.echo, next.header, payload))
     }
 }
 

@@ -438,14 +438,12 @@ impl LoadGen {
                     .host
                     .get(at..end)
                     .ok_or_else(|| bench_error(step, format!("DMA read outside host memory: {tlp}")))?;
-                // Each completion is encoded into one reused buffer and queued as a frame.
-                for completion in
-                    read_completions(&read, RC, data, &self.link).map_err(|e| bench_error(step, e))?
-                {
-                    self.scratch.resize(completion.buffer_len(), 0);
-                    let len = completion.emit(&mut self.scratch).map_err(|e| bench_error(step, e))?;
-                    let frame = self.scratch.get(..len).unwrap_or_default();
-                    self.end.queue_tlp(frame).map_err(|e| bench_error(step, e))?;
+                // Each completion is emitted from host memory into one reused buffer (no TLP
+                // model, no allocation) and queued as a frame.
+                let mut cpls =
+                    read_completions(&read, RC, data, &self.link).map_err(|e| bench_error(step, e))?;
+                while cpls.next_into(&mut self.scratch) {
+                    self.end.queue_tlp(&self.scratch).map_err(|e| bench_error(step, e))?;
                 }
                 *completions = true;
                 Ok(None)

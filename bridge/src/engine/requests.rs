@@ -602,9 +602,10 @@ async fn complete(
         let single: Result<Option<Tlp>, String> = match &tlp.body {
             Body::Memory(_) => {
                 match MemoryRead::from_tlp(&tlp).and_then(|read| read_completions(&read, id, &data, &link)) {
-                    Ok(completions) => {
-                        for completion in completions {
-                            if shared.tx.send(&completion).await.is_err() {
+                    Ok(mut completions) => {
+                        // Emitted straight from the data (no payload `Vec` per completion).
+                        while let Some(bytes) = completions.next_bytes() {
+                            if shared.tx.send_encoded(bytes, "CplD", false).await.is_err() {
                                 return;
                             }
                         }

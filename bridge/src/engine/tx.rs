@@ -40,7 +40,7 @@ impl TxQueue {
     /// Queues one TLP, waiting while the link's queue is full.
     pub async fn send(&self, tlp: &tlp::Tlp) -> Result<(), TxClosed> {
         trace!(tlp = %tlp, "tx");
-        self.send_encoded(tlp.to_bytes(), tlp.kind_name(), tlp.ep).await
+        self.queue(tlp.to_bytes(), tlp.kind_name(), tlp.ep).await
     }
 
     /// Queues one TLP already emitted as `bytes` (a valid TLP of kind `kind`, as
@@ -51,6 +51,11 @@ impl TxQueue {
         kind: &'static str,
         poisoned: bool,
     ) -> Result<(), TxClosed> {
+        trace!(kind, len = bytes.len(), "tx");
+        self.queue(bytes, kind, poisoned).await
+    }
+
+    async fn queue(&self, bytes: Vec<u8>, kind: &'static str, poisoned: bool) -> Result<(), TxClosed> {
         if let Some((capture, clock)) = &self.capture {
             let flags = TlpFlags { poisoned, ..TlpFlags::default() };
             capture.tlp(Direction::Outbound, clock.now(), flags, &bytes);
