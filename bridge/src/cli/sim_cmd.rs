@@ -53,6 +53,10 @@ struct DeviceArgs {
     /// bytes); the root port programs at most this.
     #[arg(long, default_value_t = 256, value_name = "BYTES")]
     max_payload_supported: u16,
+    /// Worker threads of the server's async runtime, 1..=64 (docs/performance.md, "Fourth
+    /// round": one measured at least as fast as two).
+    #[arg(long, value_name = "N", default_value_t = bridge::runtime::DEFAULT_THREADS, value_parser = super::parse_threads)]
+    threads: usize,
 }
 
 pub fn run(args: SimArgs) -> ExitCode {
@@ -85,7 +89,7 @@ fn run_device(args: DeviceArgs) -> ExitCode {
         dma_timeout: Duration::from_millis(args.dma_timeout_ms),
         ..ServerConfig::default()
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match bridge::runtime::build(args.threads, "tlpbridge-device") {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("tlpbridge sim device: cannot start the async runtime: {e}");

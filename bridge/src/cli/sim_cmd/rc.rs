@@ -62,6 +62,9 @@ pub struct RcArgs {
     /// lockstep acknowledgement.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     wait_s: u64,
+    /// Worker threads of the root complex's async runtime, 1..=64.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = crate::cli::parse_threads)]
+    threads: usize,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -141,7 +144,7 @@ pub fn run(args: RcArgs) -> ExitCode {
         crs_timeout: Duration::from_nanos(crs_timeout_ps.div_ceil(1000)),
         ..RcConfig::default()
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match bridge::runtime::build(args.threads, "tlpbridge-rc") {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("tlpbridge sim rc: cannot start the async runtime: {e}");
