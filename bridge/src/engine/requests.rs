@@ -234,11 +234,12 @@ pub async fn posted_dispatcher(
             Some(client) if !shared.function().server_lost => {
                 let mut batch = client.posted_writes();
                 let mut next = Some(first);
+                // Writes with messages in the batch (a BAR miss has none; a write that could not
+                // be added was counted lost already).
                 let mut tlps = 0u64;
                 while let Some(request) = next {
                     forwarded = request.posted_before + 1;
-                    tlps += 1;
-                    add_posted(&shared, &mut batch, &request.tlp).await;
+                    tlps += u64::from(add_posted(&shared, &mut batch, &request.tlp).await);
                     next = if batch.len() < POSTED_BATCH_BYTES { queue.try_recv().ok() } else { None };
                 }
                 let messages = batch.messages();
@@ -256,18 +257,19 @@ pub async fn posted_dispatcher(
     }
 }
 
-/// Adds the REGION_WRITEs of one posted MWr to `batch`.
-async fn add_posted(shared: &Shared, batch: &mut PostedWrites<'_>, tlp: &Tlp) {
-    let Body::Memory(m) = &tlp.body else { return };
+/// Adds the REGION_WRITEs of one posted MWr to `batch`; `true` when every one of them was added
+/// (and there was at least one).
+async fn add_posted(shared: &Shared, batch: &mut PostedWrites<'_>, tlp: &Tlp) -> bool {
+    let Body::Memory(m) = &tlp.body else { return false };
     // Runs are recomputed rather than collected: no allocation per posted write.
     let runs = enabled_runs(m.first_be, m.last_be, tlp.length_dw());
-    let Some((first, span)) = enabled_span(&runs) else { return };
+    let Some((first, span)) = enabled_span(&runs) else { return false };
     let start = m.address.wrapping_add(u64::from(first));
     let span = u64::from(span);
     let Some(hit) = shared.function().decode(start, span, false) else {
         Counters::inc(&shared.counters.posted_misses);
         debug!(tlp = %tlp, "posted write hits no BAR; dropped");
-        return;
+        return false;
     };
     shared.bar_accessed().await;
     let base = hit.offset.wrapping_sub(u64::from(first));
@@ -281,10 +283,11 @@ async fn add_posted(shared: &Shared, batch: &mut PostedWrites<'_>, tlp: &Tlp) {
             if let Err(e) = batch.region_write(hit.region, at, piece) {
                 Counters::inc(&shared.counters.posted_lost);
                 warn!(tlp = %tlp, error = %e, "posted write could not be forwarded");
-                return;
+                return false;
             }
         }
     }
+    true
 }
 
 /// One server access of a non-posted request, queued, waiting for its reply.
