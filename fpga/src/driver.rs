@@ -343,7 +343,7 @@ fn to_input(
                 }
                 None => now,
             };
-            LinkInput::Tlp(ReceivedTlp { bytes: tlp, time })
+            LinkInput::Tlp(ReceivedTlp { bytes: tlp.into(), time })
         }
     }
 }

@@ -202,7 +202,7 @@ impl FpgaPort {
             // The driver reports the link up only once this port has taken the Down before it.
             tokio::select! {
                 input = self.rx.recv() => match input {
-                    Some(LinkInput::Tlp(t)) => self.arrived.push_back(t.bytes),
+                    Some(LinkInput::Tlp(t)) => self.arrived.push_back(Vec::from(t.bytes)),
                     Some(LinkInput::Event { event, .. }) => {
                         if matches!(event, LinkEvent::Down | LinkEvent::HotReset) {
                             // Sent before the reset: nothing of it survives a hot reset.
@@ -230,7 +230,7 @@ impl FpgaPort {
         let deadline = Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(LinkInput::Tlp(t))) => return Some(t.bytes),
+                Ok(Some(LinkInput::Tlp(t))) => return Some(Vec::from(t.bytes)),
                 Ok(Some(LinkInput::Event { event, .. })) => self.events.push(event),
                 Ok(None) | Err(_) => return None,
             }
@@ -267,7 +267,7 @@ impl RootPortIo for FpgaPort {
         }
         loop {
             match self.rx.try_recv() {
-                Ok(LinkInput::Tlp(t)) => return Ok(Some(t.bytes)),
+                Ok(LinkInput::Tlp(t)) => return Ok(Some(Vec::from(t.bytes))),
                 Ok(LinkInput::Event { event, .. }) => self.events.push(event),
                 Err(TryRecvError::Empty) => return Ok(None),
                 Err(TryRecvError::Disconnected) => return Err(Self::closed()),
@@ -287,7 +287,7 @@ impl RootPortIo for FpgaPort {
             tokio::select! {
                 input = self.rx.recv() => match input {
                     Some(LinkInput::Tlp(t)) => {
-                        self.arrived.push_back(t.bytes);
+                        self.arrived.push_back(Vec::from(t.bytes));
                         return Ok(());
                     }
                     Some(LinkInput::Event { event, .. }) => self.events.push(event),

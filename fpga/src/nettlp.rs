@@ -200,7 +200,7 @@ async fn run(
                     s.stats.tlps_delivered += 1;
                     s.stats.bytes_received += n as u64;
                 });
-                let input = LinkInput::Tlp(ReceivedTlp { bytes: tlp.to_vec(), time: clock.now() });
+                let input = LinkInput::Tlp(ReceivedTlp { bytes: tlp.to_vec().into(), time: clock.now() });
                 if to_user.send(input).await.is_err() {
                     return;
                 }
@@ -261,14 +261,14 @@ mod tests {
             let tlp = vec![0x40, 0, 0, 1, 0, 0, tag, 0x0f, 0, 0, 0x10, 0, 1, 2, 3, tag];
             a.tx.send(tlp.clone()).await.unwrap();
             let got = tokio::time::timeout(std::time::Duration::from_secs(5), b.rx.recv()).await.unwrap();
-            assert!(matches!(got, Some(LinkInput::Tlp(t)) if t.bytes == tlp));
+            assert!(matches!(got, Some(LinkInput::Tlp(t)) if *t.bytes == tlp));
         }
         // Both went to port index 3; a datagram that skips sequence numbers counts as a gap.
         let raw = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let tlp = [0x40, 0, 0, 1, 0, 0, 0x03, 0x0f, 0, 0, 0x10, 0, 9, 9, 9, 9];
         raw.send_to(&NetTlpHeader { seq: 5, timestamp: 0 }.emit(&tlp), "127.0.0.1:20995").await.unwrap();
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), b.rx.recv()).await.unwrap();
-        assert!(matches!(got, Some(LinkInput::Tlp(t)) if t.bytes == tlp));
+        assert!(matches!(got, Some(LinkInput::Tlp(t)) if *t.bytes == tlp));
         assert_eq!(b_status.borrow().seq_gaps, 3, "expected seq 2, got 5");
     }
 }

@@ -227,6 +227,37 @@ proptest! {
         }
     }
 
+    /// Taking frames off a shared buffer (the bridge's reader) decodes exactly what
+    /// `decode_frame` does, frame by frame, and leaves an incomplete or bad frame untouched.
+    #[test]
+    fn split_frame_agrees_with_decode_frame(
+        messages in proptest::collection::vec(arb_message(), 0..6),
+        tail in proptest::collection::vec(any::<u8>(), 0..40),
+    ) {
+        let mut stream: Vec<u8> = messages.iter().flat_map(|m| m.to_frame()).collect();
+        stream.extend_from_slice(&tail);
+        let mut buf = bytes::BytesMut::from(&stream[..]);
+        let mut at = 0;
+        loop {
+            let expected = decode_frame(&stream[at..]);
+            let before = buf.len();
+            match (wire::split_frame(&mut buf), expected) {
+                (Ok(Some(got)), Ok(Some((want, used)))) => {
+                    prop_assert_eq!(got, want);
+                    prop_assert_eq!(before - buf.len(), used);
+                    at += used;
+                }
+                (Ok(None), Ok(None)) | (Err(_), Err(_)) => {
+                    prop_assert_eq!(buf.len(), before);
+                    prop_assert_eq!(&buf[..], &stream[at..]);
+                    break;
+                }
+                (got, want) => prop_assert!(false, "split_frame {:?} but decode_frame {:?}", got, want),
+            }
+        }
+        prop_assert!(at >= messages.iter().map(|m| m.to_frame().len()).sum::<usize>());
+    }
+
     #[test]
     fn every_message_round_trips(message in arb_message()) {
         let frame = message.to_frame();

@@ -52,7 +52,7 @@ fn event(event: LinkEvent, ps: u64) -> Option<LinkInput> {
 }
 
 fn tlp(bytes: &[u8], ps: u64) -> Option<LinkInput> {
-    Some(LinkInput::Tlp(ReceivedTlp { bytes: bytes.to_vec(), time: LinkInstant::from_picos(ps) }))
+    Some(LinkInput::Tlp(ReceivedTlp { bytes: bytes.to_vec().into(), time: LinkInstant::from_picos(ps) }))
 }
 
 #[tokio::test]

@@ -88,7 +88,10 @@ async fn tlps_cross_both_ways_stamped_with_simulated_time() {
     sim.send_tlp(&MRD).await.unwrap();
     assert_eq!(
         next(&mut link).await,
-        Some(LinkInput::Tlp(ReceivedTlp { bytes: MRD.to_vec(), time: LinkInstant::from_picos(10_000) }))
+        Some(LinkInput::Tlp(ReceivedTlp {
+            bytes: MRD.to_vec().into(),
+            time: LinkInstant::from_picos(10_000)
+        }))
     );
     assert_eq!(link.clock.now(), LinkInstant::from_picos(10_000));
 

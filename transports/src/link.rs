@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -156,7 +157,8 @@ pub enum LinkEvent {
 /// One TLP as received, with the link-clock time at which it arrived.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceivedTlp {
-    pub bytes: Vec<u8>,
+    /// The TLP's bytes; a link may hand out a slice of its receive buffer (no copy per TLP).
+    pub bytes: Bytes,
     pub time: LinkInstant,
 }
 
@@ -334,7 +336,7 @@ impl RootPortEnd {
     /// Sends one TLP to the bridge, stamped with the current link time.
     pub async fn send_tlp(&self, bytes: Vec<u8>) -> Result<(), mpsc::error::SendError<LinkInput>> {
         let time = self.now();
-        self.to_bridge.send(LinkInput::Tlp(ReceivedTlp { bytes, time })).await
+        self.to_bridge.send(LinkInput::Tlp(ReceivedTlp { bytes: bytes.into(), time })).await
     }
 
     /// Sends a link event to the bridge.
@@ -422,7 +424,7 @@ mod tests {
         rp.send_event(LinkEvent::HotReset).await.unwrap();
         assert_eq!(
             link.rx.recv().await,
-            Some(LinkInput::Tlp(ReceivedTlp { bytes: vec![0, 0, 0, 1], time: LinkInstant(7) }))
+            Some(LinkInput::Tlp(ReceivedTlp { bytes: vec![0, 0, 0, 1].into(), time: LinkInstant(7) }))
         );
         assert_eq!(
             link.rx.recv().await,

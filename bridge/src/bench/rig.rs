@@ -260,7 +260,7 @@ pub async fn link_echo() -> Result<(SimulatorEnd, JoinHandle<()>), BridgeError> 
     let echo = tokio::spawn(async move {
         while let Some(input) = link.rx.recv().await {
             if let LinkInput::Tlp(tlp) = input
-                && link.tx.send(tlp.bytes).await.is_err()
+                && link.tx.send(Vec::from(tlp.bytes)).await.is_err()
             {
                 return;
             }

@@ -24,6 +24,8 @@ pub mod wire;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::BytesMut;
+
 use tlp::split::LinkParams;
 use tokio::net::{TcpListener, TcpStream};
 use transports::link::Link;
@@ -286,46 +288,32 @@ pub(crate) enum TryFrame {
     End,
 }
 
-/// The frames arriving on the read half of a connection, decoded out of one reusable buffer:
-/// a burst of frames costs one `read`, nothing is zero-filled, and a TLP's bytes are copied once
-/// (into the `Vec` its message owns). Both `next` and `try_next` are cancel-safe: bytes read are
-/// kept in the buffer until a whole frame is there.
+/// The frames arriving on the read half of a connection, decoded out of one buffer: a burst of
+/// frames costs one `read`, nothing is zero-filled, and a TLP's bytes are not copied at all (its
+/// message holds a slice of the buffer; the buffer's storage is reused once every slice of it
+/// has been dropped, else a new one is allocated per burst, not per TLP). Both `next` and
+/// `try_next` are cancel-safe: bytes read are kept in the buffer until a whole frame is there.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
     read: tokio::net::tcp::OwnedReadHalf,
-    buf: Vec<u8>,
-    /// Bytes of `buf` before this offset have been decoded.
-    pos: usize,
+    /// Bytes read and not yet decoded.
+    buf: BytesMut,
 }
 
 impl FrameReader {
     pub(crate) fn new(read: tokio::net::tcp::OwnedReadHalf) -> Self {
-        FrameReader { read, buf: Vec::with_capacity(READ_BUFFER), pos: 0 }
+        FrameReader { read, buf: BytesMut::with_capacity(READ_BUFFER) }
     }
 
     /// The next frame already buffered, if a whole one is.
     fn decode(&mut self) -> Result<Option<wire::Message>> {
-        let Some(rest) = self.buf.get(self.pos..) else { return Ok(None) };
-        match wire::decode_frame(rest)? {
-            Some((message, used)) => {
-                self.pos += used;
-                if self.pos == self.buf.len() {
-                    self.buf.clear();
-                    self.pos = 0;
-                }
-                Ok(Some(message))
-            }
-            None => Ok(None),
-        }
+        wire::split_frame(&mut self.buf)
     }
 
-    /// Moves the undecoded tail to the front so that the spare capacity takes a whole burst (a
-    /// partial frame is at most one frame, far below the buffer's capacity).
+    /// Makes room for at least a whole frame after the undecoded tail, so that the spare capacity
+    /// takes a burst: the storage is reclaimed in place when no decoded TLP still shares it, or a
+    /// new one is allocated (the tail, at most one partial frame, moves along).
     fn make_room(&mut self) {
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
         let frame = wire::HEADER_LEN + wire::MAX_PAYLOAD_LEN;
         if self.buf.capacity() - self.buf.len() < frame {
             self.buf.reserve(READ_BUFFER.max(frame));
@@ -337,7 +325,7 @@ impl FrameReader {
         if n > 0 {
             return Ok(true);
         }
-        let partial = self.buf.len() - self.pos;
+        let partial = self.buf.len();
         if partial == 0 {
             Ok(false)
         } else {

@@ -424,7 +424,7 @@ impl SimulatorEnd {
                         true,
                     ));
                 }
-                self.received.push_back(BridgeTlp { bytes, time });
+                self.received.push_back(BridgeTlp { bytes: Vec::from(bytes), time });
                 Ok(None)
             }
             Message::TimeAck { time } => {

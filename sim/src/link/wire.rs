@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use bytes::{Buf, Bytes, BytesMut};
+
 use transports::link::LinkEvent;
 
 use crate::error::{Error, Result};
@@ -269,10 +271,11 @@ impl Hello {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     Hello(Hello),
-    /// A TLP and the simulated time (ticks) at which it was sent.
+    /// A TLP and the simulated time (ticks) at which it was sent. `bytes` may share the
+    /// buffer the frame was read into ([`split_frame`]): no copy per TLP.
     Tlp {
         time: u64,
-        bytes: Vec<u8>,
+        bytes: Bytes,
     },
     /// Simulator → bridge: simulated time has reached `time` ticks.
     Time {
@@ -429,14 +432,8 @@ impl Message {
                 Ok(Message::Hello(Hello::parse(p)?))
             }
             kind::TLP => {
-                let bytes = payload.get(8..).unwrap_or(&[]);
-                if payload.len() < 8 + 4 || bytes.len() % 4 != 0 || bytes.len() > MAX_TLP_LEN {
-                    return Err(malformed(format!(
-                        "TLP payload is {} bytes: need an 8-byte time and 4..={MAX_TLP_LEN} TLP bytes in whole DWs",
-                        payload.len()
-                    )));
-                }
-                Ok(Message::Tlp { time: le64(payload, 0), bytes: bytes.to_vec() })
+                let time = tlp_payload_time(payload)?;
+                Ok(Message::Tlp { time, bytes: Bytes::copy_from_slice(payload.get(8..).unwrap_or(&[])) })
             }
             kind::TIME => {
                 exact(8)?;
@@ -542,6 +539,37 @@ pub fn kind_name(kind: u8) -> &'static str {
 /// Decodes one frame from the start of `buf`: `Ok(None)` when more bytes are needed,
 /// `Ok(Some((message, consumed)))` otherwise. Never reads past `HEADER_LEN + MAX_PAYLOAD_LEN`
 /// bytes and never allocates more than the payload it returns.
+/// Checks a TLP frame's payload (an 8-byte time, then 4..=`MAX_TLP_LEN` TLP bytes in whole DWs)
+/// and returns the time.
+fn tlp_payload_time(payload: &[u8]) -> Result<u64> {
+    let bytes = payload.get(8..).unwrap_or(&[]);
+    if payload.len() < 8 + 4 || bytes.len() % 4 != 0 || bytes.len() > MAX_TLP_LEN {
+        return Err(malformed(format!(
+            "TLP payload is {} bytes: need an 8-byte time and 4..={MAX_TLP_LEN} TLP bytes in whole DWs",
+            payload.len()
+        )));
+    }
+    Ok(le64(payload, 0))
+}
+
+/// [`decode_frame`] that takes the frame off the front of `buf`: a TLP's bytes are a slice of
+/// `buf`'s storage (no allocation, no copy), other messages are parsed and their frame dropped.
+/// `Ok(None)` (nothing taken) while the frame is incomplete; nothing is taken on error either.
+pub fn split_frame(buf: &mut BytesMut) -> Result<Option<Message>> {
+    let Some(h) = buf.first_chunk::<HEADER_LEN>() else { return Ok(None) };
+    let header = FrameHeader::parse(h)?;
+    let end = HEADER_LEN + header.length as usize;
+    let Some(payload) = buf.get(HEADER_LEN..end) else { return Ok(None) };
+    if header.kind == kind::TLP {
+        let time = tlp_payload_time(payload)?;
+        let frame = buf.split_to(end).freeze();
+        return Ok(Some(Message::Tlp { time, bytes: frame.slice(HEADER_LEN + 8..) }));
+    }
+    let message = Message::parse(header.kind, payload)?;
+    buf.advance(end);
+    Ok(Some(message))
+}
+
 pub fn decode_frame(buf: &[u8]) -> Result<Option<(Message, usize)>> {
     let Some(h) = buf.first_chunk::<HEADER_LEN>() else { return Ok(None) };
     let header = FrameHeader::parse(h)?;
@@ -591,7 +619,7 @@ mod tests {
         let bytes = vec![0x40, 0x00, 0x00, 0x01, 0, 0, 0, 0x0f, 0x80, 0, 0, 0x10, 1, 2, 3, 4];
         let mut out = vec![0xee];
         append_tlp_frame(&mut out, 0x0102_0304_0506, &bytes);
-        assert_eq!(out[1..], Message::Tlp { time: 0x0102_0304_0506, bytes }.to_frame());
+        assert_eq!(out[1..], Message::Tlp { time: 0x0102_0304_0506, bytes: bytes.into() }.to_frame());
     }
 
     fn hello() -> Hello {
@@ -623,7 +651,8 @@ mod tests {
 
     #[test]
     fn tlp_frame_carries_time_then_wire_bytes() {
-        let msg = Message::Tlp { time: 0x0102, bytes: vec![0x00, 0x00, 0x00, 0x01, 0xaa, 0xbb, 0xcc, 0xdd] };
+        let msg =
+            Message::Tlp { time: 0x0102, bytes: vec![0x00, 0x00, 0x00, 0x01, 0xaa, 0xbb, 0xcc, 0xdd].into() };
         let frame = msg.to_frame();
         assert_eq!(&frame[..8], &[0x54, 0x53, 0x02, 0x00, 0x10, 0x00, 0x00, 0x00]);
         assert_eq!(&frame[8..16], &[0x02, 0x01, 0, 0, 0, 0, 0, 0]);

@@ -121,7 +121,7 @@ impl RootPortIo for MemoryRootPort {
         let time = self.instant(self.now);
         self.end
             .to_bridge
-            .send(LinkInput::Tlp(ReceivedTlp { bytes, time }))
+            .send(LinkInput::Tlp(ReceivedTlp { bytes: bytes.into(), time }))
             .await
             .map_err(|_| Error::SimClosed("the bridge side of the in-memory link is gone".into()))?;
         self.delivered += 1;
