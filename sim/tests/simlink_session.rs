@@ -135,7 +135,7 @@ async fn lockstep_ack_waits_for_progress_and_flushes_responses_first() {
     link.progress.handled_one();
     let mut sim = tokio::time::timeout(WAIT, stepper).await.unwrap().unwrap();
     let got = sim.try_recv().unwrap().expect("the answer arrives before the TIME_ACK");
-    assert_eq!(got, sim::link::BridgeTlp { bytes: cpl, time: 5 });
+    assert_eq!(got, sim::link::BridgeTlp { bytes: cpl.into(), time: 5 });
     assert_eq!(link.clock.now(), LinkInstant::from_picos(5000));
 
     // Nothing outstanding: the next step is acknowledged at once.

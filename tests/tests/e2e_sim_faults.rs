@@ -58,7 +58,7 @@ impl RootPortIo for StallingPort {
                 self.swallowed.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
-            return Ok(Some(tlp.bytes));
+            return Ok(Some(Vec::from(tlp.bytes)));
         }
         Ok(None)
     }

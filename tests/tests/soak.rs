@@ -65,14 +65,14 @@ impl RootPortIo for WakingSimEnd {
     fn try_recv(&mut self) -> sim::Result<Option<Vec<u8>>> {
         match self.early.take() {
             Some(bytes) => Ok(Some(bytes)),
-            None => Ok(self.end.try_recv()?.map(|tlp| tlp.bytes)),
+            None => Ok(self.end.try_recv()?.map(|tlp| Vec::from(tlp.bytes))),
         }
     }
 
     async fn advance_to(&mut self, cycle: u64) -> sim::Result<()> {
         self.end.advance_to(cycle).await?;
         if !self.step.is_zero() && self.early.is_none() {
-            self.early = self.end.recv(self.step).await?.map(|tlp| tlp.bytes);
+            self.early = self.end.recv(self.step).await?.map(|tlp| Vec::from(tlp.bytes));
         }
         Ok(())
     }

@@ -51,7 +51,8 @@ impl Default for SimulatorConfig {
 /// A TLP the bridge sent, with the bridge's time (ticks) when it sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BridgeTlp {
-    pub bytes: Vec<u8>,
+    /// A slice of the reader's buffer: no copy per TLP.
+    pub bytes: bytes::Bytes,
     pub time: u64,
 }
 
@@ -424,7 +425,7 @@ impl SimulatorEnd {
                         true,
                     ));
                 }
-                self.received.push_back(BridgeTlp { bytes: Vec::from(bytes), time });
+                self.received.push_back(BridgeTlp { bytes, time });
                 Ok(None)
             }
             Message::TimeAck { time } => {

@@ -54,7 +54,8 @@ impl RootPortIo for SimulatorEnd {
     }
 
     fn try_recv(&mut self) -> Result<Option<Vec<u8>>> {
-        Ok(SimulatorEnd::try_recv(self)?.map(|tlp| tlp.bytes))
+        // `RootPortIo` hands out owned `Vec`s (the other ports have them): one copy here.
+        Ok(SimulatorEnd::try_recv(self)?.map(|tlp| Vec::from(tlp.bytes)))
     }
 
     async fn advance_to(&mut self, cycle: u64) -> Result<()> {
