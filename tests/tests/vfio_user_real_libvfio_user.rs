@@ -99,11 +99,15 @@ impl DmaHandler for RecordingMemory {
         std::future::ready(result)
     }
 
-    fn dma_write(&self, address: u64, data: Vec<u8>) -> impl Future<Output = Result<(), DmaError>> + Send {
+    fn dma_write(
+        &self,
+        address: u64,
+        data: bytes::Bytes,
+    ) -> impl Future<Output = Result<(), DmaError>> + Send {
         let result = Self::range(address, data.len()).map(|range| {
             let mut state = self.state.lock().unwrap();
             state.0[range].copy_from_slice(&data);
-            state.1.push(DmaEvent::Write { address, data });
+            state.1.push(DmaEvent::Write { address, data: data.to_vec() });
         });
         self.changed.notify_waiters();
         std::future::ready(result)

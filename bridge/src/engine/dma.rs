@@ -135,7 +135,7 @@ impl DmaBridge {
         Ok(data)
     }
 
-    async fn write(&self, address: u64, data: Vec<u8>) -> Result<(), DmaError> {
+    async fn write(&self, address: u64, data: bytes::Bytes) -> Result<(), DmaError> {
         let resets = self.shared.tags.resets();
         let (fields, link, _) = self.check_bus_master()?;
         let mut writes = memory_write_tlps(fields, address, &data, link.max_payload_size())
@@ -201,7 +201,7 @@ impl DmaHandler for DmaBridge {
         self.read(address, len).await
     }
 
-    async fn dma_write(&self, address: u64, data: Vec<u8>) -> Result<(), DmaError> {
+    async fn dma_write(&self, address: u64, data: bytes::Bytes) -> Result<(), DmaError> {
         self.write(address, data).await
     }
 }

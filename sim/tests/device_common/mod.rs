@@ -88,7 +88,7 @@ impl DmaHandler for HostMemory {
         self.bytes.lock().unwrap().get(at..at + len).map(<[u8]>::to_vec).ok_or(DmaError::UnsupportedRequest)
     }
 
-    async fn dma_write(&self, address: u64, data: Vec<u8>) -> Result<(), DmaError> {
+    async fn dma_write(&self, address: u64, data: bytes::Bytes) -> Result<(), DmaError> {
         self.request_sizes.lock().unwrap().push(data.len());
         let at = address.checked_sub(HOST_BASE).ok_or(DmaError::UnsupportedRequest)? as usize;
         let mut bytes = self.bytes.lock().unwrap();

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::net::UnixStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -579,13 +580,13 @@ impl Drop for HalfWritten<'_> {
 }
 
 impl MessageWriter {
-    /// Writes `bytes` whole, with `fds`, before `deadline`. With `hold`, nothing is written
-    /// while it is non-zero (checked once the lock is held, so a command never overtakes DMA
-    /// the reader has already seen).
+    /// Writes the concatenation of `parts` whole, with `fds`, before `deadline`. With `hold`,
+    /// nothing is written while it is non-zero (checked once the lock is held, so a command
+    /// never overtakes DMA the reader has already seen).
     async fn write(
         &self,
         shared: &Shared,
-        bytes: &[u8],
+        parts: &[&[u8]],
         fds: &[BorrowedFd<'_>],
         deadline: Instant,
         hold: Option<&watch::Sender<usize>>,
@@ -595,7 +596,7 @@ impl MessageWriter {
             return Err(WriteError::Held);
         }
         let mut progress = HalfWritten { shared, sent: AtomicUsize::new(0), settled: false };
-        let outcome = timeout_at(deadline, self.socket.send_tracked(bytes, fds, &progress.sent)).await;
+        let outcome = timeout_at(deadline, self.socket.send_parts_tracked(parts, fds, &progress.sent)).await;
         let sent = progress.sent.load(Ordering::Relaxed);
         progress.settled = true;
         match outcome {
@@ -604,7 +605,7 @@ impl MessageWriter {
             Err(_) => {
                 let reason = DisconnectReason::Io(format!(
                     "the server stopped reading: {sent} of {} bytes of a message written when the deadline passed",
-                    bytes.len()
+                    parts.iter().map(|part| part.len()).sum::<usize>()
                 ));
                 shared.fail(reason.clone());
                 Err(WriteError::Failed(reason))
@@ -688,11 +689,20 @@ impl PostedWrites<'_> {
     }
 }
 
-/// The answer to a server command, on its way to the socket the command came from. The
-/// ticket (a DMA command's) is dropped once the reply is written.
+/// The answer to a server command, on its way to the socket the command came from: `head`
+/// (header and fixed part) then `data` (a DMA_READ's, sent from the handler's buffer without a
+/// copy). The ticket (a DMA command's) is dropped once the reply is written.
 struct ServerReply {
-    bytes: Vec<u8>,
+    head: Vec<u8>,
+    data: Vec<u8>,
     ticket: Option<DmaTicket>,
+}
+
+impl ServerReply {
+    /// A reply that is all in `head` (a refusal, an error, a DMA_WRITE's).
+    fn whole(head: Vec<u8>, ticket: Option<DmaTicket>) -> Self {
+        ServerReply { head, data: Vec::new(), ticket }
+    }
 }
 
 /// Writes the answers to server commands on one socket: DMA results from the handlers and
@@ -727,7 +737,8 @@ async fn write_reply(
     reply: ServerReply,
     stall_limit: Duration,
 ) -> bool {
-    match writer.write(shared, &reply.bytes, &[], Instant::now() + stall_limit, None).await {
+    let parts: [&[u8]; 2] = [&reply.head, &reply.data];
+    match writer.write(shared, &parts, &[], Instant::now() + stall_limit, None).await {
         // The command is answered: release the hold and the DMA_WRITE bytes it stood for.
         Ok(()) => {
             drop(reply.ticket);
@@ -757,7 +768,8 @@ struct DmaJob {
     direction: DmaDirection,
     header: HeaderRepr,
     access: DmaAccessRepr,
-    data: Vec<u8>,
+    /// A DMA_WRITE's data: a slice of the received message, not a copy of it.
+    data: Bytes,
     fds_attached: usize,
     /// The socket the command came from, which its reply goes to.
     reply_to: Arc<MessageWriter>,
@@ -822,7 +834,7 @@ impl Reader {
                     warn!(socket = self.name, command = %other, id = header.id, "server sent a command only clients send; replying ENOSYS");
                     if !header.no_reply {
                         let bytes = error_reply(&header, nix::errno::Errno::ENOSYS as u32);
-                        self.refuse(ServerReply { bytes, ticket: None }).await?;
+                        self.refuse(ServerReply::whole(bytes, None)).await?;
                     }
                     Ok(())
                 }
@@ -889,18 +901,14 @@ impl Reader {
         let access = DmaAccessRepr::parse(&view).map_err(|e| malformed(e.to_string()))?;
         let (direction, data) = match header.command {
             Command::DmaWrite => {
-                let data = view.trailing();
-                if data.len() as u64 != access.count {
-                    return Err(malformed(format!(
-                        "DMA_WRITE count {} but {} data bytes",
-                        access.count,
-                        data.len()
-                    )));
+                let len = view.trailing().len();
+                if len as u64 != access.count {
+                    return Err(malformed(format!("DMA_WRITE count {} but {len} data bytes", access.count)));
                 }
-                if !ticket.charge_write_bytes(data.len(), self.dma_queue_bytes) {
+                if !ticket.charge_write_bytes(len, self.dma_queue_bytes) {
                     return self.refuse_busy(&header, &access, ticket, "DMA_WRITE data budget spent").await;
                 }
-                (DmaDirection::DeviceWrite, data.to_vec())
+                (DmaDirection::DeviceWrite, Bytes::from(message.payload).slice(DmaAccessRepr::LEN..))
             }
             _ => {
                 if !view.trailing().is_empty() {
@@ -909,7 +917,7 @@ impl Reader {
                         view.trailing().len()
                     )));
                 }
-                (DmaDirection::DeviceRead, Vec::new())
+                (DmaDirection::DeviceRead, Bytes::new())
             }
         };
         let job = DmaJob {
@@ -952,7 +960,7 @@ impl Reader {
             return Ok(());
         }
         let bytes = error_reply(header, DmaError::Busy.errno());
-        self.refuse(ServerReply { bytes, ticket: Some(ticket) }).await
+        self.refuse(ServerReply::whole(bytes, Some(ticket))).await
     }
 
     /// Queues a refusal for the reply writer; waits while its queue is full, which only
@@ -1013,26 +1021,31 @@ async fn serve_dma<H: DmaHandler>(
         // Answered by not answering: the ticket goes with the job.
         return;
     }
-    let bytes = match outcome {
-        // The data is copied once, behind the header and the echoed fixed part.
-        Ok(data) => wire::encode_message_parts(
+    let DmaJob { reply_to, ticket, access, .. } = job;
+    let reply = match outcome {
+        // The data goes out from the handler's buffer, behind the header and the echoed fixed
+        // part (a vectored write, no copy).
+        Ok(data) => match wire::encode_message_head(
             header.id,
             header.command,
             MessageType::Reply,
-            false,
             None,
-            &job.access.to_array(),
-            &data,
-        )
-        .unwrap_or_default(),
+            &access.to_array(),
+            data.len(),
+        ) {
+            Ok(head) => ServerReply { head, data, ticket: Some(ticket) },
+            Err(e) => {
+                error!(error = %e, "DMA reply could not be encoded");
+                ServerReply::whole(error_reply(&header, DmaError::CompleterAbort.errno()), Some(ticket))
+            }
+        },
         Err(e) => {
             debug!(error = %e, errno = e.errno(), "server DMA refused or failed");
-            error_reply(&header, e.errno())
+            ServerReply::whole(error_reply(&header, e.errno()), Some(ticket))
         }
     };
-    let DmaJob { reply_to, ticket, .. } = job;
     // A failed write has failed the connection, which every waiter hears about.
-    write_reply(&reply_to, &shared, ServerReply { bytes, ticket: Some(ticket) }, stall_limit).await;
+    write_reply(&reply_to, &shared, reply, stall_limit).await;
 }
 
 /// Checks a server DMA request and runs it; the data is what the reply carries.
@@ -1040,7 +1053,7 @@ async fn perform_dma<H: DmaHandler>(
     handler: &H,
     shared: &Shared,
     job: &DmaJob,
-    data: Vec<u8>,
+    data: Bytes,
     handler_timeout: Duration,
 ) -> Result<Vec<u8>, DmaError> {
     if job.fds_attached > 0 {
@@ -1526,7 +1539,7 @@ impl Client {
                     self.wait_hold_released(hold, deadline, command, id, timeout).await?;
                 }
             }
-            match self.inner.main_writer.write(shared, bytes, &borrowed, deadline, hold).await {
+            match self.inner.main_writer.write(shared, &[bytes], &borrowed, deadline, hold).await {
                 Ok(()) => return Ok(()),
                 Err(WriteError::Held) => continue,
                 Err(WriteError::TimedOut) => return Err(Error::Timeout { command, id: Some(id), timeout }),

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 
+use bytes::Bytes;
+
 use super::wire::dma_map_flags;
 use crate::error::Error;
 
@@ -71,8 +73,9 @@ impl DmaError {
 pub trait DmaHandler: Send + Sync + 'static {
     /// Reads `len` bytes of host memory; the result must be exactly `len` bytes long.
     fn dma_read(&self, address: u64, len: usize) -> impl Future<Output = Result<Vec<u8>, DmaError>> + Send;
-    /// Writes `data` to host memory.
-    fn dma_write(&self, address: u64, data: Vec<u8>) -> impl Future<Output = Result<(), DmaError>> + Send;
+    /// Writes `data` to host memory. `data` is a slice of the received DMA_WRITE message (no
+    /// copy was made to hand it over).
+    fn dma_write(&self, address: u64, data: Bytes) -> impl Future<Output = Result<(), DmaError>> + Send;
 }
 
 /// A handler for clients that never serve DMA (e.g. a probe): every request fails with
@@ -85,7 +88,7 @@ impl DmaHandler for NoDma {
         Err(DmaError::UnsupportedRequest)
     }
 
-    async fn dma_write(&self, _address: u64, _data: Vec<u8>) -> Result<(), DmaError> {
+    async fn dma_write(&self, _address: u64, _data: Bytes) -> Result<(), DmaError> {
         Err(DmaError::UnsupportedRequest)
     }
 }

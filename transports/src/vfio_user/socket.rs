@@ -86,10 +86,35 @@ impl MessageSocket {
         fds: &[BorrowedFd<'_>],
         sent: &AtomicUsize,
     ) -> Result<(), Error> {
+        self.send_parts_tracked(&[message], fds, sent).await
+    }
+
+    /// [`MessageSocket::send_tracked`] of the concatenation of `parts`, written with vectored
+    /// writes: a reply's header and its data (e.g. a DMA_READ's) go out without first being
+    /// copied into one buffer.
+    pub async fn send_parts_tracked(
+        &self,
+        parts: &[&[u8]],
+        fds: &[BorrowedFd<'_>],
+        sent: &AtomicUsize,
+    ) -> Result<(), Error> {
+        if parts.len() > MAX_PARTS {
+            return Err(Error::InvalidArgument(format!(
+                "a message sent in {} parts; at most {MAX_PARTS}",
+                parts.len()
+            )));
+        }
         // Reported before the first byte goes out: the peer's reply may be received (and
         // reported by the reader task) before this send returns. One report per message.
         if let Some((tap, role)) = &self.tap {
-            let mut rest = message;
+            let joined;
+            let mut rest: &[u8] = match parts {
+                [one] => one,
+                _ => {
+                    joined = parts.concat();
+                    &joined
+                }
+            };
             let mut fds_here = fds.len();
             while !rest.is_empty() {
                 let size = Header::new_checked(rest)
@@ -102,17 +127,18 @@ impl MessageSocket {
         }
         let raw_fds: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
         let socket_fd = self.stream.as_raw_fd();
+        let total: usize = parts.iter().map(|part| part.len()).sum();
         let mut written_total = 0usize;
         let mut fds_pending = !raw_fds.is_empty();
-        while written_total < message.len() {
-            let rest = message.get(written_total..).unwrap_or(&[]);
+        while written_total < total {
+            let (iov, used) = unwritten(parts, written_total);
+            let iov = iov.get(..used).unwrap_or(&[]);
             let written = self
                 .stream
                 .async_io(Interest::WRITABLE, || {
-                    let iov = [IoSlice::new(rest)];
                     let rights = [ControlMessage::ScmRights(&raw_fds)];
                     let cmsgs: &[ControlMessage<'_>] = if fds_pending { &rights } else { &[] };
-                    sendmsg::<()>(socket_fd, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+                    sendmsg::<()>(socket_fd, iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
                         .map_err(io::Error::from)
                 })
                 .await
@@ -227,6 +253,28 @@ impl MessageSocket {
     }
 }
 
+/// Most parts one message is sent in (a header with its fixed part, and the data).
+const MAX_PARTS: usize = 4;
+
+/// The parts' bytes from offset `skip` of their concatenation on, as I/O slices (empty parts
+/// left out): the array and how many of its slices are used. No allocation per write.
+fn unwritten<'a>(parts: &[&'a [u8]], mut skip: usize) -> ([IoSlice<'a>; MAX_PARTS], usize) {
+    let mut iov = [IoSlice::new(&[]); MAX_PARTS];
+    let mut used = 0;
+    for part in parts {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        if let (Some(slot), Some(rest)) = (iov.get_mut(used), part.get(skip..)) {
+            *slot = IoSlice::new(rest);
+            used += 1;
+        }
+        skip = 0;
+    }
+    (iov, used)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +329,54 @@ mod tests {
                 (TapDirection::Received, SocketRole::Twin, message, 1),
             ]
         );
+    }
+
+    #[test]
+    fn unwritten_skips_what_went_out_across_part_boundaries() {
+        let parts: [&[u8]; 3] = [b"head", b"", b"data!"];
+        let rest = |skip| {
+            let (iov, used) = unwritten(&parts, skip);
+            iov[..used].iter().map(|slice| slice.to_vec()).collect::<Vec<_>>()
+        };
+        assert_eq!(rest(0), vec![b"head".to_vec(), b"data!".to_vec()]);
+        assert_eq!(rest(3), vec![b"d".to_vec(), b"data!".to_vec()]);
+        assert_eq!(rest(4), vec![b"data!".to_vec()]);
+        assert_eq!(rest(6), vec![b"ta!".to_vec()]);
+        assert_eq!(rest(9), Vec::<Vec<u8>>::new());
+    }
+
+    /// A message sent as a header part and a large data part, through a socket too small to take
+    /// it at once (so writes end inside either part), arrives as the one message, and the tap
+    /// records it whole, once.
+    #[tokio::test]
+    async fn a_message_sent_in_parts_arrives_whole_through_partial_writes() {
+        let (a, b) = UnixStream::pair().unwrap();
+        nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+        let tap = Arc::new(RecordingTap::default());
+        let (mut a, b) = (MessageSocket::new(a), MessageSocket::new(b));
+        a.set_tap(tap.clone(), SocketRole::Twin);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let access = crate::vfio_user::wire::DmaAccessRepr { address: 0x1000, count: data.len() as u64 };
+        let head = crate::vfio_user::wire::encode_message_head(
+            5,
+            Command::DmaRead,
+            MessageType::Reply,
+            None,
+            &access.to_array(),
+            data.len(),
+        )
+        .unwrap();
+        let whole = [&head[..], &data[..]].concat();
+        let sent = AtomicUsize::new(0);
+        let parts: [&[u8]; 2] = [&head, &data];
+        let (sending, received) = tokio::join!(a.send_parts_tracked(&parts, &[], &sent), b.recv(1 << 20, 0));
+        sending.unwrap();
+        let received = received.unwrap().unwrap();
+        assert_eq!(sent.load(Ordering::Relaxed), whole.len());
+        assert_eq!(received.header.id, 5);
+        assert_eq!(received.header.size as usize, whole.len());
+        assert_eq!(received.payload, whole[HEADER_LEN..]);
+        assert_eq!(*tap.seen.lock().unwrap(), vec![(TapDirection::Sent, SocketRole::Twin, whole, 0)]);
     }
 
     #[tokio::test]

@@ -389,7 +389,42 @@ pub fn append_message_parts(
     fixed: &[u8],
     data: &[u8],
 ) -> Result<(), Error> {
-    let total = HEADER_LEN + fixed.len() + data.len();
+    let header = header_bytes(id, command, message_type, no_reply, error, fixed.len(), data.len())?;
+    out.reserve(HEADER_LEN + fixed.len() + data.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(fixed);
+    out.extend_from_slice(data);
+    Ok(())
+}
+
+/// The start of a message whose trailing data of `data_len` bytes is sent separately (a
+/// vectored write, so that large data is not copied behind the header): the header, sized for
+/// the whole message, followed by `fixed`.
+pub fn encode_message_head(
+    id: u16,
+    command: Command,
+    message_type: MessageType,
+    error: Option<u32>,
+    fixed: &[u8],
+    data_len: usize,
+) -> Result<Vec<u8>, Error> {
+    let header = header_bytes(id, command, message_type, false, error, fixed.len(), data_len)?;
+    let mut head = Vec::with_capacity(HEADER_LEN + fixed.len());
+    head.extend_from_slice(&header);
+    head.extend_from_slice(fixed);
+    Ok(head)
+}
+
+fn header_bytes(
+    id: u16,
+    command: Command,
+    message_type: MessageType,
+    no_reply: bool,
+    error: Option<u32>,
+    fixed_len: usize,
+    data_len: usize,
+) -> Result<[u8; HEADER_LEN], Error> {
+    let total = HEADER_LEN + fixed_len + data_len;
     let size = u32::try_from(total).map_err(|_| {
         Error::InvalidArgument(format!("message of {total} bytes exceeds the 32-bit size field"))
     })?;
@@ -397,11 +432,7 @@ pub fn append_message_parts(
     let repr = HeaderRepr { id, command, size, message_type, no_reply, error };
     let mut header = Header::new_checked(&mut header_bytes[..])?;
     repr.emit(&mut header);
-    out.reserve(total);
-    out.extend_from_slice(&header_bytes);
-    out.extend_from_slice(fixed);
-    out.extend_from_slice(data);
-    Ok(())
+    Ok(header_bytes)
 }
 
 // ---------------------------------------------------------------------------------------------

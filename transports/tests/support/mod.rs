@@ -542,7 +542,11 @@ impl DmaHandler for Memory {
         Ok(self.bytes.lock().unwrap()[start..start + len].to_vec())
     }
 
-    async fn dma_write(&self, address: u64, data: Vec<u8>) -> Result<(), transports::vfio_user::DmaError> {
+    async fn dma_write(
+        &self,
+        address: u64,
+        data: bytes::Bytes,
+    ) -> Result<(), transports::vfio_user::DmaError> {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.pass_gate(address).await;
         if let Some(error) = self.fail {
