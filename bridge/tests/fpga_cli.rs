@@ -50,7 +50,12 @@ async fn the_emulator_enumerates_the_card_behind_a_bridge() {
     let spec = first.trim().to_owned();
     assert!(spec.starts_with("serial:/dev/pts/"), "{spec:?}");
     let link = fpga::open(&spec).await.unwrap();
-    let engine = Engine::start(link, ServerEndpoint::Path(socket), EngineConfig::default()).await.unwrap();
+    // The default device timeout of wall-clock links (8 ms, below a root port's shortest
+    // completion timeout) answers CA to a config read the loaded test machine serves late;
+    // this test is about the emulator program, so the bridge waits nearly as long as the
+    // emulator's root complex does (5 s), still answering before it would time out.
+    let config = EngineConfig { device_timeout: Some(Duration::from_secs(4)), ..EngineConfig::default() };
+    let engine = Engine::start(link, ServerEndpoint::Path(socket), config).await.unwrap();
     let status = tokio::task::spawn_blocking(move || {
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
