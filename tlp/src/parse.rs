@@ -189,6 +189,13 @@ impl Tlp {
     /// digest). Errors: truncated/trailing bytes, reserved Fmt/Type, Length inconsistent with the
     /// byte count, reserved bits the model cannot keep (see the [module docs](crate::parse)).
     pub fn parse(bytes: &[u8]) -> Result<Tlp, TlpError> {
+        Tlp::parse_reusing(bytes, Vec::new())
+    }
+
+    /// [`Tlp::parse`] that puts the payload into `payload_buffer` (cleared first), reusing its
+    /// allocation: a receiver that parses one TLP after another can hand the previous one's
+    /// `payload` back in and allocate nothing per TLP once the buffer is large enough.
+    pub fn parse_reusing(bytes: &[u8], mut payload_buffer: Vec<u8>) -> Result<Tlp, TlpError> {
         let got = bytes.len();
         // `prefixes` cannot fail: fold_many0 stops at the first non-prefix DW or the end.
         let (rest, prefixes) = prefixes(bytes).map_err(truncated(DW_LEN, got))?;
@@ -215,6 +222,8 @@ impl Tlp {
         if !rest.is_empty() {
             return Err(TlpError::TrailingBytes { expected: got - rest.len(), got });
         }
+        payload_buffer.clear();
+        payload_buffer.extend_from_slice(payload);
 
         Ok(Tlp {
             prefixes,
@@ -230,7 +239,7 @@ impl Tlp {
             at: d.at,
             length: d.length,
             body,
-            payload: payload.to_vec(),
+            payload: payload_buffer,
             digest,
         })
     }

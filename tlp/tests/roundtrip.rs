@@ -24,6 +24,19 @@ proptest! {
         prop_assert_eq!(&out[..written], &bytes[..]);
     }
 
+    /// Parsing into a reused payload buffer gives the same TLP, whatever the buffer held, and
+    /// keeps the buffer's allocation when it is large enough.
+    #[test]
+    fn parse_reusing_a_buffer_equals_parse(tlp in any_tlp(), old in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let bytes = tlp.to_bytes();
+        let mut buffer = Vec::with_capacity(4096 + 64);
+        buffer.extend_from_slice(&old);
+        let at = buffer.as_ptr();
+        let parsed = Tlp::parse_reusing(&bytes, buffer).unwrap();
+        prop_assert_eq!(parsed.payload.as_ptr(), at);
+        prop_assert_eq!(parsed, tlp);
+    }
+
     #[test]
     fn any_representable_tlp_round_trips(tlp in any_tlp()) {
         prop_assert_eq!(Tlp::parse(&tlp.to_bytes()), Ok(tlp));

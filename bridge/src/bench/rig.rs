@@ -225,6 +225,12 @@ impl Rig {
         self.engine.counters().snapshot()
     }
 
+    /// The runtime the bridge's tasks run on (for measurements that need to run something on
+    /// its threads, such as the allocation check of `bridge/tests/alloc_per_dma.rs`).
+    pub fn bridge_runtime(&self) -> &tokio::runtime::Handle {
+        self.bridge.handle()
+    }
+
     pub async fn stop(self) -> CountersSnapshot {
         let Rig { port, engine, bridge, server, stop_server, socket, .. } = self;
         // Shut down where its tasks and sockets live.

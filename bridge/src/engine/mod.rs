@@ -196,6 +196,7 @@ impl Engine {
             non_posted: np_tx,
             posted_count: 0,
             progress: link.progress.clone(),
+            payload_buffer: Vec::new(),
         };
         let reader_exit = exit_tx.clone();
         let link_name = link.info.description.clone();

@@ -64,6 +64,9 @@ pub struct LinkReader {
     /// Counts every input once handled (answered, dropped or queued for the device), which a
     /// lockstep simulator waits for before it advances time.
     pub progress: LinkProgress,
+    /// A received completion's payload buffer, reused by the next parse (completions are
+    /// consumed here; requests take theirs along), so a CplD costs no allocation.
+    pub payload_buffer: Vec<u8>,
 }
 
 impl LinkReader {
@@ -113,7 +116,7 @@ impl LinkReader {
     async fn tlp(&mut self, bytes: &[u8], time: LinkInstant) {
         let shared = &self.shared;
         let malformed = TlpFlags { malformed: true, ..TlpFlags::default() };
-        let tlp = match Tlp::parse(bytes) {
+        let tlp = match Tlp::parse_reusing(bytes, std::mem::take(&mut self.payload_buffer)) {
             Ok(tlp) => tlp,
             Err(e) => {
                 self.capture(bytes, time, malformed);
@@ -140,7 +143,10 @@ impl LinkReader {
             (f.ready, f.server_lost, f.id)
         };
         match &tlp.body {
-            Body::Completion(_) => shared.tags.deliver(&tlp, id),
+            Body::Completion(_) => {
+                shared.tags.deliver(&tlp, id);
+                self.payload_buffer = tlp.payload;
+            }
             Body::Message(m) => {
                 Counters::inc(&shared.counters.messages_received);
                 info!(tlp = %tlp, code = m.code.name().unwrap_or("unknown"), "message from the root port");
