@@ -1,25 +1,39 @@
-//! A global allocator that remembers the largest single allocation (or reallocation) since the
-//! last [`reset`], so targets can assert "a frame decoder never allocates more than the
-//! documented maximum". Process-wide: meaningful for targets that decode on one thread.
+//! A global allocator that remembers the largest single allocation (or reallocation) made by
+//! the watching thread since its last [`reset`], so targets can assert "a frame decoder never
+//! allocates more than the documented maximum". Only the thread that called [`reset`] is
+//! watched: other threads of the process (the test harness printing another test's result, a
+//! peer thread) cannot spoil the figure. One thread watches at a time.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 struct Watching;
 
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY: every call is forwarded unchanged to the system allocator; the bookkeeping is one
-// relaxed atomic max and never allocates.
+thread_local! {
+    /// Set on the thread that called `reset`.
+    static WATCHED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn note(size: usize) {
+    if WATCHED.try_with(Cell::get).unwrap_or(false) {
+        LARGEST.fetch_max(size, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the bookkeeping is a
+// const-initialized thread-local read and one relaxed atomic max, and never allocates.
 unsafe impl GlobalAlloc for Watching {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        note(layout.size());
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        note(layout.size());
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc_zeroed(layout) }
     }
@@ -30,7 +44,7 @@ unsafe impl GlobalAlloc for Watching {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        note(new_size);
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -39,12 +53,13 @@ unsafe impl GlobalAlloc for Watching {
 #[global_allocator]
 static GLOBAL: Watching = Watching;
 
-/// Forgets the largest allocation seen so far.
+/// Forgets the largest allocation seen so far and watches this thread's allocations from now on.
 pub fn reset() {
+    WATCHED.with(|watched| watched.set(true));
     LARGEST.store(0, Ordering::Relaxed);
 }
 
-/// The largest single allocation since the last [`reset`], in bytes.
+/// The largest single allocation the watching thread made since the last [`reset`], in bytes.
 pub fn largest() -> usize {
     LARGEST.load(Ordering::Relaxed)
 }

@@ -90,15 +90,9 @@ fn decode(data: &[u8]) {
         }
         Command::DeviceGetRegionInfo => {
             if let Some(info) = round_trip!(region_info, RegionInfoRepr, payload, fixed(RegionInfoRepr::LEN))
+                && let Ok(caps) = wire::parse_region_caps(payload, info.cap_offset)
             {
-                if let Ok(caps) = wire::parse_region_caps(payload, info.cap_offset) {
-                    assert!(
-                        caps.len() <= payload.len() / 8,
-                        "{} caps in {} bytes",
-                        caps.len(),
-                        payload.len()
-                    );
-                }
+                assert!(caps.len() <= payload.len() / 8, "{} caps in {} bytes", caps.len(), payload.len());
             }
         }
         Command::DeviceGetIrqInfo => {
