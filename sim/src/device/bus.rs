@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tokio::sync::{Semaphore, oneshot};
 use tracing::{debug, warn};
@@ -40,8 +41,19 @@ impl SocketWriter {
         message: &[u8],
         fds: &[std::os::fd::BorrowedFd<'_>],
     ) -> Result<(), Error> {
+        self.send_parts(&[message], fds).await
+    }
+
+    /// [`SocketWriter::send`] of the concatenation of `parts` (vectored: a DMA_WRITE's data is
+    /// not copied behind its header).
+    pub(crate) async fn send_parts(
+        &self,
+        parts: &[&[u8]],
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<(), Error> {
         let _turn = self.lock.lock().await;
-        match tokio::time::timeout(self.timeout, self.socket.send(message, fds)).await {
+        let sent = AtomicUsize::new(0);
+        match tokio::time::timeout(self.timeout, self.socket.send_parts_tracked(parts, fds, &sent)).await {
             Ok(result) => result.map_err(Error::from),
             Err(_) => Err(Error::Io {
                 context: "sending a message (the client stopped reading)",
@@ -245,10 +257,11 @@ impl DeviceBus {
     }
 
     /// Reads `len` bytes of client memory with DMA_READ messages of at most
-    /// [`DeviceBus::max_transfer`] bytes, one in flight at a time.
-    pub async fn dma_read(&self, address: u64, len: usize) -> Result<Vec<u8>, Error> {
+    /// [`DeviceBus::max_transfer`] bytes, one in flight at a time. A read that takes one
+    /// message returns a slice of its reply (no copy); a longer one gathers the pieces.
+    pub async fn dma_read(&self, address: u64, len: usize) -> Result<Bytes, Error> {
         self.check_window(address, len as u64, false)?;
-        let mut data = Vec::with_capacity(len);
+        let mut data = BytesMut::new();
         let mut done = 0usize;
         while done < len {
             let count = (len - done).min(self.inner.max_transfer);
@@ -257,7 +270,7 @@ impl DeviceBus {
             // Re-checked per chunk: the client may unmap while a transfer runs.
             self.check_window(at, count as u64, false)?;
             let request = DmaAccessRepr { address: at, count: count as u64 };
-            let reply = self.transact(Command::DmaRead, at, request.to_bytes_with(&[])).await?;
+            let reply = self.transact(Command::DmaRead, &request, &[]).await?;
             let view = wire::dma_access::View::new_checked(&reply.payload[..])
                 .map_err(|e| Error::Protocol(format!("DMA_READ reply: {e}")))?;
             let answered = DmaAccessRepr::parse(&view)?;
@@ -269,10 +282,16 @@ impl DeviceBus {
                     view.trailing().len()
                 )));
             }
+            if count == len {
+                return Ok(Bytes::from(reply.payload).slice(DmaAccessRepr::LEN..));
+            }
+            if data.is_empty() {
+                data.reserve(len);
+            }
             data.extend_from_slice(view.trailing());
             done += count;
         }
-        Ok(data)
+        Ok(data.freeze())
     }
 
     /// Writes `data` to client memory with DMA_WRITE messages of at most
@@ -285,7 +304,7 @@ impl DeviceBus {
                 .ok_or(Error::DmaNotMapped { address, len: data.len() as u64 })?;
             self.check_window(at, chunk.len() as u64, true)?;
             let request = DmaAccessRepr { address: at, count: chunk.len() as u64 };
-            let reply = self.transact(Command::DmaWrite, at, request.to_bytes_with(chunk)).await?;
+            let reply = self.transact(Command::DmaWrite, &request, chunk).await?;
             let view = wire::dma_access::View::new_checked(&reply.payload[..])
                 .map_err(|e| Error::Protocol(format!("DMA_WRITE reply: {e}")))?;
             let answered = DmaAccessRepr::parse(&view)?;
@@ -301,13 +320,15 @@ impl DeviceBus {
         Ok(())
     }
 
-    /// Sends one DMA command and waits (bounded) for its reply.
+    /// Sends one DMA command (`request`, then `data` for a DMA_WRITE) and waits (bounded) for
+    /// its reply.
     async fn transact(
         &self,
         command: Command,
-        address: u64,
-        payload: Vec<u8>,
+        request: &DmaAccessRepr,
+        data: &[u8],
     ) -> Result<ReceivedMessage, Error> {
+        let address = request.address;
         let inner = &*self.inner;
         let timeout = inner.dma_timeout;
         let timed_out = || Error::DmaTimeout { command, address, timeout };
@@ -331,9 +352,19 @@ impl DeviceBus {
             id
         };
         let _guard = WaiterGuard { bus: inner, id };
-        let message = wire::encode_message(id, command, MessageType::Command, false, None, &payload)?;
-        debug!(%command, id, address, len = payload.len(), twin = inner.dma_on_twin, "DMA request sent");
-        tokio::time::timeout(timeout, inner.writer.send(&message, &[])).await.map_err(|_| timed_out())??;
+        // The data goes out from the caller's buffer, behind the header (a vectored write).
+        let head = wire::encode_message_head(
+            id,
+            command,
+            MessageType::Command,
+            None,
+            &request.to_array(),
+            data.len(),
+        )?;
+        debug!(%command, id, address, len = request.count, twin = inner.dma_on_twin, "DMA request sent");
+        tokio::time::timeout(timeout, inner.writer.send_parts(&[&head, data], &[]))
+            .await
+            .map_err(|_| timed_out())??;
         let reply = tokio::time::timeout(timeout, rx)
             .await
             .map_err(|_| timed_out())?
