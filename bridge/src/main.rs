@@ -4,11 +4,9 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     keep_freed_memory();
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_or_exit();
     cli::init_tracing();
     cli.run()
 }

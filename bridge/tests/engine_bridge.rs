@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use bridge::engine::{DmaWindows, EngineConfig};
+use bridge::engine::{AccessSplit, DmaWindows, EngineConfig};
 use support::*;
 use tlp::{Body, CfgType, CplStatus, RoutingId};
 use transports::vfio_user::DmaWindow;
@@ -195,7 +195,7 @@ async fn completion_timeout_fails_the_dma_and_quarantines_the_tag_until_the_late
 }
 
 #[tokio::test]
-async fn dma_is_refused_without_bus_master_outside_windows_and_on_ur() {
+async fn dma_is_refused_without_bus_master_outside_windows_and_on_ur_or_ca() {
     let windows = DmaWindows::List(vec![DmaWindow::read_write(HOST_BASE, HOST_SIZE as u64)]);
     let Setup { engine, mut rc, device } = setup(EngineConfig { dma_windows: windows, ..config() }).await;
     assert_eq!(device.lock().unwrap().dma_maps, vec![(HOST_BASE, HOST_SIZE as u64)]);
@@ -203,10 +203,12 @@ async fn dma_is_refused_without_bus_master_outside_windows_and_on_ur() {
     assert_eq!(rc.device_dma(1, HOST_BASE + HOST_SIZE as u64, 4).await, nix::errno::Errno::EFAULT as u32);
     rc.host.lock().unwrap().policy = ReadPolicy::Ur;
     assert_eq!(rc.device_dma(1, HOST_BASE, 4).await, nix::errno::Errno::EFAULT as u32);
+    rc.host.lock().unwrap().policy = ReadPolicy::Ca;
+    assert_eq!(rc.device_dma(1, HOST_BASE, 4).await, nix::errno::Errno::EIO as u32);
     rc.cfg_write(0x04, 0x0002).await; // memory space only, no bus mastering
     assert_eq!(rc.device_dma(1, HOST_BASE, 4).await, nix::errno::Errno::EPERM as u32);
     let snap = engine.shutdown().await;
-    assert_eq!((snap.dma_refused_bme, snap.dma_failed_status), (1, 1));
+    assert_eq!((snap.dma_refused_bme, snap.dma_failed_status), (1, 2));
 }
 
 #[tokio::test]
@@ -232,10 +234,18 @@ async fn msi_is_sent_with_the_programmed_address_and_data_and_held_while_masked(
     rc.cfg_write(cap + 0x10, 0).await;
     eventually(|| rc.host.lock().unwrap().interrupts.len() == 2).await;
     assert_eq!(rc.host.lock().unwrap().interrupts[1], (MSI_ADDRESS, 0x4443));
+    // MSI is a memory write: with Bus Master Enable clear it is held, and sent once it is set.
+    rc.cfg_write(0x04, 0x0003).await;
+    rc.mem_write(BAR0_ADDRESS + REG_IRQ, &((1u32 << 16) | 1).to_le_bytes()).await;
+    eventually(|| counters.snapshot().interrupts_masked == 2).await;
+    assert_eq!(rc.host.lock().unwrap().interrupts.len(), 2);
+    rc.cfg_write(0x04, 0x0007).await;
+    eventually(|| rc.host.lock().unwrap().interrupts.len() == 3).await;
+    assert_eq!(rc.host.lock().unwrap().interrupts[2], (MSI_ADDRESS, 0x4441));
     // INTx was disabled on the server when MSI took over.
     assert!(device.lock().unwrap().irq_sets.iter().any(|s| s.0 == 0 && s.3 == 0));
     let snap = engine.shutdown().await;
-    assert_eq!(snap.msi_sent, 2);
+    assert_eq!(snap.msi_sent, 3);
 }
 
 #[tokio::test]
@@ -274,8 +284,18 @@ async fn msix_entries_function_mask_and_pba() {
     rc.mem_write(BAR0_ADDRESS + MSIX_TABLE + 16 + 12, &0u32.to_le_bytes()).await;
     eventually(|| rc.host.lock().unwrap().interrupts.len() == 2).await;
     assert_eq!(rc.host.lock().unwrap().interrupts[1], (MSI_ADDRESS + 0x10, 0x55));
+    // Bus Master Enable clear: held pending (the PBA shows it) until it is set again.
+    rc.cfg_write(0x04, 0x0003).await;
+    rc.mem_write(BAR0_ADDRESS + REG_IRQ, &((2u32 << 16) | 2).to_le_bytes()).await;
+    eventually(|| counters.snapshot().interrupts_masked == 3).await;
+    let (pba, _) = rc.mem_read(BAR0_ADDRESS + MSIX_PBA, 8).await;
+    assert_eq!(pba[0], 0b100);
+    assert_eq!(rc.host.lock().unwrap().interrupts.len(), 2);
+    rc.cfg_write(0x04, 0x0007).await;
+    eventually(|| rc.host.lock().unwrap().interrupts.len() == 3).await;
+    assert_eq!(rc.host.lock().unwrap().interrupts[2], (MSI_ADDRESS + 0x10, 0x99));
     let snap = engine.shutdown().await;
-    assert_eq!(snap.msix_sent, 2);
+    assert_eq!(snap.msix_sent, 3);
 }
 
 #[tokio::test]
@@ -540,4 +560,148 @@ async fn a_bar_region_that_is_not_a_power_of_two_is_decoded_as_the_host_sizes_it
     let device = device.lock().unwrap();
     assert!(device.accesses.iter().all(|a| a.region != 0 || a.offset + u64::from(a.count) <= 0x1000));
     assert!(device.bar0[0x1000..].iter().all(|&b| b == 0), "nothing reached the rest of the region");
+}
+
+#[tokio::test]
+async fn the_device_timeout_counts_from_arrival_including_time_queued_in_the_bridge() {
+    // One request at the server at a time: the second read waits 200 ms for the first, so only
+    // 100 ms of its 300 ms are left when it reaches the server, which takes 200 ms. Counted from
+    // dispatch it would get SC; counted from arrival (what the root port's timer does) it gets CA.
+    let config = EngineConfig {
+        device_timeout: Some(Duration::from_millis(300)),
+        max_outstanding_non_posted: 1,
+        ..EngineConfig::default()
+    };
+    let Setup { engine, mut rc, device } = setup(config).await;
+    rc.enumerate().await;
+    device.lock().unwrap().slow_reply = Duration::from_millis(200);
+    let first = rc.mem_read_tlp(BAR0_ADDRESS + REG_SLOW, 4);
+    let second = rc.mem_read_tlp(BAR0_ADDRESS + REG_SLOW, 4);
+    rc.send(&first).await;
+    rc.send(&second).await;
+    let mut statuses = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let cpl = rc.next_completion().await;
+        statuses.insert(cpl.tag(), status(&cpl));
+    }
+    assert_eq!(statuses[&second.tag()], CplStatus::Ca);
+    let snap = engine.shutdown().await;
+    assert!(snap.device_timeouts >= 1, "{snap}");
+}
+
+#[tokio::test]
+async fn posted_writes_and_dma_completions_pass_a_full_non_posted_queue() {
+    // 200 reads of a register the server answers after 200 ms, one at a time: 40 s of work
+    // queued in the bridge. A posted write and the completions of a device DMA read that arrive
+    // behind them on the link must get through at once, and every read is answered within its
+    // device timeout of arrival (SC from the server, or CA once its 2 s have passed).
+    let config = EngineConfig {
+        device_timeout: Some(Duration::from_secs(2)),
+        max_outstanding_non_posted: 1,
+        ..EngineConfig::default()
+    };
+    let Setup { engine, mut rc, device } = setup(config).await;
+    rc.enumerate().await;
+    let pattern: Vec<u8> = (0..256u32).map(|i| (i * 7 + 3) as u8).collect();
+    rc.host.lock().unwrap().memory[..256].copy_from_slice(&pattern);
+    device.lock().unwrap().slow_reply = Duration::from_millis(200);
+    let reads: Vec<_> = (0..200).map(|_| rc.mem_read_tlp(BAR0_ADDRESS + REG_SLOW, 4)).collect();
+    for read in &reads {
+        rc.send(read).await;
+    }
+    rc.mem_write(BAR2_ADDRESS + 0x1000, &[1, 2, 3, 4]).await;
+    eventually(|| device.lock().unwrap().bar2[0x1000..0x1004] == [1, 2, 3, 4]).await;
+    // A device DMA read of host memory (the doorbell write is posted; the device's MRds are
+    // answered by the root complex, and their CplDs reach the bridge behind the queued reads).
+    rc.mem_write(BAR0_ADDRESS + REG_DMA_ADDR, &HOST_BASE.to_le_bytes()).await;
+    rc.mem_write(BAR0_ADDRESS + REG_DMA_LEN, &256u32.to_le_bytes()).await;
+    rc.mem_write(BAR0_ADDRESS + REG_DOORBELL, &[1, 0, 0, 0]).await;
+    eventually(|| device.lock().unwrap().bar2[..256] == pattern[..]).await;
+    let mut answered = 0;
+    for _ in 0..reads.len() {
+        let cpl = rc.next_completion().await;
+        assert!(matches!(status(&cpl), CplStatus::Sc | CplStatus::Ca), "{cpl}");
+        answered += 1;
+    }
+    let snap = engine.shutdown().await;
+    assert_eq!(answered, 200);
+    assert!(snap.device_timeouts > 0 && snap.ca_sent == snap.device_timeouts, "{snap}");
+    assert_eq!(snap.non_posted_overflow, 0);
+}
+
+#[tokio::test]
+async fn a_non_posted_request_that_finds_the_queue_full_gets_completer_abort_at_once() {
+    let config = EngineConfig {
+        device_timeout: Some(Duration::from_secs(5)),
+        max_outstanding_non_posted: 1,
+        non_posted_queue_depth: 8,
+        ..EngineConfig::default()
+    };
+    let Setup { engine, mut rc, device } = setup(config).await;
+    rc.enumerate().await;
+    device.lock().unwrap().slow_reply = Duration::from_millis(300);
+    for _ in 0..20 {
+        let read = rc.mem_read_tlp(BAR0_ADDRESS + REG_SLOW, 4);
+        rc.send(&read).await;
+    }
+    let (mut sc, mut ca) = (0, 0);
+    for _ in 0..20 {
+        match status(&rc.next_completion().await) {
+            CplStatus::Sc => sc += 1,
+            CplStatus::Ca => ca += 1,
+            other => panic!("unexpected status {other:?}"),
+        }
+    }
+    let snap = engine.shutdown().await;
+    // 8 queued, and at most 2 taken off the queue by the dispatcher (one at the server, one
+    // waiting for the slot) when the rest arrived.
+    assert!((10..=12).contains(&snap.non_posted_overflow), "{snap}");
+    assert_eq!((ca, sc), (snap.non_posted_overflow, 20 - snap.non_posted_overflow));
+    assert_eq!(snap.device_timeouts, 0);
+}
+
+#[tokio::test]
+async fn the_expansion_rom_is_decoded_once_enabled_and_read_whole() {
+    let Setup { engine, mut rc, device } = setup(config()).await;
+    rc.enumerate().await;
+    rc.cfg_write(0x30, 0xffff_f800).await;
+    assert_eq!(rc.cfg_read(0x30).await, !(ROM_SIZE as u32 - 1));
+    const ROM_ADDRESS: u64 = 0xfe10_0000;
+    rc.cfg_write(0x30, ROM_ADDRESS as u32).await;
+    // Not enabled yet: nothing decodes there.
+    let request = rc.mem_read_tlp(ROM_ADDRESS, 4);
+    rc.send(&request).await;
+    assert_eq!(status(&rc.next_completion().await), CplStatus::Ur);
+    rc.cfg_write(0x30, ROM_ADDRESS as u32 | 1).await;
+    device.lock().unwrap().accesses.clear();
+    let (data, _) = rc.mem_read(ROM_ADDRESS + 0x7f0, 16).await;
+    assert_eq!(data, (0x7f0..0x800).map(rom_byte).collect::<Vec<_>>());
+    // The ROM is prefetchable memory: one access, not pieces of 8 bytes.
+    let accesses = device.lock().unwrap().accesses.clone();
+    assert_eq!(accesses.len(), 1, "{accesses:?}");
+    assert_eq!((accesses[0].region, accesses[0].offset, accesses[0].count), (6, 0x7f0, 16));
+    // Past its end: UR.
+    let request = rc.mem_read_tlp(ROM_ADDRESS + ROM_SIZE, 4);
+    rc.send(&request).await;
+    assert_eq!(status(&rc.next_completion().await), CplStatus::Ur);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn access_splitting_is_configurable_for_each_kind_of_bar() {
+    // The opposite of the defaults: non-prefetchable whole, prefetchable in aligned pieces.
+    let config = EngineConfig {
+        split_non_prefetchable: AccessSplit::Whole,
+        split_prefetchable: AccessSplit::Aligned8,
+        ..config()
+    };
+    let Setup { engine, mut rc, device } = setup(config).await;
+    rc.enumerate().await;
+    device.lock().unwrap().accesses.clear();
+    rc.mem_read(BAR0_ADDRESS + 0x10, 16).await;
+    rc.mem_read(BAR2_ADDRESS + 0x10, 16).await;
+    let seen: Vec<(u32, u64, u32)> =
+        device.lock().unwrap().accesses.iter().map(|a| (a.region, a.offset, a.count)).collect();
+    assert_eq!(seen, vec![(0, 0x10, 16), (2, 0x10, 8), (2, 0x18, 8)]);
+    engine.shutdown().await;
 }

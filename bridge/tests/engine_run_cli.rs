@@ -44,5 +44,31 @@ fn bad_arguments_exit_2() {
     ] {
         let (code, stderr) = run(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn argument_errors_are_one_line_that_names_the_fix() {
+    for (args, expect) in [
+        (&["--link", "sim://h:1"][..], "required arguments were not provided: --server <PATH>"),
+        (
+            &["--server", "/tmp/x", "--link", "sim://h:1", "--mpss", "256"],
+            "tip: a similar argument exists: '--mps'",
+        ),
+        (&["--server", "/tmp/x", "--link", "sim://h:1", "--mps", "100"], "is not one of 128, 256"),
+        (&["--server", "/tmp/x", "--link", "sim://h:1", "--device-timeout", "soon"], "is not a duration"),
+    ] {
+        let (code, stderr) = run(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("tlpbridge: ") && stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Usage"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_still_prints_the_usage_and_succeeds() {
+    let (code, _) = run(&["--help"]);
+    assert_eq!(code, 0);
 }

@@ -9,7 +9,7 @@
 //! - [`run_bounded`]: run a short command to completion with a timeout, output captured.
 //! - [`Running`], [`spawn_logged`], [`free_port`], [`wait_listening`]: long-running child
 //!   processes (killed and reaped on drop) with their output in a log file, and their TCP ports.
-//! - [`bridge_counter`]: a counter from the line `tlpbridge run` logs when it stops.
+//! - [`bridge_counter`]: a counter from the line `tlpbridge run` prints when it stops.
 //!
 //! See `docs/peers.md` for how the peers are built and found.
 
@@ -20,7 +20,7 @@ mod temp_dir;
 mod tlpbridge_bin;
 
 pub use process::{CommandOutput, Running, free_port, run_bounded, spawn_logged, wait_listening};
-pub use run_log::{RUN_LOG_FILTER, bridge_counter, final_counters_line};
+pub use run_log::{bridge_counter, final_counters_line};
 pub use temp_dir::TestDir;
 pub use tlpbridge_bin::tlpbridge_bin;
 

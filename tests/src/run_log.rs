@@ -1,9 +1,6 @@
-//! Reading what `tlpbridge run` logs when it stops: the `tlpbridge run finished` line with the
-//! engine's counters (`in: ...; out: ...; ur_sent=0; ca_sent=3; ...`). The process must run
-//! with `RUST_LOG` letting `tlpbridge::cli::run_cmd=info` through ([`RUN_LOG_FILTER`]).
-
-/// A `RUST_LOG` value that keeps warnings and the final counters line.
-pub const RUN_LOG_FILTER: &str = "warn,tlpbridge::cli::run_cmd=info";
+//! Reading what `tlpbridge run` prints to stderr when it stops, whatever `RUST_LOG` says: the
+//! `tlpbridge run finished: ` line with the engine's counters
+//! (`in: ...; out: ...; ur_sent=0; ca_sent=3; ...`).
 
 /// The last `tlpbridge run finished` line of a log, if the bridge got that far.
 pub fn final_counters_line(log: &str) -> Option<&str> {
@@ -23,8 +20,7 @@ mod tests {
     use super::*;
 
     const LOG: &str = "2026-11-22T02:31:43Z WARN tlpbridge: something\n\
-        2026-11-22T02:31:44Z \u{1b}[32m INFO\u{1b}[0m tlpbridge::cli::run_cmd: tlpbridge run finished \
-        \u{1b}[3mcounters\u{1b}[0m=in: MRd=778 CplD=1029; out: MRd=304 Cpl=41; ur_sent=0; ca_sent=18; \
+        tlpbridge run finished: in: MRd=778 CplD=1029; out: MRd=304 Cpl=41; ur_sent=0; ca_sent=18; \
         crs_sent=5; unexpected_completions=0; msix_sent=61\n";
 
     #[test]

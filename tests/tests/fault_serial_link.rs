@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use tlpbridge_tests::{RUN_LOG_FILTER, Running, spawn_logged};
+use tlpbridge_tests::{Running, spawn_logged};
 
 /// Longest the whole workload may take before the test gives up (a hang, not a slow run).
 const WORKLOAD_LIMIT: Duration = Duration::from_secs(600);
@@ -90,7 +90,7 @@ fn posted_writes_reads_and_dma_survive_bit_errors_and_dropped_frames() {
     let _device = spawn_logged(
         &bin,
         &["sim", "device", "--socket", socket.to_str().unwrap()],
-        &[("RUST_LOG", RUN_LOG_FILTER)],
+        &[],
         &dir.join("device.log"),
     )
     .unwrap();
@@ -148,7 +148,7 @@ fn posted_writes_reads_and_dma_survive_bit_errors_and_dropped_frames() {
             "--device-timeout",
             "10s",
         ],
-        &[("RUST_LOG", RUN_LOG_FILTER)],
+        &[],
         &bridge_log,
     )
     .unwrap();

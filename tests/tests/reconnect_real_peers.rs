@@ -39,7 +39,7 @@ use sim::link::{SimulatorConfig, SimulatorEnd};
 use sim::rc::{Enumeration, IrqKind, RcConfig, RootComplex};
 use tlp::MessageCode;
 use tlpbridge_tests::peers::{self, Peer, QemuDevice, RunningPeer};
-use tlpbridge_tests::{RUN_LOG_FILTER, TestDir, bridge_counter, tlpbridge_bin};
+use tlpbridge_tests::{TestDir, bridge_counter, tlpbridge_bin};
 
 /// Bounds the waits for processes (start, listen, exit) and for the reconnection.
 const WAIT: Duration = Duration::from_secs(60);
@@ -84,7 +84,7 @@ impl Bench {
             vec!["run", "--server", socket.to_str().unwrap(), "--link", &link, "--reconnect-window"];
         args.push(RECONNECT_WINDOW);
         args.extend_from_slice(extra);
-        let bridge = spawn_with_env(bin, &args, &[("RUST_LOG", RUN_LOG_FILTER)], dir.join("run.log"));
+        let bridge = spawn_with_env(bin, &args, &[], dir.join("run.log"));
         wait_listening(port, &bridge, WAIT);
         let end =
             SimulatorEnd::connect(&format!("127.0.0.1:{port}"), &SimulatorConfig::default()).await.unwrap();

@@ -98,7 +98,7 @@ fn spawn(bin: &Path, args: &[&str], log: &Path) -> Running {
             .args(args)
             // Warnings, the bridge's counters when it stops, and the engine's steps when the
             // server goes away and comes back (`SERVER_LOST_LINE`).
-            .env("RUST_LOG", format!("{},bridge::engine=info", tlpbridge_tests::RUN_LOG_FILTER))
+            .env("RUST_LOG", "warn,bridge::engine=info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -48,6 +48,23 @@ enum Command {
 }
 
 impl Cli {
+    /// Parses the command line. A bad argument ends the process with one line on stderr that
+    /// says what to fix (clap's message with its tips folded in) and exit status 2; `--help` and
+    /// `--version` print as usual.
+    pub fn parse_or_exit() -> Cli {
+        use clap::error::ErrorKind;
+        match Cli::try_parse() {
+            Ok(cli) => cli,
+            Err(e) if !e.use_stderr() || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                e.exit()
+            }
+            Err(e) => {
+                eprintln!("tlpbridge: {}", one_line_error(&e.render().to_string()));
+                std::process::exit(EXIT_BAD_INPUT.into())
+            }
+        }
+    }
+
     pub fn run(self) -> ExitCode {
         match self.command {
             Command::Tlp(args) => tlp_cmd::run(args),
@@ -62,6 +79,28 @@ impl Cli {
     }
 }
 
+/// Folds clap's multi-line error (message, indented continuation lines, tips, then a usage
+/// block) into one line, without the usage block.
+fn one_line_error(rendered: &str) -> String {
+    let mut line = String::new();
+    for text in rendered.lines() {
+        let trimmed = text.trim();
+        if trimmed.starts_with("Usage:") || trimmed.starts_with("For more information") {
+            break;
+        }
+        if trimmed.is_empty() {
+            continue;
+        }
+        let trimmed = trimmed.strip_prefix("error: ").unwrap_or(trimmed);
+        if !line.is_empty() {
+            line.push_str(if text.starts_with(' ') && !trimmed.starts_with("tip:") { " " } else { "; " });
+        }
+        line.push_str(trimmed);
+    }
+    line.push_str(" (see --help)");
+    line
+}
+
 /// Logs go to stderr, filtered by `RUST_LOG` (default: warnings).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -74,5 +113,27 @@ fn parse_threads(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n) if (1..=64).contains(&n) => Ok(n),
         _ => Err(format!("{text:?} is not a thread count from 1 to 64")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_errors_fold_into_one_line_without_the_usage_block() {
+        let rendered = "error: the following required arguments were not provided:\n  --server <PATH>\n  \
+            --link <LINK>\n\nUsage: tlpbridge run --server <PATH> --link <LINK>\n\nFor more information, \
+            try '--help'.\n";
+        assert_eq!(
+            one_line_error(rendered),
+            "the following required arguments were not provided: --server <PATH> --link <LINK> (see --help)"
+        );
+        let rendered = "error: unexpected argument '--mpss' found\n\n  tip: a similar argument exists: \
+            '--mps'\n\nUsage: tlpbridge run [OPTIONS]\n";
+        assert_eq!(
+            one_line_error(rendered),
+            "unexpected argument '--mpss' found; tip: a similar argument exists: '--mps' (see --help)"
+        );
     }
 }

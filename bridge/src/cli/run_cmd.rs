@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bridge::capture::{Capture, CaptureConfig, CaptureWriter};
-use bridge::engine::{DmaWindows, Engine, EngineConfig, LinkRegistry, LinkSpec, ServerEndpoint};
+use bridge::engine::{AccessSplit, DmaWindows, Engine, EngineConfig, LinkRegistry, LinkSpec, ServerEndpoint};
 use transports::vfio_user::DmaWindow;
 
 use super::EXIT_BAD_INPUT;
@@ -51,6 +51,10 @@ pub struct RunArgs {
     /// aligned pieces of at most 8 bytes.
     #[arg(long)]
     whole_accesses: bool,
+    /// Cut accesses to prefetchable BARs (and the ROM) into naturally aligned pieces of at most 8
+    /// bytes too, for servers that accept nothing larger (e.g. usbvfiod).
+    #[arg(long)]
+    split_prefetchable: bool,
     /// Record every TLP on the link and every vfio-user message in this pcapng file
     /// (docs/capture-format.md; read it with `tlpbridge pcap show` or Wireshark).
     #[arg(long, value_name = "FILE")]
@@ -162,11 +166,8 @@ pub fn run(args: RunArgs) -> ExitCode {
         completion_timeout: args.cpl_timeout,
         device_timeout: args.device_timeout,
         ten_bit_tags: args.ten_bit_tags,
-        split_non_prefetchable: if args.whole_accesses {
-            bridge::engine::AccessSplit::Whole
-        } else {
-            bridge::engine::AccessSplit::Aligned8
-        },
+        split_non_prefetchable: if args.whole_accesses { AccessSplit::Whole } else { AccessSplit::Aligned8 },
+        split_prefetchable: if args.split_prefetchable { AccessSplit::Aligned8 } else { AccessSplit::Whole },
         dma_windows: if args.no_dma {
             DmaWindows::Disabled
         } else if args.dma_window.is_empty() {
@@ -233,7 +234,9 @@ pub fn run(args: RunArgs) -> ExitCode {
             reason = engine.stopped() => Some(reason),
         };
         let counters = engine.shutdown().await;
-        tracing::info!(counters = %counters, "tlpbridge run finished");
+        // Printed, not logged: the counters are the run's result and must show with the default
+        // log filter.
+        eprintln!("tlpbridge run finished: {counters}");
         finish_capture(capture).await;
         match outcome {
             None => ExitCode::SUCCESS,

@@ -76,8 +76,14 @@ pub struct EngineConfig {
     /// When the server's connection ends, how long to try connecting to a restarted server at
     /// the same path (`None`: the engine stops). Never used with [`ServerEndpoint::Socket`].
     pub reconnect_window: Option<Duration>,
-    /// Depth of the posted and of the non-posted request queue.
-    pub request_queue_depth: usize,
+    /// Depth of the posted request queue. When it is full the link reader waits (back-pressure,
+    /// like exhausted posted credits).
+    pub posted_queue_depth: usize,
+    /// Depth of the non-posted request queue. The link reader never waits on it, so that posted
+    /// writes and completions are never held behind reads: a non-posted request that finds it
+    /// full is answered Completer Abort (`non_posted_overflow`). The default holds every request
+    /// one requester can have outstanding (1024 tags with 10-bit tags).
+    pub non_posted_queue_depth: usize,
     /// Non-posted requests awaiting the server at once.
     pub max_outstanding_non_posted: usize,
     /// Device DMA requests served at once.
@@ -105,7 +111,8 @@ impl Default for EngineConfig {
             dma_windows: DmaWindows::Default,
             connect_window: Duration::from_secs(5),
             reconnect_window: None,
-            request_queue_depth: 64,
+            posted_queue_depth: 64,
+            non_posted_queue_depth: 1024,
             max_outstanding_non_posted: 32,
             max_concurrent_dma: 16,
             max_reads_per_dma: 64,
@@ -136,7 +143,8 @@ impl EngineConfig {
             ));
         }
         for (name, value) in [
-            ("request_queue_depth", self.request_queue_depth),
+            ("posted_queue_depth", self.posted_queue_depth),
+            ("non_posted_queue_depth", self.non_posted_queue_depth),
             ("max_outstanding_non_posted", self.max_outstanding_non_posted),
             ("max_concurrent_dma", self.max_concurrent_dma),
             ("max_reads_per_dma", self.max_reads_per_dma),
@@ -191,7 +199,7 @@ mod tests {
         assert!(EngineConfig::default().validate().is_ok());
         let bad = EngineConfig { mps: 100, ..EngineConfig::default() };
         assert!(bad.validate().unwrap_err().to_string().contains("mps 100"));
-        let bad = EngineConfig { request_queue_depth: 0, ..EngineConfig::default() };
-        assert!(bad.validate().unwrap_err().to_string().contains("request_queue_depth"));
+        let bad = EngineConfig { posted_queue_depth: 0, ..EngineConfig::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("posted_queue_depth"));
     }
 }

@@ -76,8 +76,11 @@ counters! {
     poisoned,
     /// Messages from the root port (logged, not acted on).
     messages_received,
-    /// Requests the server did not answer within the device timeout (answered CA).
+    /// Requests not answered by the server within the device timeout of their arrival, counting
+    /// the time queued in the bridge (answered CA).
     device_timeouts,
+    /// Non-posted requests that found the non-posted queue full (answered CA at once).
+    non_posted_overflow,
     /// Requests the server answered with an error (answered CA).
     device_errors,
     /// Outstanding DMA reads whose completion did not arrive in time.
@@ -100,7 +103,8 @@ counters! {
     msix_sent,
     /// Assert_INTx messages sent.
     intx_asserted,
-    /// Interrupts held pending because the vector was masked.
+    /// Interrupts held pending because the vector was masked (or, for MSI/MSI-X, Bus Master
+    /// Enable was clear).
     interrupts_masked,
     /// Device resets (FLR, hot reset, link down).
     resets,

@@ -362,7 +362,9 @@ impl FunctionState {
         if touches(header::COMMAND, 2) {
             let before = self.command;
             self.command = self.shadow_u16(header::COMMAND);
-            if (before ^ self.command) & cs::Command::INTX_DISABLE != 0 {
+            // Bus Master Enable gates MSI/MSI-X (they are memory writes): setting it delivers
+            // what was held pending while it was clear.
+            if (before ^ self.command) & (cs::Command::INTX_DISABLE | cs::Command::BUS_MASTER) != 0 {
                 effects.interrupts_changed = true;
             }
         }

@@ -6,7 +6,9 @@
 //! server (INTx at start, MSI when MSI Enable is set, MSI-X when MSI-X Enable is set; switching
 //! disables the others, as QEMU's vfio-pci does). Masked vectors are held pending (MSI Mask
 //! Bits, MSI-X per-vector and function masks) and delivered on unmask; the MSI-X PBA the host
-//! reads is served from these pending bits. INTx follows QEMU's EOI heuristic: assert once,
+//! reads is served from these pending bits. MSI and MSI-X are memory writes, so they are also
+//! held pending while Bus Master Enable is clear (PCIe §7.5.1.1.3) and delivered once it is set.
+//! INTx follows QEMU's EOI heuristic: assert once,
 //! and on the next BAR access deassert and `SET_IRQS(INTX, UNMASK)` so the device can fire again.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -311,7 +313,10 @@ impl InterruptTask {
                 }
             }
             Mode::Msi(n) if vector < n => {
-                let masked = self.shared.function().msi.is_some_and(|m| m.mask_bits & (1 << vector) != 0);
+                let masked = {
+                    let f = self.shared.function();
+                    !f.bus_master() || f.msi.is_some_and(|m| m.mask_bits & (1 << vector) != 0)
+                };
                 if masked {
                     Counters::inc(&self.shared.counters.interrupts_masked);
                     self.shared.irq().msi_pending |= 1 << vector;
@@ -320,7 +325,10 @@ impl InterruptTask {
                 }
             }
             Mode::Msix => {
-                let function_mask = self.shared.function().msix.is_some_and(|m| m.function_mask);
+                let function_mask = {
+                    let f = self.shared.function();
+                    !f.bus_master() || f.msix.is_some_and(|m| m.function_mask)
+                };
                 let entry = self.shared.irq().entry(vector);
                 match entry {
                     Some(entry) if !function_mask && !entry.masked() => self.send_msix(vector, entry).await,
@@ -355,6 +363,7 @@ impl InterruptTask {
                     self.send_intx(true).await;
                 }
             }
+            Mode::Msi(_) | Mode::Msix if !self.shared.function().bus_master() => {}
             Mode::Msi(n) => {
                 let mask = self.shared.function().msi.map_or(0, |m| m.mask_bits);
                 let due = {

@@ -186,8 +186,8 @@ impl Engine {
             client: Mutex::new(None),
         });
         let exit_tx = Arc::new(exit_tx);
-        let (posted_tx, posted_rx) = mpsc::channel(config.request_queue_depth);
-        let (np_tx, np_rx) = mpsc::channel(config.request_queue_depth);
+        let (posted_tx, posted_rx) = mpsc::channel(config.posted_queue_depth);
+        let (np_tx, np_rx) = mpsc::channel(config.non_posted_queue_depth);
         let mut request_tasks = JoinSet::new();
         // The reader runs from the start so that the root port gets CRS while we connect.
         let reader = LinkReader {

@@ -12,7 +12,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -42,6 +41,10 @@ pub struct Request {
     pub tlp: Tlp,
     /// Posted requests that arrived before this one (for a posted request: its own ordinal).
     pub posted_before: u64,
+    /// When the link reader took it: the device timeout counts from here, so time spent queued
+    /// in the bridge (behind earlier writes, waiting for a slot) is part of it and the root port
+    /// gets its Completer Abort before its own completion timeout fires.
+    pub arrived: Instant,
 }
 
 /// Why the link reader stopped.
@@ -165,7 +168,7 @@ impl LinkReader {
                 }
             }
             Body::Memory(m) if m.op == MemOp::Write => {
-                let request = Request { tlp, posted_before: self.posted_count };
+                let request = Request { tlp, posted_before: self.posted_count, arrived: Instant::now() };
                 self.posted_count += 1;
                 let _ = self.posted.send(request).await;
             }
@@ -182,8 +185,25 @@ impl LinkReader {
         }
     }
 
+    /// Never waits: a reader blocked on a full non-posted queue would hold the posted writes and
+    /// completions behind it (PCIe §2.4.1: posted requests must be able to pass blocked
+    /// non-posted ones).
     async fn queue_non_posted(&mut self, tlp: Tlp) {
-        let _ = self.non_posted.send(Request { tlp, posted_before: self.posted_count }).await;
+        let request = Request { tlp, posted_before: self.posted_count, arrived: Instant::now() };
+        match self.non_posted.try_send(request) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(request)) => {
+                Counters::inc(&self.shared.counters.non_posted_overflow);
+                warn!(
+                    tlp = %request.tlp,
+                    depth = self.shared.config.non_posted_queue_depth,
+                    "non-posted queue full (more requests outstanding than the bridge holds); answering Completer Abort"
+                );
+                self.shared.complete_with(&request.tlp, CplStatus::Ca).await;
+            }
+            // The dispatcher has stopped: the engine is shutting down.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 }
 
@@ -308,8 +328,17 @@ enum Piece {
         data: Vec<u8>,
         at: usize,
     },
-    /// The request could not be queued.
-    Failed(String),
+    /// The access could not be queued, or its time ran out first.
+    Failed {
+        timed_out: bool,
+        why: String,
+    },
+}
+
+impl Piece {
+    fn failed(e: ClientError) -> Piece {
+        Piece::Failed { timed_out: matches!(e, ClientError::Timeout { .. }), why: e.to_string() }
+    }
 }
 
 /// How a completion task receives its pieces: a request of one piece (most MMIO accesses) hands
@@ -346,16 +375,33 @@ pub async fn non_posted_dispatcher(
                 continue;
             }
         };
+        let deadline = request.arrived + shared.device_timeout;
         // A read must not pass an earlier posted write.
-        if posted_done.wait_for(|done| *done >= request.posted_before).await.is_err() {
-            break;
+        // (The watch's read guard must not live across an await: one statement.)
+        let waited = timeout_at(deadline, posted_done.wait_for(|done| *done >= request.posted_before))
+            .await
+            .map(|seen| seen.is_ok());
+        match waited {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(_) => {
+                shared.expire_request(&request.tlp, "earlier posted writes").await;
+                continue;
+            }
         }
-        let Ok(permit) = limit.clone().acquire_owned().await else { break };
+        let permit = match timeout_at(deadline, limit.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => break,
+            Err(_) => {
+                shared.expire_request(&request.tlp, "an outstanding-request slot").await;
+                continue;
+            }
+        };
         let Some(client) = shared.client() else {
             shared.complete_with(&request.tlp, CplStatus::Ca).await;
             continue;
         };
-        dispatch_non_posted(&shared, &client, request.tlp, permit, &mut completions).await;
+        dispatch_non_posted(&shared, &client, request.tlp, deadline, permit, &mut completions).await;
     }
     let grace = Instant::now() + shared.config.shutdown_grace;
     while !completions.is_empty() {
@@ -373,9 +419,16 @@ async fn dispatch_non_posted(
     shared: &Arc<Shared>,
     client: &Client,
     tlp: Tlp,
+    deadline: Instant,
     permit: OwnedSemaphorePermit,
     completions: &mut JoinSet<()>,
 ) {
+    if Instant::now() >= deadline {
+        // Before any effect (a config write's snoop): a request the root port has given up on
+        // is answered CA, not carried out.
+        shared.expire_request(&tlp, "dispatch").await;
+        return;
+    }
     let mut after = AfterCompletion::default();
     let target = match &tlp.body {
         Body::Config(c) => {
@@ -464,7 +517,7 @@ async fn dispatch_non_posted(
     let (first, total) = target.span.unwrap_or((0, 0));
     if let Some(data) = target.local_pba {
         let pieces = Pieces::One(Some(Piece::Local { data, at: 0 }));
-        completions.spawn(complete(shared.clone(), tlp, pieces, total as usize, after, permit));
+        completions.spawn(complete(shared.clone(), tlp, pieces, total as usize, after, deadline, permit));
         return;
     }
     // `base` is the region offset of the request's first DW (byte offset 0 of the runs).
@@ -475,23 +528,37 @@ async fn dispatch_non_posted(
     let (first_piece, second_piece) = (plan.next(), plan.next());
     let Some(second_piece) = second_piece else {
         let piece = match first_piece {
-            Some(at_count) => Some(
-                start_piece(client, &target, base, first, at_count, &tlp.payload, shared.device_timeout)
-                    .await,
-            ),
+            Some(at_count) => {
+                Some(start_piece(client, &target, base, first, at_count, &tlp.payload, deadline).await)
+            }
             // Nothing to access (no byte enabled): the completion task answers at once.
             None => None,
         };
-        completions.spawn(complete(shared.clone(), tlp, Pieces::One(piece), total as usize, after, permit));
+        completions.spawn(complete(
+            shared.clone(),
+            tlp,
+            Pieces::One(piece),
+            total as usize,
+            after,
+            deadline,
+            permit,
+        ));
         return;
     };
     let (tx, rx) = mpsc::channel::<Piece>(16);
     let payload = tlp.payload.clone();
-    completions.spawn(complete(shared.clone(), tlp, Pieces::Stream(rx), total as usize, after, permit));
+    completions.spawn(complete(
+        shared.clone(),
+        tlp,
+        Pieces::Stream(rx),
+        total as usize,
+        after,
+        deadline,
+        permit,
+    ));
     for at_count in first_piece.into_iter().chain([second_piece]).chain(plan) {
-        let piece =
-            start_piece(client, &target, base, first, at_count, &payload, shared.device_timeout).await;
-        let failed = matches!(piece, Piece::Failed(_));
+        let piece = start_piece(client, &target, base, first, at_count, &payload, deadline).await;
+        let failed = matches!(piece, Piece::Failed { .. });
         if tx.send(piece).await.is_err() || failed {
             return;
         }
@@ -506,20 +573,29 @@ async fn start_piece(
     first: u32,
     (at, count): (u64, u32),
     payload: &[u8],
-    device_timeout: Duration,
+    deadline: Instant,
 ) -> Piece {
+    // The client times the access out at the request's deadline, not a full device timeout
+    // after it was sent.
+    let device_timeout = deadline.saturating_duration_since(Instant::now());
+    if device_timeout.is_zero() {
+        return Piece::Failed {
+            timed_out: true,
+            why: "device timeout passed before the access was sent".into(),
+        };
+    }
     let dest = (at - base) as usize - first as usize;
     if target.write {
         let from = (at - base) as usize;
         let data = payload.get(from..from + count as usize).unwrap_or(&[]);
         match client.start_region_write(target.region, at, data, device_timeout).await {
             Ok(pending) => Piece::Write(pending),
-            Err(e) => Piece::Failed(e.to_string()),
+            Err(e) => Piece::failed(e),
         }
     } else {
         match client.start_region_read(target.region, at, count, device_timeout).await {
             Ok(pending) => Piece::Read { pending, at: dest },
-            Err(e) => Piece::Failed(e.to_string()),
+            Err(e) => Piece::failed(e),
         }
     }
 }
@@ -553,9 +629,9 @@ async fn complete(
     mut pieces: Pieces,
     len: usize,
     after: AfterCompletion,
+    deadline: Instant,
     _permit: OwnedSemaphorePermit,
 ) {
-    let deadline = Instant::now() + shared.device_timeout;
     let mut data: Option<Vec<u8>> = None;
     let mut failure: Option<(bool, String)> = None;
     loop {
@@ -588,7 +664,7 @@ async fn complete(
                 place_piece(&mut data, len, at, bytes);
                 Ok(())
             }
-            Piece::Failed(e) => Err((false, e)),
+            Piece::Failed { timed_out, why } => Err((timed_out, why)),
         };
         if let Err(f) = outcome {
             failure = Some(f);
@@ -765,6 +841,14 @@ impl Shared {
             digest: None,
         };
         let _ = self.tx.send(&tlp).await;
+    }
+
+    /// Answers CA to a non-posted request whose device timeout ran out while it waited in the
+    /// bridge for `waiting_for`, before it reached the server.
+    async fn expire_request(&self, tlp: &Tlp, waiting_for: &str) {
+        Counters::inc(&self.counters.device_timeouts);
+        warn!(tlp = %tlp, waiting_for, timeout = ?self.device_timeout, "device timeout passed while the request was queued in the bridge; answering Completer Abort");
+        self.complete_with(tlp, CplStatus::Ca).await;
     }
 
     /// Answers a non-posted request with a failure status (UR, CA, CRS) and counts it.

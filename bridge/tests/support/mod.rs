@@ -25,6 +25,12 @@ pub const STEP: Duration = Duration::from_secs(10);
 pub const BAR0_SIZE: u64 = 0x1000;
 pub const BAR2_SIZE: u64 = 0x20_0000;
 pub const BAR1_SIZE: u64 = 0x100;
+/// Expansion ROM (region 6); its bytes are `rom_byte(offset)`.
+pub const ROM_SIZE: u64 = 0x800;
+
+pub fn rom_byte(offset: usize) -> u8 {
+    (offset as u8).wrapping_mul(3) ^ 0x55
+}
 pub const BAR1_IO_ADDRESS: u32 = 0xc000;
 pub const MSI_CAP: u16 = 0x40;
 pub const MSIX_CAP: u16 = 0x60;
@@ -61,6 +67,7 @@ pub struct Device {
     pub bar0: Vec<u8>,
     pub bar2: Vec<u8>,
     pub bar1: Vec<u8>,
+    pub rom: Vec<u8>,
     pub accesses: Vec<Access>,
     pub irq_fds: [Vec<Option<OwnedFd>>; 3],
     /// (index, flags, start, count, fds)
@@ -107,6 +114,7 @@ impl Device {
             bar0: vec![0; BAR0_SIZE as usize],
             bar2: vec![0; BAR2_SIZE as usize],
             bar1: vec![0; BAR1_SIZE as usize],
+            rom: (0..ROM_SIZE as usize).map(rom_byte).collect(),
             irq_fds: [Vec::new(), Vec::new(), Vec::new()],
             ..Default::default()
         }))
@@ -119,6 +127,7 @@ fn region_size(index: u32, device: &Mutex<Device>) -> u64 {
     match index {
         0 => device.lock().unwrap().bar0.len() as u64,
         1 => BAR1_SIZE,
+        6 => ROM_SIZE,
         2 => BAR2_SIZE,
         7 => 256,
         _ => 0,
@@ -279,7 +288,10 @@ fn config_write(config: &mut [u8], offset: usize, data: &[u8]) {
     config[0x18..0x20].copy_from_slice(&bar2.to_le_bytes());
     let bar1 = bar_value_after_write(BarKind::Io, false, BAR1_SIZE, u64::from(read(config, 0x14)));
     config[0x14..0x18].copy_from_slice(&(bar1 as u32).to_le_bytes());
-    for unimplemented in [0x20usize, 0x24, 0x30] {
+    // The ROM BAR keeps its address bits above the size and the enable bit.
+    let rom = read(config, 0x30) & (!(ROM_SIZE as u32 - 1) | 1);
+    config[0x30..0x34].copy_from_slice(&rom.to_le_bytes());
+    for unimplemented in [0x20usize, 0x24] {
         config[unimplemented..unimplemented + 4].fill(0);
     }
 }
@@ -297,7 +309,7 @@ async fn region_access(
     let data = view.trailing().to_vec();
     let write = header.command == Command::RegionWrite;
     let (offset, count) = (access.offset as usize, access.count as usize);
-    if !matches!(access.region, 0 | 1 | 2 | 7) {
+    if !matches!(access.region, 0 | 1 | 2 | 6 | 7) || (access.region == 6 && write) {
         return send_error(main, header, 22).await;
     }
     let mut action = None;
@@ -321,6 +333,7 @@ async fn region_access(
                 0 => Some(&mut dev.bar0),
                 1 => Some(&mut dev.bar1),
                 2 => Some(&mut dev.bar2),
+                6 => Some(&mut dev.rom),
                 _ => None,
             };
             match backing {
@@ -428,6 +441,8 @@ pub enum ReadPolicy {
     Hold,
     /// Answer with Unsupported Request.
     Ur,
+    /// Answer with Completer Abort.
+    Ca,
 }
 
 pub struct Host {
@@ -531,8 +546,9 @@ async fn host_task(
                 };
                 match policy {
                     ReadPolicy::InOrder => answer(&rp, &host, &tlp, link).await,
-                    ReadPolicy::Ur => {
-                        let cpl = unsuccessful_completion(&tlp, RC_ID, CplStatus::Ur).unwrap();
+                    ReadPolicy::Ur | ReadPolicy::Ca => {
+                        let status = if policy == ReadPolicy::Ur { CplStatus::Ur } else { CplStatus::Ca };
+                        let cpl = unsuccessful_completion(&tlp, RC_ID, status).unwrap();
                         rp.send_tlp(cpl.to_bytes()).await.unwrap();
                     }
                     ReadPolicy::Hold => host.lock().unwrap().held.push(tlp),
