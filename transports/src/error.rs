@@ -21,6 +21,12 @@ pub enum Error {
     #[error("malformed vfio-user message from the server: {0}")]
     Malformed(String),
 
+    /// The server sent a command larger than the receive limit. Its body was read and
+    /// discarded, so the stream is still framed: the command can be refused (E2BIG) and the
+    /// connection goes on.
+    #[error("{header}: command of {} bytes exceeds the {limit}-byte limit; its body was discarded", header.size)]
+    OversizedCommand { header: crate::vfio_user::wire::HeaderRepr, limit: usize },
+
     /// The server answered VERSION with a version this client cannot speak.
     #[error(
         "vfio-user server replied with version {major}.{minor}; this client proposed 0.2 and accepts 0.0 to 0.2"

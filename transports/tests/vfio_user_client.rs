@@ -522,6 +522,27 @@ async fn dma_outside_windows_or_oversized_is_refused_before_the_handler() {
     assert_eq!(memory.calls(), 0);
 }
 
+/// A DMA_WRITE larger than the client's whole receive limit (16 + 16 + the larger of the two
+/// max_data_xfer_sizes) cannot be buffered; its body is skipped, it gets E2BIG, and the
+/// connection goes on.
+#[tokio::test]
+async fn dma_write_beyond_the_receive_limit_gets_e2big_and_the_connection_goes_on() {
+    let memory = Memory::new(MEM_BASE, 0x1000);
+    let config =
+        ClientConfig { dma: DmaMode::Windows(vec![memory.window()]), max_data_xfer_size: 256, ..config() };
+    let (client, _events, mut peer) =
+        connect(config, Hello::libvfio_user_like(8, 64 * 1024, true), memory.clone()).await;
+    let huge = vec![0x5a; 256 * 1024];
+    let id = peer.send_dma(Command::DmaWrite, MEM_BASE, huge.len() as u64, &huge).await;
+    let reply = recv(peer.dma_socket()).await;
+    assert_eq!((reply.header.id, reply.header.error), (id, Some(7)));
+    let id = peer.send_dma(Command::DmaWrite, MEM_BASE + 0x10, 2, &[1, 2]).await;
+    let reply = recv(peer.dma_socket()).await;
+    assert_eq!((reply.header.id, reply.header.error), (id, None));
+    assert_eq!(memory.calls(), 1);
+    drop(client);
+}
+
 #[tokio::test]
 async fn dma_with_dma_disabled_is_refused() {
     let memory = Memory::new(MEM_BASE, 0x1000);

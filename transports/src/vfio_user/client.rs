@@ -32,7 +32,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, timeout_at};
-use tracing::{Instrument, debug, debug_span, error, info, warn};
+use tracing::{Instrument, debug, debug_span, error, info, trace, warn};
 
 use super::caps::{self, ClientCapabilities, PROPOSED_MAJOR, PROPOSED_MINOR, ServerCapabilities, TwinSocket};
 use super::dma::{DmaDirection, DmaError, DmaHandler, DmaWindow, DmaWindowTable};
@@ -647,6 +647,7 @@ impl PostedWrites<'_> {
                 )?;
                 self.first_id.get_or_insert(id);
                 self.messages += 1;
+                trace!(id, region = index, offset = at, count, "posted REGION_WRITE gathered");
             }
             Ok(())
         });
@@ -807,6 +808,17 @@ impl Reader {
             let message = match received {
                 Ok(Some(message)) => message,
                 Ok(None) => break Err(DisconnectReason::ServerClosed),
+                Err(Error::OversizedCommand { header, limit }) => {
+                    warn!(socket = self.name, command = %header.command, id = header.id, size = header.size, limit, "server command larger than the client accepts; replying E2BIG");
+                    if header.no_reply {
+                        continue;
+                    }
+                    let bytes = error_reply(&header, nix::errno::Errno::E2BIG as u32);
+                    match self.refuse(ServerReply::whole(bytes, None)).await {
+                        Ok(()) => continue,
+                        Err(reason) => break Err(reason),
+                    }
+                }
                 Err(Error::Malformed(what)) => break Err(DisconnectReason::Malformed(what)),
                 Err(e) => break Err(DisconnectReason::Io(e.to_string())),
             };
@@ -1911,6 +1923,7 @@ impl Client {
         let request = RegionAccessRepr { offset, region: index, count };
         let reply =
             self.start_request(Command::RegionRead, &request.to_array(), &[], Vec::new(), timeout).await?;
+        trace!(id = reply.id, region = index, offset, count, "REGION_READ queued");
         Ok(PendingRegionRead { client: self.clone(), request, reply })
     }
 
@@ -1928,6 +1941,7 @@ impl Client {
         let request = RegionAccessRepr { offset, region: index, count };
         let reply =
             self.start_request(Command::RegionWrite, &request.to_array(), data, Vec::new(), timeout).await?;
+        trace!(id = reply.id, region = index, offset, count, "REGION_WRITE queued");
         Ok(PendingRegionWrite { client: self.clone(), request, reply })
     }
 

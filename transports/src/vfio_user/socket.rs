@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::tap::{MessageTap, SocketRole, TapDirection};
-use super::wire::{HEADER_LEN, Header, HeaderRepr};
+use super::wire::{HEADER_LEN, Header, HeaderRepr, MessageType};
 use crate::error::Error;
 
 /// The most fds one received message may carry (QEMU's bound on `max_msg_fds`).
@@ -205,6 +205,11 @@ impl MessageSocket {
             got += bytes;
         }
         let header = HeaderRepr::parse(&Header::new_checked(&header_bytes[..])?)?;
+        if header.size as usize > max_size && header.message_type == MessageType::Command {
+            // A command can be refused without its body: skip the body to keep the framing.
+            self.discard(header.payload_len(), &header).await?;
+            return Err(Error::OversizedCommand { header, limit: max_size });
+        }
         if header.size as usize > max_size {
             return Err(Error::Malformed(format!(
                 "{header}: message of {} bytes exceeds the {max_size}-byte limit",
@@ -245,6 +250,29 @@ impl MessageSocket {
             tap.message(TapDirection::Received, *role, &whole, fds.len());
         }
         Ok(Some(ReceivedMessage { header, payload, fds }))
+    }
+
+    /// Reads and drops `len` body bytes of `header`'s message, 64 KiB at a time.
+    async fn discard(&self, len: usize, header: &HeaderRepr) -> Result<(), Error> {
+        let mut scratch = vec![0u8; len.min(64 * 1024)];
+        let mut left = len;
+        while left > 0 {
+            self.stream.readable().await.map_err(io_error("discarding an oversized message"))?;
+            let chunk = left.min(scratch.len());
+            match self.stream.try_read(scratch.get_mut(..chunk).unwrap_or(&mut [])) {
+                Ok(0) => {
+                    return Err(Error::Malformed(format!(
+                        "{header}: connection closed after {} of {len} payload bytes",
+                        len - left
+                    )));
+                }
+                Ok(n) => left -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(Error::Io { context: "discarding an oversized message", source }),
+            }
+        }
+        Ok(())
     }
 
     /// Shuts both directions down so the peer sees EOF.
