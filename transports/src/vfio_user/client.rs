@@ -803,7 +803,7 @@ impl Reader {
             let received = tokio::select! {
                 biased;
                 _ = wait_shutdown(&mut shutdown) => break Ok(()),
-                received = self.socket.recv(self.max_size, self.max_fds) => received,
+                received = self.socket.recv_skipping_oversized_commands(self.max_size, self.max_fds) => received,
             };
             let message = match received {
                 Ok(Some(message)) => message,

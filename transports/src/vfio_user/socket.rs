@@ -157,8 +157,30 @@ impl MessageSocket {
     }
 
     /// Receives one message of at most `max_size` bytes (header included) with at most
-    /// `max_fds` fds. Returns `Ok(None)` on a clean EOF at a message boundary.
+    /// `max_fds` fds. Returns `Ok(None)` on a clean EOF at a message boundary. A larger message
+    /// is [`Error::Malformed`].
     pub async fn recv(&self, max_size: usize, max_fds: usize) -> Result<Option<ReceivedMessage>, Error> {
+        self.recv_message(max_size, max_fds, false).await
+    }
+
+    /// Like [`MessageSocket::recv`], but a *command* larger than `max_size` has its body read and
+    /// discarded and comes back as [`Error::OversizedCommand`], the stream still framed, so that
+    /// it can be refused (the client's answer to an oversized DMA_WRITE). Larger replies are
+    /// still malformed.
+    pub async fn recv_skipping_oversized_commands(
+        &self,
+        max_size: usize,
+        max_fds: usize,
+    ) -> Result<Option<ReceivedMessage>, Error> {
+        self.recv_message(max_size, max_fds, true).await
+    }
+
+    async fn recv_message(
+        &self,
+        max_size: usize,
+        max_fds: usize,
+        skip_oversized_commands: bool,
+    ) -> Result<Option<ReceivedMessage>, Error> {
         let socket_fd = self.stream.as_raw_fd();
         let mut header_bytes = [0u8; HEADER_LEN];
         let mut got = 0usize;
@@ -205,7 +227,10 @@ impl MessageSocket {
             got += bytes;
         }
         let header = HeaderRepr::parse(&Header::new_checked(&header_bytes[..])?)?;
-        if header.size as usize > max_size && header.message_type == MessageType::Command {
+        if skip_oversized_commands
+            && header.size as usize > max_size
+            && header.message_type == MessageType::Command
+        {
             // A command can be refused without its body: skip the body to keep the framing.
             self.discard(header.payload_len(), &header).await?;
             return Err(Error::OversizedCommand { header, limit: max_size });
