@@ -364,6 +364,25 @@ async fn flr_resets_the_device_and_the_bar_map() {
 }
 
 #[tokio::test]
+async fn a_request_right_behind_an_flr_sees_the_reset_function() {
+    let Setup { engine, mut rc, .. } = setup(config()).await;
+    rc.enumerate().await;
+    // The MRd follows the FLR write on the link before its completion comes back.
+    let flr = rc.config_request(RoutingId::new(1, 0, 0), CfgType::Type0, PCIE_CAP + 8, Some(0xa000), 0xf);
+    let read = rc.mem_read_tlp(BAR0_ADDRESS, 4);
+    rc.send(&flr).await;
+    rc.send(&read).await;
+    let mut statuses = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let cpl = rc.next_completion().await;
+        statuses.insert(cpl.tag(), status(&cpl));
+    }
+    assert_eq!(statuses[&flr.tag()], CplStatus::Sc);
+    assert_eq!(statuses[&read.tag()], CplStatus::Ur, "the BAR map was reset by the FLR");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
 async fn malformed_and_poisoned_tlps_are_dropped_and_counted() {
     let Setup { engine, mut rc, .. } = setup(config()).await;
     rc.enumerate().await;

@@ -447,6 +447,13 @@ async fn dispatch_non_posted(
                         after.interrupts |= effects.interrupts_changed;
                     }
                 }
+                drop(f);
+                if after.flr {
+                    // The function's state resets before the dispatcher takes the next request,
+                    // so a request right behind the FLR sees the reset function (CRS or UR), not
+                    // the old BAR map; the server's DEVICE_RESET follows the write's completion.
+                    shared.begin_reset(ResetKind::Flr);
+                }
             }
             let span = enabled_span(&runs);
             let first = span.map_or(0, |(first, _)| u64::from(first));
@@ -717,7 +724,6 @@ async fn complete(
         }
     }
     if after.flr {
-        shared.begin_reset(ResetKind::Flr);
         shared.request_reset(ResetKind::Flr);
     } else if after.interrupts {
         let _ = shared.irq_commands.send(IrqCommand::Reconfigure).await;
