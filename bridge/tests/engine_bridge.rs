@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use bridge::engine::{AccessSplit, DmaWindows, EngineConfig};
+use bridge::engine::{AccessSplit, DmaWindows, EngineConfig, MAX_DMA_WINDOW, WHOLE_BUS_WINDOW};
 use support::*;
 use tlp::{Body, CfgType, CplStatus, RoutingId};
 use transports::vfio_user::DmaWindow;
@@ -722,5 +722,31 @@ async fn access_splitting_is_configurable_for_each_kind_of_bar() {
     let seen: Vec<(u32, u64, u32)> =
         device.lock().unwrap().accesses.iter().map(|a| (a.region, a.offset, a.count)).collect();
     assert_eq!(seen, vec![(0, 0x10, 16), (2, 0x10, 8), (2, 0x18, 8)]);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_default_dma_window_is_the_whole_address_space_the_server_accepts() {
+    // A server that takes any map: one window of the whole 64-bit space.
+    let Setup { engine, device, .. } = setup(config()).await;
+    assert_eq!(device.lock().unwrap().dma_maps, vec![(0, WHOLE_BUS_WINDOW)]);
+    engine.shutdown().await;
+    // libvfio-user's limits (8 TiB per map, 16 maps): 16 windows of 8 TiB, 128 TiB from 0.
+    let device = Device::new();
+    device.lock().unwrap().dma_map_limits = Some((MAX_DMA_WINDOW, 16));
+    let fd = spawn_server(device.clone());
+    let (engine, mut rc) = setup_on(config(), transports::link::MemoryClock::Wall, fd).await;
+    let maps = device.lock().unwrap().dma_maps.clone();
+    let expected: Vec<(u64, u64)> = (0..16).map(|i| (i * MAX_DMA_WINDOW, MAX_DMA_WINDOW)).collect();
+    assert_eq!(maps, expected);
+    // A DMA read near the top of the last window reaches the link (the root complex answers
+    // UR: nothing is there); one beyond it is refused by the client before any MRd.
+    rc.enumerate().await;
+    rc.host.lock().unwrap().policy = ReadPolicy::Ur;
+    let top = 16 * MAX_DMA_WINDOW;
+    assert_eq!(rc.device_dma(1, top - 0x1000, 4).await, nix::errno::Errno::EFAULT as u32);
+    assert_eq!(rc.host.lock().unwrap().mrds, 1);
+    assert_eq!(rc.device_dma(1, top, 4).await, nix::errno::Errno::EFAULT as u32);
+    assert_eq!(rc.host.lock().unwrap().mrds, 1);
     engine.shutdown().await;
 }

@@ -34,7 +34,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     device_timeout: Option<Duration>,
     /// A DMA window START:SIZE (hex with 0x or decimal; SIZE may end in K, M, G, T); repeat
-    /// for several. Without it one window [0, 8 TiB) is mapped.
+    /// for several. Without it, the whole address space the server accepts is mapped
+    /// (docs/run.md).
     #[arg(long, value_name = "START:SIZE", value_parser = parse_window, conflicts_with = "no_dma")]
     dma_window: Vec<DmaWindow>,
     /// Map no DMA window (for servers that cannot take DMA_MAP without fd, e.g. usbvfiod).

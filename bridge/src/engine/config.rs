@@ -10,6 +10,13 @@ use super::error::{BridgeError, Result};
 
 /// The largest DMA window libvfio-user accepts in one DMA_MAP (its `MAX_DMA_SIZE`, 8 TiB).
 pub const MAX_DMA_WINDOW: u64 = 8 << 40;
+/// The default window when the server takes it: the whole 64-bit bus address space but its last
+/// 4 KiB page (a window's end must fit in 64 bits).
+pub const WHOLE_BUS_WINDOW: u64 = u64::MAX - 0xfff;
+/// How far the default reaches with [`MAX_DMA_WINDOW`]-sized windows, when the server refuses
+/// the whole space: 48-bit bus addresses (256 TiB, 32 windows), or fewer if the server's window
+/// count runs out first (libvfio-user keeps 16: 128 TiB).
+pub const DEFAULT_DMA_REACH: u64 = 1 << 48;
 
 /// Where the vfio-user server is.
 #[derive(Debug)]
@@ -34,7 +41,11 @@ pub enum AccessSplit {
 /// What the device's DMA may reach.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DmaWindows {
-    /// One read-write window `[0, MAX_DMA_WINDOW)`: the largest single map libvfio-user accepts.
+    /// The whole bus address space the server accepts: one read-write window of
+    /// [`WHOLE_BUS_WINDOW`] bytes from 0; if the server refuses it, consecutive
+    /// [`MAX_DMA_WINDOW`] windows from 0 until the server refuses one or [`DEFAULT_DMA_REACH`]
+    /// is covered (a DMA must lie inside one window, so one that crosses an 8 TiB boundary is
+    /// then refused).
     Default,
     /// Exactly these windows (an IOMMU: DMA elsewhere is refused).
     List(Vec<DmaWindow>),
@@ -183,7 +194,8 @@ impl EngineConfig {
     pub(crate) fn windows(&self) -> transports::vfio_user::DmaMode {
         use transports::vfio_user::DmaMode;
         match &self.dma_windows {
-            DmaWindows::Default => DmaMode::Windows(vec![DmaWindow::read_write(0, MAX_DMA_WINDOW)]),
+            // Mapped after negotiation by the engine (`map_default_windows`), which tries sizes.
+            DmaWindows::Default => DmaMode::Windows(Vec::new()),
             DmaWindows::List(list) => DmaMode::Windows(list.clone()),
             DmaWindows::Disabled => DmaMode::Disabled,
         }

@@ -30,9 +30,12 @@ use tlp::split::LinkParams;
 use tlp::{MessageCode, MsgRouting};
 use transports::link::{Link, LinkClock};
 use transports::vfio_user::wire::irq_index;
-use transports::vfio_user::{Client, ClientConfig, ClientEvent, EventReceiver};
+use transports::vfio_user::{Client, ClientConfig, ClientEvent, DmaWindow, EventReceiver};
 
-pub use config::{AccessSplit, DmaWindows, EngineConfig, ServerEndpoint};
+pub use config::{
+    AccessSplit, DEFAULT_DMA_REACH, DmaWindows, EngineConfig, MAX_DMA_WINDOW, ServerEndpoint,
+    WHOLE_BUS_WINDOW,
+};
 pub use counters::{Counters, CountersSnapshot};
 pub use error::{BridgeError, Result};
 pub use link_spec::{LinkKind, LinkRegistry, LinkSpec};
@@ -393,15 +396,15 @@ async fn connect(
         tap: config.capture.clone().map(|c| Arc::new(c) as Arc<dyn transports::vfio_user::MessageTap>),
         ..ClientConfig::default()
     };
-    match server {
+    let (client, events) = match server {
         ServerEndpoint::Socket(fd) => Client::from_fd(fd, client_config, handler)
             .await
-            .map_err(|source| BridgeError::ServerSetup { step: "connecting".to_owned(), source }),
+            .map_err(|source| BridgeError::ServerSetup { step: "connecting".to_owned(), source })?,
         ServerEndpoint::Path(path) => {
             let deadline = tokio::time::Instant::now() + window;
             loop {
                 match Client::connect(&path, client_config.clone(), handler.clone()).await {
-                    Ok(c) => return Ok(c),
+                    Ok(c) => break c,
                     Err(e) if retryable(&e) && tokio::time::Instant::now() < deadline => {
                         tracing::debug!(path = %path.display(), error = %e, "server not ready; retrying");
                         tokio::time::sleep(RECONNECT_INTERVAL).await;
@@ -415,7 +418,42 @@ async fn connect(
                 }
             }
         }
+    };
+    if config.dma_windows == DmaWindows::Default {
+        map_default_windows(&client).await?;
     }
+    Ok((client, events))
+}
+
+/// Maps [`DmaWindows::Default`]: the whole bus address space if the server takes one window that
+/// large, else [`MAX_DMA_WINDOW`]-sized windows from 0 for as far as it takes them.
+async fn map_default_windows(client: &Client) -> Result<()> {
+    let setup =
+        |source| BridgeError::ServerSetup { step: "mapping the default DMA window".to_owned(), source };
+    match client.dma_map(DmaWindow::read_write(0, WHOLE_BUS_WINDOW)).await {
+        Ok(()) => {
+            tracing::info!("DMA window: the whole bus address space");
+            return Ok(());
+        }
+        Err(transports::Error::Server { errno, .. }) => tracing::debug!(
+            errno,
+            "the server refused one window of the whole address space; mapping 8 TiB windows"
+        ),
+        Err(e) => return Err(setup(e)),
+    }
+    let mut reach = 0u64;
+    while reach < DEFAULT_DMA_REACH {
+        match client.dma_map(DmaWindow::read_write(reach, MAX_DMA_WINDOW)).await {
+            Ok(()) => reach += MAX_DMA_WINDOW,
+            // The server's window count is spent (its refusal, or its advertised max_dma_maps).
+            Err(transports::Error::Server { .. } | transports::Error::InvalidArgument(_)) if reach > 0 => {
+                break;
+            }
+            Err(e) => return Err(setup(e)),
+        }
+    }
+    tracing::info!(windows = reach / MAX_DMA_WINDOW, reach, "DMA windows mapped from bus address 0");
+    Ok(())
 }
 
 /// How often a missing, refusing or dying server is tried again.

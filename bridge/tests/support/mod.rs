@@ -74,6 +74,9 @@ pub struct Device {
     pub irq_sets: Vec<(u32, u32, u32, u32, usize)>,
     pub resets: usize,
     pub dma_maps: Vec<(u64, u64)>,
+    /// `(largest map, most maps)` the server accepts, refusing others with ENOSPC like
+    /// libvfio-user (8 TiB, 16); `None`: any.
+    pub dma_map_limits: Option<(u64, usize)>,
     pub slow_reply: Duration,
     /// Notified: the server closes its sockets (a crashed server).
     pub hangup: Arc<tokio::sync::Notify>,
@@ -254,8 +257,21 @@ async fn handle(
         }
         Command::DmaMap => {
             let map = wire::DmaMapRepr::parse(&wire::dma_map::View::new_checked(payload).unwrap()).unwrap();
-            device.lock().unwrap().dma_maps.push((map.address, map.size));
-            send_reply(main, &header, &[]).await;
+            let refused = {
+                let mut dev = device.lock().unwrap();
+                let refused = dev
+                    .dma_map_limits
+                    .is_some_and(|(size, maps)| map.size > size || dev.dma_maps.len() >= maps);
+                if !refused {
+                    dev.dma_maps.push((map.address, map.size));
+                }
+                refused
+            };
+            if refused {
+                send_error(main, &header, nix::errno::Errno::ENOSPC as u32).await;
+            } else {
+                send_reply(main, &header, &[]).await;
+            }
         }
         Command::DeviceReset => {
             {
