@@ -35,11 +35,19 @@ use super::interrupts::IrqCommand;
 use super::{ResetKind, Shared};
 use crate::capture::{Direction, TlpFlags};
 
-/// A request from the root port with its place in the posted order.
+/// A posted request (MWr) with its place in the posted order.
+#[derive(Debug)]
+pub struct PostedRequest {
+    pub tlp: Tlp,
+    /// Its ordinal among posted requests.
+    pub ordinal: u64,
+}
+
+/// A non-posted request from the root port.
 #[derive(Debug)]
 pub struct Request {
     pub tlp: Tlp,
-    /// Posted requests that arrived before this one (for a posted request: its own ordinal).
+    /// Posted requests that arrived before this one.
     pub posted_before: u64,
     /// When the link reader took it: the device timeout counts from here, so time spent queued
     /// in the bridge (behind earlier writes, waiting for a slot) is part of it and the root port
@@ -61,7 +69,7 @@ fn hex(bytes: &[u8]) -> String {
 /// The link reader: parses, validates, delivers completions, queues requests.
 pub struct LinkReader {
     pub shared: Arc<Shared>,
-    pub posted: mpsc::Sender<Request>,
+    pub posted: mpsc::Sender<PostedRequest>,
     pub non_posted: mpsc::Sender<Request>,
     pub posted_count: u64,
     /// Counts every input once handled (answered, dropped or queued for the device), which a
@@ -168,7 +176,7 @@ impl LinkReader {
                 }
             }
             Body::Memory(m) if m.op == MemOp::Write => {
-                let request = Request { tlp, posted_before: self.posted_count, arrived: Instant::now() };
+                let request = PostedRequest { tlp, ordinal: self.posted_count };
                 self.posted_count += 1;
                 let _ = self.posted.send(request).await;
             }
@@ -251,11 +259,11 @@ const POSTED_BATCH_BYTES: usize = 64 * 1024;
 /// socket write (in order), so a burst of MWrs costs few system calls.
 pub async fn posted_dispatcher(
     shared: Arc<Shared>,
-    mut queue: mpsc::Receiver<Request>,
+    mut queue: mpsc::Receiver<PostedRequest>,
     done: watch::Sender<u64>,
 ) {
     while let Some(first) = queue.recv().await {
-        let mut forwarded = first.posted_before + 1;
+        let mut forwarded = first.ordinal + 1;
         match shared.client() {
             Some(client) if !shared.function().server_lost => {
                 let mut batch = client.posted_writes();
@@ -264,7 +272,7 @@ pub async fn posted_dispatcher(
                 // be added was counted lost already).
                 let mut tlps = 0u64;
                 while let Some(request) = next {
-                    forwarded = request.posted_before + 1;
+                    forwarded = request.ordinal + 1;
                     tlps += u64::from(add_posted(&shared, &mut batch, &request.tlp).await);
                     next = if batch.len() < POSTED_BATCH_BYTES { queue.try_recv().ok() } else { None };
                 }
