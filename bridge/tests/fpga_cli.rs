@@ -30,9 +30,8 @@ fn bad_arguments_exit_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emulator_enumerates_the_card_behind_a_bridge() {
-    let dir = std::env::temp_dir().join(format!("tlpbridge-fpga-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("card.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("card.sock");
     let card = Arc::new(DmaEngine::new(DmaEngineConfig::default()).unwrap());
     let serve_path = socket.clone();
     tokio::spawn(async move {
@@ -65,5 +64,4 @@ async fn the_emulator_enumerates_the_card_behind_a_bridge() {
     assert!(code.success(), "{report}");
     assert!(report.contains("1234:7e57") && report.contains("faults injected:"), "{report}");
     engine.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -68,39 +68,16 @@ fn patient(mut config: EmulatorConfig) -> EmulatorConfig {
     config
 }
 
-/// A scratch directory removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("tlpbridge-fpga-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 struct Bench {
     engine: Engine,
     bridge_status: watch::Receiver<LinkStatus>,
-    dir: TempDir,
+    dir: tempfile::TempDir,
     pty: Option<PtyPort>,
     fpga: Option<FpgaPort>,
 }
 
 async fn start(config: &EmulatorConfig, link_options: &str, engine_config: EngineConfig) -> Bench {
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("card.sock");
     let card = Arc::new(DmaEngine::new(DmaEngineConfig::default()).unwrap());
     let serve_path = socket.clone();
@@ -219,7 +196,7 @@ read32 bar2+0x40 expect 0
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emulator_program_signals_a_hot_reset_that_resets_the_card() {
     use std::io::{BufRead, BufReader, Read};
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("card.sock");
     let card = Arc::new(DmaEngine::new(DmaEngineConfig::default()).unwrap());
     let serve_path = socket.clone();
