@@ -160,7 +160,17 @@ pub struct Rig {
     bridge: OwnThread,
     server: JoinHandle<Result<(), sim::Error>>,
     stop_server: oneshot::Sender<()>,
-    socket: PathBuf,
+    socket: SocketFile,
+}
+
+/// The device's socket file, removed when dropped: after [`Rig::stop`], and also when a rig is
+/// abandoned on an error.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl Rig {
@@ -178,11 +188,13 @@ impl Rig {
         threads: usize,
         name: &str,
     ) -> Result<Rig, BridgeError> {
-        let socket = std::env::temp_dir().join(format!("tlpbridge-bench-{}-{name}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&socket);
+        let socket = SocketFile(
+            std::env::temp_dir().join(format!("tlpbridge-bench-{}-{name}.sock", std::process::id())),
+        );
+        let _ = std::fs::remove_file(&socket.0);
         let card = Arc::new(SequenceCard::new(card)?);
         let listener =
-            sim::device::server::bind(&socket).map_err(|e| bench_error("binding the device socket", e))?;
+            sim::device::server::bind(&socket.0).map_err(|e| bench_error("binding the device socket", e))?;
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server_card = card.clone();
         let server = tokio::spawn(async move {
@@ -194,7 +206,7 @@ impl Rig {
 
         let bridge = OwnThread::start(&format!("bridge-{name}"), threads)?;
         let (addr_tx, addr_rx) = oneshot::channel();
-        let server_path = socket.clone();
+        let server_path = socket.0.clone();
         // Listener, link tasks and engine tasks all belong to the bridge's runtime.
         let bridge_side = bridge.handle().spawn(async move {
             let sim_listener =
@@ -245,7 +257,7 @@ impl Rig {
         drop(port);
         let _ = stop_server.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-        let _ = std::fs::remove_file(&socket);
+        drop(socket);
         snapshot
     }
 }
