@@ -750,3 +750,30 @@ async fn the_default_dma_window_is_the_whole_address_space_the_server_accepts() 
     assert_eq!(rc.host.lock().unwrap().mrds, 1);
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn io_bars_can_be_presented_as_memory_bars() {
+    // BAR1 of the test device is a 0x100-byte I/O BAR.
+    let config = EngineConfig { io_bars_as_memory: true, ..config() };
+    let Setup { engine, mut rc, device } = setup(config).await;
+    rc.enumerate().await;
+    // Sizing reads back a 32-bit non-prefetchable memory BAR of 0x100 bytes.
+    rc.cfg_write(0x14, 0xffff_ffff).await;
+    assert_eq!(rc.cfg_read(0x14).await, 0xffff_ff00);
+    const BAR1_MEMORY: u64 = 0xfe20_0000;
+    rc.cfg_write(0x14, BAR1_MEMORY as u32).await;
+    assert_eq!(rc.cfg_read(0x14).await, BAR1_MEMORY as u32);
+    // An 8-byte MWr reaches region 1 as one 8-byte access; a read returns it.
+    device.lock().unwrap().accesses.clear();
+    rc.mem_write(BAR1_MEMORY + 0x10, &[1, 2, 3, 4, 5, 6, 7, 8]).await;
+    let (data, _) = rc.mem_read(BAR1_MEMORY + 0x10, 8).await;
+    assert_eq!(data, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    let seen: Vec<(bool, u32, u64, u32)> =
+        device.lock().unwrap().accesses.iter().map(|a| (a.write, a.region, a.offset, a.count)).collect();
+    assert_eq!(seen, vec![(true, 1, 0x10, 8), (false, 1, 0x10, 8)]);
+    // Nothing decodes at its old I/O address any more.
+    let io = rc.io_request(BAR1_IO_ADDRESS, 0xf, None);
+    rc.send(&io).await;
+    assert_eq!(status(&rc.next_completion().await), CplStatus::Ur);
+    engine.shutdown().await;
+}

@@ -29,10 +29,24 @@ fn start_bridge(bin: &Path, dir: &TestDir, socket: &Path, extra: &[&str]) -> (Ru
 /// at most about 100 times faster than wall time (a step of 100 cycles per pace tick), which
 /// gives the peers, which run on wall time, time to work; returns the JSON report.
 fn run_rc(bin: &Path, dir: &TestDir, port: u16, script: &str, bridge: &Running) -> serde_json::Value {
+    run_rc_paced(bin, dir, port, script, bridge, &["--pace-us", "20"])
+}
+
+/// [`run_rc`] with its own pacing arguments (`--pace-us`, `--step-cycles`).
+fn run_rc_paced(
+    bin: &Path,
+    dir: &TestDir,
+    port: u16,
+    script: &str,
+    bridge: &Running,
+    pacing: &[&str],
+) -> serde_json::Value {
     let path = dir.join("workload.rcs");
     std::fs::write(&path, script).unwrap();
     let mut rc = Command::new(bin);
-    rc.args(["sim", "rc", "--json", "--mode", "free", "--pace-us", "20", "--wait-s", "30", "--link"])
+    rc.args(["sim", "rc", "--json", "--mode", "free", "--wait-s", "30"])
+        .args(pacing)
+        .arg("--link")
         .arg(format!("sim://127.0.0.1:{port}"))
         .arg("--script")
         .arg(&path);
@@ -93,10 +107,8 @@ fn qemu_edu_behind_the_bridge_identifies_computes_a_factorial_and_sends_msi() {
 /// (warning once that only 0x1000 of its 0x3000 bytes are reachable) and the reference root
 /// complex enumerates it.
 ///
-/// The sample's timer path (INTx, then 4 KiB DMA written and read back) stays out of reach from a
-/// root port: arming it takes one 8-byte write to BAR0, whose handler refuses every access but a
-/// single 8-byte one at offset 0 (EINVAL), and I/O requests carry at most one DW (PCIe Base 6.0
-/// §2.2.7), so a root complex can only send two 4-byte IOWr, each of which the sample refuses.
+/// Its timer path (INTx, then 4 KiB of DMA) needs one 8-byte write to BAR0, which an I/O request
+/// cannot carry: see the next test.
 #[test]
 fn libvfio_user_sample_server_with_a_0x3000_byte_bar_is_bridged_and_enumerated() {
     let bin = tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
@@ -128,4 +140,45 @@ expect-id dead:beef
     );
     // The server saw its client leave and stopped on its own.
     let _ = server.wait_exit(WAIT);
+}
+
+/// libvfio-user's `samples/server` end to end: BAR0 takes only one 8-byte access at offset 0 and
+/// is an I/O BAR, and I/O requests carry one DW (PCIe Base 6.0 §2.2.7), so the bridge presents it
+/// as a memory BAR (`--io-bars-as-memory`) and the root complex arms the timer with one 8-byte
+/// MWr of the second it is to fire at. When the timer fires the server raises INTx (Assert_INTA at the root complex), writes
+/// 4 KiB of 'A' to the start of its first DMA region by DMA_WRITE (MWrs into root-complex
+/// memory) and reads it back by DMA_READ (MRds answered with CplDs); it exits with failure if
+/// the data read back differs, and with 0 when its client leaves.
+#[test]
+fn libvfio_user_sample_server_timer_raises_intx_and_dmas_4_kib_through_the_bridge() {
+    let bin = tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
+    let dir = TestDir::new("e2e-lvu-dma").unwrap_or_else(|e| panic!("{e}"));
+    let Some(mut server) = peers::start_libvfio_user_server(&dir) else { return };
+    let (mut bridge, port) =
+        start_bridge(&bin, &dir, server.socket(), &["--dma-window", "0x100000:1M", "--io-bars-as-memory"]);
+    // BAR0 holds the wall-clock second (time_t) at which the timer fires: two seconds from now.
+    // Simulated time runs no faster than wall time here (1 ms steps, each at least 1 ms of wall
+    // time), so the waits below are generous bounds.
+    let fire_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 2;
+    let script = format!(
+        "\
+sleep 100us                       # the bridge may still be connecting to the server (CRS)
+enumerate
+expect-id dead:beef
+fill host 0x100000 4096 pattern zero
+write64 bar0 {fire_at}           # arm the sample's timer
+wait-irq intx a timeout 20s
+sleep 1s                          # the server's DMA: 4 KiB written, then read back
+check host 0x100000 4096 pattern byte 0x41
+"
+    );
+    let report =
+        run_rc_paced(&bin, &dir, port, &script, &bridge, &["--pace-us", "1000", "--step-cycles", "1000000"]);
+    let bar0 = &report["enumeration"]["bars"][0];
+    assert_eq!((bar0["kind"].as_str(), bar0["size"].as_u64()), (Some("mem32"), Some(16)), "{report:#}");
+    let status =
+        bridge.wait_exit(WAIT).unwrap_or_else(|| panic!("the bridge kept running:\n{}", bridge.output()));
+    assert_eq!(status.code(), Some(1), "the root complex left, the link closed:\n{}", bridge.output());
+    let status = server.wait_exit(WAIT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "the server exits 0 only if its DMA read-back matched: {status:?}");
 }

@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// aligned pieces of at most 8 bytes.
     #[arg(long)]
     whole_accesses: bool,
+    /// Present the server's I/O BARs to the host as 32-bit memory BARs (for root ports without
+    /// I/O space, and I/O registers that take wider accesses than an I/O request's one DW).
+    #[arg(long)]
+    io_bars_as_memory: bool,
     /// Cut accesses to prefetchable BARs (and the ROM) into naturally aligned pieces of at most 8
     /// bytes too, for servers that accept nothing larger (e.g. usbvfiod).
     #[arg(long)]
@@ -169,6 +173,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         ten_bit_tags: args.ten_bit_tags,
         split_non_prefetchable: if args.whole_accesses { AccessSplit::Whole } else { AccessSplit::Aligned8 },
         split_prefetchable: if args.split_prefetchable { AccessSplit::Aligned8 } else { AccessSplit::Whole },
+        io_bars_as_memory: args.io_bars_as_memory,
         dma_windows: if args.no_dma {
             DmaWindows::Disabled
         } else if args.dma_window.is_empty() {

@@ -78,6 +78,9 @@ pub struct EngineConfig {
     pub ten_bit_tags: bool,
     /// Splitting of config-space and non-prefetchable BAR accesses.
     pub split_non_prefetchable: AccessSplit,
+    /// Present the server's I/O BARs to the host as 32-bit memory BARs
+    /// ([`super::function::FunctionState::with_io_bars_as_memory`]).
+    pub io_bars_as_memory: bool,
     /// Splitting of prefetchable BAR accesses.
     pub split_prefetchable: AccessSplit,
     /// DMA windows mapped at start.
@@ -119,6 +122,7 @@ impl Default for EngineConfig {
             ten_bit_tags: false,
             split_non_prefetchable: AccessSplit::Aligned8,
             split_prefetchable: AccessSplit::Whole,
+            io_bars_as_memory: false,
             dma_windows: DmaWindows::Default,
             connect_window: Duration::from_secs(5),
             reconnect_window: None,

@@ -30,6 +30,9 @@ pub struct BarSlot {
     pub region_size: u64,
     /// The base the host programmed (0 until it does).
     pub address: u64,
+    /// The bridge answers the host's reads of this BAR's register itself (an I/O BAR of the
+    /// server presented as a memory BAR, [`FunctionState::with_io_bars_as_memory`]).
+    pub emulated: bool,
 }
 
 /// The MSI capability as programmed.
@@ -183,7 +186,15 @@ impl FunctionState {
                     return Err("BAR5 announces a 64-bit BAR with no slot for its upper half".to_owned());
                 }
                 let prefetchable = kind != BarKind::Io && low & cs::bar_bits::PREFETCHABLE != 0;
-                bars.push(BarSlot { slot, kind, prefetchable, size: decoded, region_size: size, address: 0 });
+                bars.push(BarSlot {
+                    slot,
+                    kind,
+                    prefetchable,
+                    size: decoded,
+                    region_size: size,
+                    address: 0,
+                    emulated: false,
+                });
             }
             slot += kind.slots();
         }
@@ -248,6 +259,36 @@ impl FunctionState {
         Ok(state)
     }
 
+    /// Presents the server's I/O BARs to the host as 32-bit non-prefetchable memory BARs of at
+    /// least 16 bytes (the smallest a memory BAR can be), for root ports without I/O space and
+    /// for servers whose I/O registers take accesses wider than the one DW an I/O request
+    /// carries (libvfio-user's sample server: one 8-byte access). The bridge answers the
+    /// host's reads of those BAR registers itself ([`FunctionState::emulated_bar_register`]);
+    /// accesses reach the region at the same offsets, never past its end.
+    pub fn with_io_bars_as_memory(mut self) -> Self {
+        self.pristine = None;
+        for bar in &mut self.bars {
+            if bar.kind == BarKind::Io {
+                bar.kind = BarKind::Mem32;
+                bar.prefetchable = false;
+                bar.size = bar.size.max(16);
+                bar.emulated = true;
+            }
+        }
+        self.pristine = Some(Box::new(self.clone()));
+        self
+    }
+
+    /// The value of BAR register `register` (its config offset) as the host reads it, for a BAR
+    /// the bridge presents itself: the address bits the host wrote above the BAR's size, type
+    /// bits 0 (32-bit memory, not prefetchable), so that sizing with all ones reads back
+    /// `!(size - 1)`. `None` for every other register.
+    pub fn emulated_bar_register(&self, register: u16) -> Option<u32> {
+        let bar = self.bars.iter().find(|b| b.emulated && header::bar(b.slot) == register)?;
+        let mask = u32::try_from(bar.size).map_or(0, |size| !(size - 1));
+        Some(self.shadow_u32(register) & mask)
+    }
+
     /// Back to the reset values (FLR, hot reset, link down). `keep_id`: FLR keeps the captured
     /// bus/device number; a conventional reset clears it. Link parameters return to the
     /// configured start values.
@@ -310,7 +351,9 @@ impl FunctionState {
             if (bar.kind == BarKind::Io) != io || bar.address == 0 {
                 continue;
             }
-            let bar_end = bar.address.checked_add(bar.size)?;
+            // A BAR larger than its region (a 16-byte memory BAR over an 8-byte I/O region)
+            // decodes only the region.
+            let bar_end = bar.address.checked_add(bar.size.min(bar.region_size))?;
             if address >= bar.address && end <= bar_end {
                 return Some(BarHit {
                     region: u32::from(bar.slot),
@@ -509,6 +552,29 @@ mod tests {
         config[0x70..0x74].copy_from_slice(&[0x10, 0x00, 0x02, 0x00]);
         let layout = DeviceLayout { config, region_sizes: [0x1000, 0x100, 0x10_0000, 0, 0, 0, 0x1_0000] };
         FunctionState::new(&layout, RoutingId::new(0, 0, 0), LinkParams::DEFAULT, true).unwrap()
+    }
+
+    #[test]
+    fn an_io_bar_presented_as_memory_is_at_least_16_bytes_and_decodes_only_its_region() {
+        let mut config = vec![0u8; 256];
+        config[0x10] = 0x01; // BAR0: I/O, 8 bytes
+        let layout = DeviceLayout { config, region_sizes: [8, 0, 0, 0, 0, 0, 0] };
+        let f = FunctionState::new(&layout, RoutingId::new(0, 0, 0), LinkParams::DEFAULT, false).unwrap();
+        let mut f = f.with_io_bars_as_memory();
+        assert_eq!((f.bars[0].kind, f.bars[0].size, f.bars[0].region_size), (BarKind::Mem32, 16, 8));
+        assert_eq!(f.emulated_bar_register(0x10), Some(0));
+        f.snoop_config_write(0x10, &u32::MAX.to_le_bytes());
+        assert_eq!(f.emulated_bar_register(0x10), Some(0xffff_fff0));
+        assert_eq!(f.emulated_bar_register(0x14), None);
+        f.snoop_config_write(0x10, &0xfe00_0010u32.to_le_bytes());
+        f.snoop_config_write(0x04, &[0x02, 0x00]);
+        assert_eq!(f.emulated_bar_register(0x10), Some(0xfe00_0010));
+        assert_eq!(f.decode(0xfe00_0010, 8, false).map(|h| (h.region, h.offset)), Some((0, 0)));
+        assert_eq!(f.decode(0xfe00_0018, 4, false), None, "past the 8-byte region");
+        assert_eq!(f.decode(0xfe00_0010, 4, true), None, "no longer an I/O BAR");
+        // A reset keeps the presentation.
+        f.reset(false);
+        assert_eq!((f.bars[0].kind, f.bars[0].address), (BarKind::Mem32, 0));
     }
 
     #[test]

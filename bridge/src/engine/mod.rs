@@ -244,6 +244,7 @@ impl Engine {
         };
         let function =
             match FunctionState::new(&layout.device, config.initial_id, link_params, config.ten_bit_tags) {
+                Ok(f) if config.io_bars_as_memory => f.with_io_bars_as_memory(),
                 Ok(f) => f,
                 Err(e) => {
                     client.close().await;

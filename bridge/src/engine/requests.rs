@@ -715,6 +715,7 @@ async fn complete(
                 }
             }
             Body::Config(_) | Body::Io(_) if !tlp.has_data() => io_config_dword(&tlp, &data)
+                .map(|dw| shared.presented_register(&tlp, dw))
                 .and_then(|dw| io_config_read_completion(&tlp, id, dw).map(Some).map_err(|e| e.to_string())),
             _ => io_config_write_completion(&tlp, id).map(Some).map_err(|e| e.to_string()),
         };
@@ -775,6 +776,13 @@ impl Shared {
         let (first, len) = span.unwrap_or((0, 1));
         let start = dw_address.checked_add(u64::from(first))?;
         self.function().decode(start, u64::from(len), io)
+    }
+
+    /// A config read's DW as the host must see it: a BAR register the bridge presents itself
+    /// replaces what the server answered.
+    fn presented_register(&self, tlp: &Tlp, dw: [u8; 4]) -> [u8; 4] {
+        let Body::Config(c) = &tlp.body else { return dw };
+        self.function().emulated_bar_register(c.register).map_or(dw, u32::to_le_bytes)
     }
 
     fn split_for(&self, hit: &BarHit) -> AccessSplit {
