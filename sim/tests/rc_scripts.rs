@@ -257,3 +257,19 @@ async fn a_zero_crs_timeout_fails_on_the_first_crs() {
     assert!(err.contains("the CRS timeout of 0ns (--crs-timeout) is exhausted"), "{err}");
     assert_eq!(observed.lock().unwrap().crs_answers, 1);
 }
+
+#[tokio::test]
+async fn dma_completions_wait_the_configured_latency_in_cycles() {
+    let step_cycles = |latency: u64| async move {
+        let config = RcConfig { completion_latency: latency, ..config() };
+        let (report, _) = run(Options::default(), config, COPY).await;
+        assert!(report.passed, "latency {latency}: {:?}", report.error);
+        let wait = report.steps.iter().find(|s| s.command.starts_with("wait-irq")).unwrap();
+        wait.cycles
+    };
+    // The copy's one MRd is completed no earlier than the latency after it arrived.
+    let slow = step_cycles(20_000).await;
+    let fast = step_cycles(100).await;
+    assert!(slow >= 20_000, "{slow} cycles with a 20 000-cycle completion latency");
+    assert!(fast < 20_000, "{fast} cycles with a 100-cycle completion latency");
+}

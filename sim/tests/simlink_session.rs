@@ -168,6 +168,22 @@ async fn events_and_orderly_close_reach_the_bridge() {
         next(&mut link).await,
         Some(LinkInput::Event { event: LinkEvent::HotReset, time: LinkInstant::from_picos(3000) })
     );
+    // A link-down/link-up pair sent by the simulator (a retrain) arrives as it was sent, at its
+    // simulated time, and the session goes on.
+    sim.advance_to(5).await.unwrap();
+    sim.send_event(LinkEvent::Down).await.unwrap();
+    sim.advance_to(7).await.unwrap();
+    sim.send_event(LinkEvent::Up).await.unwrap();
+    assert_eq!(
+        next(&mut link).await,
+        Some(LinkInput::Event { event: LinkEvent::Down, time: LinkInstant::from_picos(5000) })
+    );
+    assert_eq!(
+        next(&mut link).await,
+        Some(LinkInput::Event { event: LinkEvent::Up, time: LinkInstant::from_picos(7000) })
+    );
+    sim.send_tlp(&MRD).await.unwrap();
+    assert!(matches!(next(&mut link).await, Some(LinkInput::Tlp(_))), "TLPs still flow after the retrain");
     sim.close().await.unwrap();
     assert!(matches!(next(&mut link).await, Some(LinkInput::Event { event: LinkEvent::Down, .. })));
     assert_eq!(next(&mut link).await, None, "after Down the link closes rx");
