@@ -2,7 +2,7 @@
 //! Run with `cargo bench -p bridge --bench capture`.
 //!
 //! 1. **Record cost**: nanoseconds per `CaptureHandle::tlp` call (copy behind the pseudo-header,
-//!    wall-clock stamp, `try_send` to the writer) for a 12-byte MRd and a 272-byte MWr, against
+//!    wall-clock stamp, append to the writer's bounded batch) for a 12-byte MRd and a 272-byte MWr, against
 //!    `Tlp::to_bytes` of the same TLP, which the transmit queue does for every TLP anyway.
 //! 2. **Bridge throughput**: the engine between an in-memory root port and the sample vfio-user
 //!    device (`sim::device`), capture off and on (to a file in the temp directory): posted MWrs

@@ -245,6 +245,17 @@ async fn a_running_bridge_captures_both_sides_and_pcap_show_matches_them() {
     assert_eq!(capture.interfaces[0].linktype, 147);
     assert_eq!(capture.interfaces[0].tsresol, 9);
     assert_eq!(capture.interfaces[1].linktype, 148);
+    // Interface names and descriptions say what each one is.
+    assert_eq!(capture.interfaces[0].name.as_deref(), Some("tlp-memory"));
+    let description = capture.interfaces[0].description.as_deref().unwrap_or_default();
+    assert!(
+        description.contains("in-memory test link") && description.contains("wall clock"),
+        "{description}"
+    );
+    assert_eq!(capture.interfaces[1].name.as_deref(), Some("vfio-user"));
+    assert!(
+        capture.interfaces[1].description.as_deref().unwrap_or_default().contains("main and twin sockets")
+    );
     assert_eq!(
         capture.records.len() as u64,
         summary.tlp_records + summary.vfio_user_records,

@@ -4,6 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bridge::capture::format::TlpHeaderRepr;
+use bridge::capture::read::read_capture;
+use bridge::capture::{Capture, CaptureConfig};
 use bridge::engine::{Engine, EngineConfig, ServerEndpoint};
 use fpga::dll::DllConfig;
 use fpga::emulator::{EmulatorConfig, EmulatorReport, FpgaPort, PtyPort, run_rc, start_fpga_side};
@@ -142,7 +145,12 @@ async fn bit_errors_and_dropped_frames_lose_and_duplicate_nothing() {
         },
         ..EmulatorConfig::default()
     });
-    let mut bench = start(&config, "?replay-ms=50", engine_config()).await;
+    // Captured: every TLP the bridge's data-link layer resends is a record flagged retransmitted.
+    let capture_dir = tempfile::tempdir().unwrap();
+    let capture_path = capture_dir.path().join("replays.pcapng");
+    let (capture, writer) = Capture::create(&capture_path, CaptureConfig::default()).unwrap();
+    let engine_config = EngineConfig { capture: Some(capture), ..engine_config() };
+    let mut bench = start(&config, "?replay-ms=50", engine_config).await;
     let report = run(&mut bench, &config, &workload(256)).await;
     assert!(report.rc.passed, "{report}");
     assert!(report.faults.bits_flipped > 0 && report.faults.frames_dropped > 0, "{report}");
@@ -150,6 +158,17 @@ async fn bit_errors_and_dropped_frames_lose_and_duplicate_nothing() {
     assert!(report.link.stats.retransmissions + bridge.retransmissions > 0, "{report}");
     assert_eq!(bridge.links_down, 0);
     bench.engine.shutdown().await;
+    let bridge = bench.bridge_status.borrow().stats;
+    writer.finish().unwrap();
+    let file = read_capture(&capture_path).unwrap();
+    let retransmitted = file
+        .records
+        .iter()
+        .filter(|r| r.interface == 0)
+        .filter(|r| TlpHeaderRepr::parse(&r.data).is_ok_and(|(h, _)| h.flags.retransmitted))
+        .count() as u64;
+    assert!(bridge.retransmissions > 0, "the bridge's side resent nothing: {bridge:?}");
+    assert_eq!(retransmitted, bridge.retransmissions, "one record per TLP the bridge's link resent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

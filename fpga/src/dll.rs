@@ -174,6 +174,8 @@ pub struct DllStats {
 struct Unacked {
     seq: u16,
     wire: Vec<u8>,
+    /// The TLP the frame carries (kept, not copied: it was moved out of `queued`).
+    tlp: Vec<u8>,
 }
 
 /// The data-link state machine.
@@ -195,6 +197,8 @@ pub struct Dll {
     /// Index in `replay` of the next frame to (re)send.
     replay_cursor: usize,
     replay_started: Option<Duration>,
+    /// The TLP of the frame the last `poll_transmit` resent, for [`Dll::take_replayed`].
+    replayed: Option<Vec<u8>>,
     queued: VecDeque<(Vec<u8>, Option<u64>)>,
     /// New TLP frames sent since up, and the peer's limit for that count (both mod 2^16).
     tx_sent_total: u16,
@@ -233,6 +237,7 @@ impl Dll {
             replay: VecDeque::new(),
             replay_cursor: 0,
             replay_started: None,
+            replayed: None,
             queued: VecDeque::new(),
             tx_sent_total: 0,
             tx_credit_limit: 0,
@@ -562,8 +567,14 @@ impl Dll {
                     || (!self.queued.is_empty() && self.has_credit())))
     }
 
+    /// The TLP whose frame the last [`Dll::poll_transmit`] sent again (a replay), once.
+    pub fn take_replayed(&mut self) -> Option<Vec<u8>> {
+        self.replayed.take()
+    }
+
     /// The next frame to write (complete, with delimiter).
     pub fn poll_transmit(&mut self, now: Duration) -> Option<Vec<u8>> {
+        self.replayed = None;
         let wire = self.next_frame(now)?;
         self.largest_frame = self.largest_frame.max(wire.len());
         self.stats.frames_sent += 1;
@@ -595,6 +606,7 @@ impl Dll {
         if let Some(frame) = self.replay.get(self.replay_cursor) {
             self.replay_cursor += 1;
             self.stats.retransmissions += 1;
+            self.replayed = Some(frame.tlp.clone());
             return Some(frame.wire.clone());
         }
         if self.queued.is_empty() {
@@ -614,7 +626,7 @@ impl Dll {
         if self.replay.is_empty() {
             self.replay_started = Some(now);
         }
-        self.replay.push_back(Unacked { seq, wire: wire.clone() });
+        self.replay.push_back(Unacked { seq, wire: wire.clone(), tlp });
         self.replay_cursor = self.replay.len();
         self.note_stall();
         Some(wire)

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use transports::link::{LinkClock, LinkEvent, LinkInput, LinkInstant, ReceivedTlp};
+use transports::link::{LinkClock, LinkEvent, LinkInput, LinkInstant, ReceivedTlp, RetransmitTap};
 
 use crate::dll::{Delivery, Dll, DllConfig, DllStats};
 use crate::faults::{FaultConfig, FaultCounters, Injector};
@@ -106,6 +106,8 @@ pub struct DriverConfig {
     /// First and longest wait between attempts to reopen the device.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Told about every TLP the data-link layer resends (a capture records it as retransmitted).
+    pub retransmits: RetransmitTap,
 }
 
 impl DriverConfig {
@@ -116,6 +118,7 @@ impl DriverConfig {
             faults: FaultConfig::default(),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
+            retransmits: RetransmitTap::default(),
         }
     }
 }
@@ -447,6 +450,9 @@ async fn session(
             permit = frame_tx.reserve(), if dll.wants_transmit() => {
                 let Ok(permit) = permit else { return SessionEnd::DeviceLost("writer stopped".into()) };
                 if let Some(frame) = dll.poll_transmit(now) {
+                    if let Some(tlp) = dll.take_replayed() {
+                        config.retransmits.report(&tlp, user.clock.now());
+                    }
                     if let Some(frame) = inject_out.outgoing(frame) {
                         permit.send((Instant::now() + delay, frame));
                     }

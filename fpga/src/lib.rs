@@ -133,6 +133,7 @@ pub fn start_framed(
     let clock = LinkClock::wall();
     let (status_tx, status_rx) = watch::channel(LinkStatus::default());
     let user = UserChannels { to_user, from_user, clock: clock.clone(), commands: None };
+    let retransmits = config.retransmits.clone();
     let task = tokio::spawn(driver::run(
         device,
         reopen,
@@ -142,5 +143,5 @@ pub fn start_framed(
         Arc::new(FaultCounters::default()),
     ));
     let info = LinkInfo { kind: kind.to_owned(), description };
-    (Link::new(info, clock, rx, tx).with_task(task), status_rx)
+    (Link::new(info, clock, rx, tx).with_task(task).with_retransmit_tap(retransmits), status_rx)
 }

@@ -131,10 +131,13 @@ fn posted_writes_reads_and_dma_survive_bit_errors_and_dropped_frames() {
     let link = format!("serial://{path}?baud=3000000&replay-ms=50");
 
     let bridge_log = dir.join("run.log");
+    let capture = dir.join("run.pcapng");
     let mut bridge = spawn_logged(
         &bin,
         &[
             "run",
+            "--pcap",
+            capture.to_str().unwrap(),
             "--server",
             socket.to_str().unwrap(),
             "--link",
@@ -189,6 +192,37 @@ fn posted_writes_reads_and_dma_survive_bit_errors_and_dropped_frames() {
         bridge_output()
     );
     let log = bridge_output();
+    // The capture was finished on Ctrl-C: complete (no block cut short, nothing dropped), every
+    // TLP the bridge counted is in it, and TLPs its data-link layer resent are flagged.
+    let shown = Command::new(&bin).args(["pcap", "show", "--json"]).arg(&capture).output().unwrap();
+    let warnings = String::from_utf8_lossy(&shown.stderr);
+    assert!(shown.status.success() && warnings.is_empty(), "pcap show: {warnings}");
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&shown.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let tlps = records.iter().filter(|r| r["interface"] == "tlp");
+    let (resent, first): (Vec<_>, Vec<_>) =
+        tlps.partition(|r| r["flags"].as_array().is_some_and(|f| f.iter().any(|f| f == "retransmitted")));
+    // `... in: MRd=3 CplD=2; out: MWr=1; ...`: the TLPs of one direction, all kinds.
+    let tlps_counted = |line: &str, direction: &str| -> u64 {
+        line.split(&format!(" {direction}:"))
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .map_or(0, |kinds| {
+                kinds.split_whitespace().filter_map(|kv| kv.split('=').nth(1)?.parse::<u64>().ok()).sum()
+            })
+    };
+    let finished =
+        tlpbridge_tests::final_counters_line(&log).unwrap_or_else(|| panic!("no counters:\n{log}"));
+    let malformed = tlpbridge_tests::bridge_counter(&log, "malformed").unwrap_or(0);
+    assert_eq!(
+        first.len() as u64,
+        tlps_counted(finished, "in") + tlps_counted(finished, "out") + malformed,
+        "one record per TLP received or sent ({} resent):\n{finished}",
+        resent.len()
+    );
+    assert!(resent.iter().all(|r| r["direction"] == "out"), "only the bridge's own TLPs are resent by it");
     for name in
         ["ca_sent", "device_timeouts", "completion_timeouts", "unexpected_completions", "dma_refused_bme"]
     {

@@ -169,6 +169,35 @@ pub enum LinkInput {
     Event { event: LinkEvent, time: LinkInstant },
 }
 
+/// Observes the TLPs a link sends again below the transaction layer (a data-link replay after
+/// a NAK or a replay timeout), so that a capture can record each resend with its
+/// retransmitted flag. Links that never retransmit never report; without an observer a report
+/// costs one atomic load.
+#[derive(Clone, Default)]
+pub struct RetransmitTap(Arc<std::sync::OnceLock<RetransmitObserver>>);
+
+type RetransmitObserver = Box<dyn Fn(&[u8], LinkInstant) + Send + Sync>;
+
+impl RetransmitTap {
+    /// Sets the observer; `false` if one was set already (the first stays).
+    pub fn observe(&self, observer: impl Fn(&[u8], LinkInstant) + Send + Sync + 'static) -> bool {
+        self.0.set(Box::new(observer)).is_ok()
+    }
+
+    /// The link resent `tlp` at `time` (its clock).
+    pub fn report(&self, tlp: &[u8], time: LinkInstant) {
+        if let Some(observer) = self.0.get() {
+            observer(tlp, time);
+        }
+    }
+}
+
+impl fmt::Debug for RetransmitTap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetransmitTap").field("observed", &self.0.get().is_some()).finish()
+    }
+}
+
 /// Static facts about a link, for logs and capture metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkInfo {
@@ -271,6 +300,8 @@ pub struct Link {
     pub tx: mpsc::Sender<Vec<u8>>,
     /// The engine reports each handled input here (see [`LinkProgress`]).
     pub progress: LinkProgress,
+    /// TLPs the link resends by itself (see [`RetransmitTap`]).
+    pub retransmits: RetransmitTap,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -281,7 +312,21 @@ impl Link {
         rx: mpsc::Receiver<LinkInput>,
         tx: mpsc::Sender<Vec<u8>>,
     ) -> Self {
-        Link { info, clock, rx, tx, progress: LinkProgress::new(), tasks: Vec::new() }
+        Link {
+            info,
+            clock,
+            rx,
+            tx,
+            progress: LinkProgress::new(),
+            retransmits: RetransmitTap::default(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Uses `tap` (which the link implementation already reports to) for [`Link::retransmits`].
+    pub fn with_retransmit_tap(mut self, tap: RetransmitTap) -> Self {
+        self.retransmits = tap;
+        self
     }
 
     /// Uses `progress` (whose receivers the link implementation already holds) instead of a fresh

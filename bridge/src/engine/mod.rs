@@ -161,6 +161,14 @@ impl Engine {
         let counters = Arc::new(Counters::default());
         let clock = link.clock.clone();
         let simulated = clock.is_simulated();
+        if let Some(capture) = config.capture.clone() {
+            // A link that replays TLPs below the transaction layer (the FPGA serial link's data
+            // link layer): each resend is a record of its own, flagged retransmitted.
+            let retransmitted = crate::capture::TlpFlags { retransmitted: true, ..Default::default() };
+            link.retransmits.observe(move |tlp, time| {
+                capture.tlp(crate::capture::Direction::Outbound, time, retransmitted, tlp);
+            });
+        }
         let (_closed, placeholder) = mpsc::channel(1);
         let link_rx = std::mem::replace(&mut link.rx, placeholder);
         let (control_tx, control_rx) = mpsc::channel(8);
