@@ -190,6 +190,10 @@ async fn run_bridge_with_capture(dir: &Path, capture_path: &Path) -> bridge::cap
     assert!(done, "the copy finished");
     // A malformed TLP (Length 2 with one DW of data): captured, flagged, dropped by the bridge.
     rp.end.send_tlp(vec![0x40, 0, 0, 2, 0, 0, 0, 0xff, 0x10, 0, 0, 0, 1, 2, 3, 4]).await.unwrap();
+    // A poisoned MWr (EP set): captured, flagged poisoned, dropped by the bridge.
+    let mut poisoned = Tlp::parse(&[0x40, 0, 0, 1, 0, 0, 0, 0x0f, 0x10, 0, 0, 0x40, 9, 9, 9, 9]).unwrap();
+    poisoned.ep = true;
+    rp.send(&poisoned).await;
     // A request to a function we are not: UR.
     let tag = rp.tag();
     let other_function = rp.cfg_tlp_for(RoutingId::new(1, 0, 3), tag);
@@ -295,6 +299,14 @@ async fn a_running_bridge_captures_both_sides_and_pcap_show_matches_them() {
         .collect();
     assert_eq!(malformed.len(), 1);
     assert!(malformed[0].0.tlp.is_err());
+    let poisoned: Vec<_> = tlps
+        .iter()
+        .filter(
+            |(t, _, _)| matches!(t.source, bridge::capture::show::TlpSource::Bridge(h) if h.flags.poisoned),
+        )
+        .collect();
+    assert_eq!(poisoned.len(), 1);
+    assert!(poisoned[0].0.tlp.as_ref().is_ok_and(|t| t.ep && t.kind_name() == "MWr"));
     // Both sides of the vfio-user conversation, VERSION first, DMA on the twin socket.
     let vfio: Vec<_> = records
         .iter()
