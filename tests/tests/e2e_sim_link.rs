@@ -44,7 +44,7 @@ struct Bench {
     capture: PathBuf,
 }
 
-fn start_bench(bin: &Path, dir: &TestDir, name: &str, mode: &str) -> Bench {
+fn start_bench(bin: &Path, dir: &TestDir, name: &str, mode: &str, extra_run_args: &[&str]) -> Bench {
     let socket = dir.socket_path(&format!("{name}.sock")).unwrap_or_else(|e| panic!("{e}"));
     let device = spawn(
         bin,
@@ -64,7 +64,10 @@ fn start_bench(bin: &Path, dir: &TestDir, name: &str, mode: &str) -> Bench {
             &format!("sim-listen://127.0.0.1:{port}?mode={mode}"),
             "--pcap",
             capture.to_str().unwrap(),
-        ],
+        ]
+        .into_iter()
+        .chain(extra_run_args.iter().copied())
+        .collect::<Vec<_>>(),
         dir.join(format!("{name}-run.log")),
     );
     e2e_common::wait_listening(port, &bridge, WAIT);
@@ -96,7 +99,7 @@ fn copy_run(
     name: &str,
     mode: &str,
 ) -> (serde_json::Value, Vec<serde_json::Value>) {
-    let mut bench = start_bench(bin, dir, name, mode);
+    let mut bench = start_bench(bin, dir, name, mode, &[]);
     let report = run_rc(bin, dir, bench.port, mode);
     // The root complex closing the link ends the bridge (docs/run.md: status 1, "link closed"),
     // which flushes the capture first.
@@ -174,4 +177,30 @@ fn lockstep_twice_with_the_same_script_gives_the_same_tlp_sequence() {
             .collect()
     };
     assert_eq!(details(&first_report), details(&second_report));
+}
+
+/// A capture whose writer cannot keep up (a queue of one record) loses records without slowing
+/// the bridge: the copy passes, `tlpbridge run` reports the loss at exit, and the file says the
+/// same number (`pcap show` reads it from the statistics blocks).
+#[test]
+fn a_capture_that_falls_behind_drops_records_and_says_how_many() {
+    let bin = tlpbridge_bin().unwrap_or_else(|e| panic!("{e}"));
+    let dir = TestDir::new("e2e-drops").unwrap_or_else(|e| panic!("{e}"));
+    let mut bench = start_bench(&bin, &dir, "drops", "free", &["--pcap-queue", "1"]);
+    let report = run_rc(&bin, &dir, bench.port, "free");
+    assert_eq!(report["passed"], true, "{report:#}");
+    bench
+        .bridge
+        .wait_exit(WAIT)
+        .unwrap_or_else(|| panic!("the bridge kept running:\n{}", bench.bridge.output()));
+    let output = bench.bridge.output();
+    let lost = |text: &str, before: &str| -> Option<u64> {
+        text.split("the capture lost ").nth(1)?.split(before).next()?.trim().parse().ok()
+    };
+    let reported = lost(&output, " of ").unwrap_or_else(|| panic!("no loss reported:\n{output}"));
+    assert!(reported > 0);
+    let shown = Command::new(&bin).args(["pcap", "show"]).arg(&bench.capture).output().unwrap();
+    assert!(shown.status.success());
+    let warning = String::from_utf8_lossy(&shown.stderr);
+    assert_eq!(lost(&warning, " records"), Some(reported), "{warning}");
 }

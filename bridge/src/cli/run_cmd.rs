@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// (docs/capture-format.md; read it with `tlpbridge pcap show` or Wireshark).
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
+    /// Records the capture holds for its writer thread at most (1..=1048576); beyond, records
+    /// are dropped, counted in the file and reported at exit, never waited for.
+    #[arg(long, value_name = "N", default_value_t = 16384, requires = "pcap", value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pcap_queue: u32,
     /// How long to wait for the server's socket to appear.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
@@ -213,7 +217,10 @@ pub fn run(args: RunArgs) -> ExitCode {
         };
         let capture = match &args.pcap {
             None => None,
-            Some(path) => match Capture::create(path, CaptureConfig::for_link(&link)) {
+            Some(path) => match Capture::create(
+                path,
+                CaptureConfig { queue_depth: args.pcap_queue as usize, ..CaptureConfig::for_link(&link) },
+            ) {
                 Ok((handle, writer)) => {
                     config.capture = Some(handle);
                     Some(writer)
