@@ -124,7 +124,8 @@ pub struct ServerConfig {
     pub negotiation_timeout: Duration,
     /// Longest wait for the client to take one message we send.
     pub send_timeout: Duration,
-    /// Depth of the queue between the main socket reader and the command handler.
+    /// Depth of the queue between the main socket reader and the command handler (single-socket
+    /// mode; with a twin socket the handler reads the main socket itself).
     pub command_queue_depth: usize,
 }
 
@@ -401,26 +402,29 @@ pub async fn serve_connection<M: DeviceModel>(
     let max_message =
         wire::HEADER_LEN + 32 + (config.max_data_xfer_size as usize).max(MAX_IRQ_VECTORS as usize);
 
-    let (commands_tx, mut commands_rx) = mpsc::channel::<ReceivedMessage>(config.command_queue_depth);
     let (ended_tx, mut ended_rx) = mpsc::channel::<ReaderEnd>(2);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(
-        read_main(
-            main.clone(),
-            bus.clone(),
-            commands_tx,
-            ended_tx.clone(),
-            dma_socket.is_none(),
-            max_message,
-            max_fds,
-        )
-        .in_current_span(),
-    ));
-    if let Some(socket) = dma_socket.clone() {
-        tasks.push(tokio::spawn(read_twin(socket, bus.clone(), ended_tx, max_message).in_current_span()));
-    } else {
-        drop(ended_tx);
-    }
+    // With a twin socket the main socket carries only the client's commands, so the handler
+    // reads them itself (one task hand-off less per command; a reply that cannot be written
+    // yet holds the next command back, which is the flow control a client expects). Without
+    // one, DMA replies arrive on the main socket too and must be read while the handler
+    // writes, so a reader task queues the commands.
+    let mut commands = match &dma_socket {
+        Some(socket) => {
+            tasks.push(tokio::spawn(
+                read_twin(socket.clone(), bus.clone(), ended_tx, max_message).in_current_span(),
+            ));
+            Commands::Socket(main.clone())
+        }
+        None => {
+            let (commands_tx, commands_rx) = mpsc::channel::<ReceivedMessage>(config.command_queue_depth);
+            tasks.push(tokio::spawn(
+                read_main(main.clone(), bus.clone(), commands_tx, ended_tx, max_message, max_fds)
+                    .in_current_span(),
+            ));
+            Commands::Queue(commands_rx)
+        }
+    };
     // Declared after the tasks' guard so it runs first: however the connection ends (including
     // the server future being dropped at shutdown), DMA waiters fail at once and the model hears.
     let _tasks = TaskGuard(tasks);
@@ -433,17 +437,40 @@ pub async fn serve_connection<M: DeviceModel>(
 
     let mut handler = Handler { model: &*model, bus: &bus, config, description };
     loop {
-        let message = tokio::select! {
-            biased;
-            message = commands_rx.recv() => message,
-            Some(end) = ended_rx.recv() => break end.into_result(),
-        };
-        let Some(message) = message else {
-            // The main reader stopped: EOF or an error it already reported.
-            break match ended_rx.try_recv() {
-                Ok(end) => end.into_result(),
-                Err(_) => Ok(()),
-            };
+        let message = match &mut commands {
+            Commands::Queue(queue) => {
+                let message = tokio::select! {
+                    biased;
+                    message = queue.recv() => message,
+                    Some(end) = ended_rx.recv() => break end.into_result(),
+                };
+                let Some(message) = message else {
+                    // The main reader stopped: EOF or an error it already reported.
+                    break match ended_rx.try_recv() {
+                        Ok(end) => end.into_result(),
+                        Err(_) => Ok(()),
+                    };
+                };
+                message
+            }
+            Commands::Socket(socket) => {
+                let received = tokio::select! {
+                    biased;
+                    received = socket.recv(max_message, max_fds) => received,
+                    Some(end) = ended_rx.recv() => break end.into_result(),
+                };
+                match received {
+                    Ok(Some(message)) if message.header.message_type == MessageType::Command => message,
+                    Ok(Some(message)) => {
+                        break Err(Error::Protocol(format!(
+                            "{} on the main socket in twin-socket mode",
+                            message.header
+                        )));
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(Error::Protocol(format!("main socket: {}", transport_problem(&e)))),
+                }
+            }
         };
         let header = message.header;
         let result = handler.handle(message);
@@ -521,6 +548,14 @@ fn server_caps_json(config: &ServerConfig, twin: bool) -> String {
     serde_json::json!({ "capabilities": caps }).to_string()
 }
 
+/// Where the handler takes the client's commands from.
+enum Commands {
+    /// A reader task's queue (single-socket mode).
+    Queue(mpsc::Receiver<ReceivedMessage>),
+    /// The main socket itself (twin-socket mode: it carries only commands).
+    Socket(Arc<MessageSocket>),
+}
+
 /// Why a socket reader stopped.
 enum ReaderEnd {
     /// The client closed the socket: an orderly disconnect.
@@ -546,13 +581,12 @@ fn transport_problem(error: &transports::Error) -> String {
     }
 }
 
-/// Main socket reader: commands to the handler, replies to waiting DMA (single-socket mode).
+/// Main socket reader in single-socket mode: commands to the handler, replies to waiting DMA.
 async fn read_main(
     socket: Arc<MessageSocket>,
     bus: DeviceBus,
     commands: mpsc::Sender<ReceivedMessage>,
     ended: mpsc::Sender<ReaderEnd>,
-    replies_expected: bool,
     max_message: usize,
     max_fds: usize,
 ) {
@@ -566,14 +600,7 @@ async fn read_main(
             }
         };
         match message.header.message_type {
-            MessageType::Reply if replies_expected => bus.deliver_reply(message),
-            MessageType::Reply => {
-                let _ = ended.try_send(ReaderEnd::Broken(format!(
-                    "{} on the main socket in twin-socket mode",
-                    message.header
-                )));
-                return;
-            }
+            MessageType::Reply => bus.deliver_reply(message),
             MessageType::Command => {
                 if commands.send(message).await.is_err() {
                     return;
