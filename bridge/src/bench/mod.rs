@@ -9,8 +9,10 @@
 
 pub mod floor;
 pub mod own_thread;
+pub mod process;
 pub mod rig;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -22,12 +24,15 @@ use rig::{BAR0, BAR2, REG_SCRATCH, Rig, SEQUENCE_PORT, bench_error};
 use sim::device::DmaEngineConfig;
 
 /// How much to measure.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BenchOptions {
     /// CI-sized run: fewer samples and smaller transfers (seconds instead of about a minute).
     pub quick: bool,
     /// Worker threads of the bridge's runtime (`tlpbridge run --threads`).
     pub bridge_threads: usize,
+    /// The `tlpbridge` program, run as a process of its own for the bridge's memory figures;
+    /// `None` leaves them out (with a note).
+    pub bridge_program: Option<PathBuf>,
 }
 
 /// One line of the table.
@@ -155,17 +160,22 @@ fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples.get(index).map(|d| d.as_secs_f64() * 1e6).unwrap_or(f64::NAN)
 }
 
-/// Resident set size of this process (`VmRSS`) and its peak (`VmHWM`), in KiB.
+/// Resident set size of this process (`VmRSS`) and its peak (`VmHWM`), in KiB (0 where
+/// `/proc` cannot tell).
 fn rss_kib() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_fields(&status).unwrap_or((0, 0))
+}
+
+/// `VmRSS` and `VmHWM` in KiB from the text of a `/proc/PID/status` file.
+fn rss_fields(status: &str) -> Option<(u64, u64)> {
     let field = |name: &str| {
         status
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 struct Sizes {
@@ -188,7 +198,7 @@ impl Sizes {
                 dma_bytes_per_size: 1 << 20,
                 scaling_len: 256 << 10,
                 scaling_copies: 2,
-                soak_copies: 10,
+                soak_copies: 30,
             }
         } else {
             Sizes {
@@ -224,6 +234,15 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, BridgeError> {
     }
     scaling(&sizes, options.bridge_threads, &mut report).await?;
     memory(&sizes, options.bridge_threads, rss_before, &mut report).await?;
+    match &options.bridge_program {
+        Some(program) => {
+            bridge_process_memory(&sizes, program, options.bridge_threads, false, &mut report).await?;
+            bridge_process_memory(&sizes, program, options.bridge_threads, true, &mut report).await?;
+        }
+        None => {
+            report.notes.push("the bridge process's own memory was not measured (no program given)".into())
+        }
+    }
     report.notes.push(
         "Serial-link framing over a pty: `cargo bench -p fpga --bench serial_link` (docs/performance.md, \"FPGA serial link over a pty\")."
             .into(),
@@ -581,33 +600,97 @@ async fn memory(
 ) -> Result<(), BridgeError> {
     let config = EngineConfig { max_reads_per_dma: 256, ..bench_engine_config() };
     let mut rig = Rig::start(config, threads, "soak").await?;
-    rig.port.fill_host(SRC as usize, 1 << 20);
-    let warm = sizes.soak_copies / 10 + 1;
-    for _ in 0..warm {
-        rig.port.copy(SRC, DST, 1 << 20).await?;
-    }
-    let (rss_warm, _) = rss_kib();
-    for _ in warm..sizes.soak_copies {
-        rig.port.copy(SRC, DST, 1 << 20).await?;
-        for _ in 0..100 {
-            rig.port.mem_read(BAR0 + REG_SCRATCH, 4).await?;
-        }
-    }
-    let (rss_end, peak) = rss_kib();
+    let soaked = soak(&mut rig.port, sizes, || Ok(rss_kib())).await;
     rig.stop().await;
     report.row("memory", "process RSS before any bridge started".into(), rss_before as f64 / 1024.0, "MiB");
-    report.row("memory", "process peak RSS (VmHWM)".into(), peak as f64 / 1024.0, "MiB");
-    report.compared(
-        "memory",
-        format!("RSS after {} × 1 MiB copies (baseline: after {warm})", sizes.soak_copies),
-        (rss_end as f64 / 1024.0, rss_warm as f64 / 1024.0),
-        "MiB",
-        Some(Target::AtMost(1.05)),
-    );
+    report_soak(report, "process", sizes, &soaked?);
     report.notes.push(
-        "RSS is the whole bench process (load generator with 4 MiB host memory, device, bridge, floors); \
-         the bridge is not a separate process here"
+        "\"process\" RSS is the whole bench process (load generator with 4 MiB host memory, device, bridge, floors); \
+         \"bridge process\" rows are `tlpbridge run` alone, in its default settings, in a process of its own"
             .into(),
     );
     Ok(())
+}
+
+/// The heaviest load of [`memory`] (1 MiB copies, each followed by 100 MMIO reads) through
+/// `tlpbridge run` as a process of its own, in its default settings (64 MRds outstanding per DMA
+/// read), with or without `--pcap`: that process's peak RSS, and its RSS at the end of the run
+/// against after its first tenth.
+async fn bridge_process_memory(
+    sizes: &Sizes,
+    program: &Path,
+    threads: usize,
+    capture: bool,
+    report: &mut BenchReport,
+) -> Result<(), BridgeError> {
+    let pcap = std::env::temp_dir().join(format!("tlpbridge-bench-{}-process.pcapng", std::process::id()));
+    let mut args = vec!["--threads".to_owned(), threads.to_string()];
+    if capture {
+        args.push("--pcap".to_owned());
+        args.push(pcap.display().to_string());
+    }
+    let name = if capture { "process-pcap" } else { "process" };
+    let mut bridge = process::BridgeProcess::start(program, &args, name).await?;
+    let pid = bridge.pid();
+    let soaked = soak(&mut bridge.port, sizes, || process::rss_kib(pid)).await;
+    let stopped = bridge.stop().await;
+    let _ = std::fs::remove_file(&pcap);
+    let soaked = soaked?;
+    let problems = stopped?;
+    let which = if capture { "bridge process with --pcap" } else { "bridge process" };
+    if problems.is_empty() {
+        let lost = if capture { " (no capture record lost)" } else { "" };
+        report.notes.push(format!("{which}: stopped by SIGINT, exit status 0, no problem reported{lost}"));
+    } else {
+        report.notes.push(format!("{which} reported at exit: {problems}"));
+    }
+    report_soak(report, which, sizes, &soaked);
+    Ok(())
+}
+
+/// What a memory soak measured, in KiB.
+struct Soak {
+    /// Copies made before `rss_warm` was read.
+    warm: usize,
+    rss_warm: u64,
+    rss_end: u64,
+    peak: u64,
+}
+
+/// The memory soak's load on `port`: `sizes.soak_copies` copies of 1 MiB, each after the first
+/// tenth followed by 100 MMIO reads. `rss` reads (VmRSS, VmHWM) of the process measured.
+async fn soak(
+    port: &mut rig::LoadGen,
+    sizes: &Sizes,
+    rss: impl Fn() -> Result<(u64, u64), BridgeError>,
+) -> Result<Soak, BridgeError> {
+    port.fill_host(SRC as usize, 1 << 20);
+    // The first tenth, and at least 10 copies: the heap settles over the first few.
+    let warm = (sizes.soak_copies / 10 + 1).max(10);
+    for _ in 0..warm {
+        port.copy(SRC, DST, 1 << 20).await?;
+    }
+    let (rss_warm, _) = rss()?;
+    for _ in warm..sizes.soak_copies {
+        port.copy(SRC, DST, 1 << 20).await?;
+        for _ in 0..100 {
+            port.mem_read(BAR0 + REG_SCRATCH, 4).await?;
+        }
+    }
+    if port.host(DST as usize, 1 << 20) != port.host(SRC as usize, 1 << 20) {
+        return Err(bench_error("memory soak", "the last copy's destination differs from its source"));
+    }
+    let (rss_end, peak) = rss()?;
+    Ok(Soak { warm, rss_warm, rss_end, peak })
+}
+
+fn report_soak(report: &mut BenchReport, which: &str, sizes: &Sizes, soaked: &Soak) {
+    report.row("memory", format!("{which}: peak RSS (VmHWM)"), soaked.peak as f64 / 1024.0, "MiB");
+    report.compared(
+        "memory",
+        format!("{which}: RSS after {} × 1 MiB copies (baseline: after {})", sizes.soak_copies, soaked.warm),
+        (soaked.rss_end as f64 / 1024.0, soaked.rss_warm as f64 / 1024.0),
+        "MiB",
+        Some(Target::AtMost(1.05)),
+    );
 }

@@ -2,7 +2,7 @@
 //! sim link (TCP on 127.0.0.1), and a load generator on the simulator end of that link that
 //! plays the root port and serves host memory for the card's DMA.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -158,9 +158,48 @@ pub struct Rig {
     pub bridge_threads: usize,
     engine: Engine,
     bridge: OwnThread,
+    device: DeviceServer,
+}
+
+/// The sample card served on a UNIX socket in this process (on the caller's runtime) until
+/// [`DeviceServer::stop`].
+pub struct DeviceServer {
+    pub card: Arc<SequenceCard>,
     server: JoinHandle<Result<(), sim::Error>>,
     stop_server: oneshot::Sender<()>,
     socket: SocketFile,
+}
+
+impl DeviceServer {
+    /// Serves a card built from `card` on a socket in the temp directory named after `name`.
+    pub fn start(card: DmaEngineConfig, name: &str) -> Result<DeviceServer, BridgeError> {
+        let socket = SocketFile(
+            std::env::temp_dir().join(format!("tlpbridge-bench-{}-{name}.sock", std::process::id())),
+        );
+        let _ = std::fs::remove_file(&socket.0);
+        let card = Arc::new(SequenceCard::new(card)?);
+        let listener =
+            sim::device::server::bind(&socket.0).map_err(|e| bench_error("binding the device socket", e))?;
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let server_card = card.clone();
+        let server = tokio::spawn(async move {
+            sim::device::serve_listener(listener, server_card, ServerConfig::default(), async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Ok(DeviceServer { card, server, stop_server, socket })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.socket.0
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop_server.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        drop(self.socket);
+    }
 }
 
 /// The device's socket file, removed when dropped: after [`Rig::stop`], and also when a rig is
@@ -188,25 +227,10 @@ impl Rig {
         threads: usize,
         name: &str,
     ) -> Result<Rig, BridgeError> {
-        let socket = SocketFile(
-            std::env::temp_dir().join(format!("tlpbridge-bench-{}-{name}.sock", std::process::id())),
-        );
-        let _ = std::fs::remove_file(&socket.0);
-        let card = Arc::new(SequenceCard::new(card)?);
-        let listener =
-            sim::device::server::bind(&socket.0).map_err(|e| bench_error("binding the device socket", e))?;
-        let (stop_server, stopped) = oneshot::channel::<()>();
-        let server_card = card.clone();
-        let server = tokio::spawn(async move {
-            sim::device::serve_listener(listener, server_card, ServerConfig::default(), async {
-                let _ = stopped.await;
-            })
-            .await
-        });
-
+        let device = DeviceServer::start(card, name)?;
         let bridge = OwnThread::start(&format!("bridge-{name}"), threads)?;
         let (addr_tx, addr_rx) = oneshot::channel();
-        let server_path = socket.0.clone();
+        let server_path = device.path().to_owned();
         // Listener, link tasks and engine tasks all belong to the bridge's runtime.
         let bridge_side = bridge.handle().spawn(async move {
             let sim_listener =
@@ -230,7 +254,7 @@ impl Rig {
             .map_err(|e| bench_error("starting the bridge", format!("the bridge task: {e}")))??;
         let mut port = LoadGen::new(end);
         port.enumerate().await?;
-        Ok(Rig { port, card, bridge_threads: threads, engine, bridge, server, stop_server, socket })
+        Ok(Rig { port, card: device.card.clone(), bridge_threads: threads, engine, bridge, device })
     }
 
     pub fn counters(&self) -> CountersSnapshot {
@@ -244,7 +268,7 @@ impl Rig {
     }
 
     pub async fn stop(self) -> CountersSnapshot {
-        let Rig { port, engine, bridge, server, stop_server, socket, .. } = self;
+        let Rig { port, engine, bridge, device, .. } = self;
         // Shut down where its tasks and sockets live.
         let snapshot = match bridge.handle().spawn(engine.shutdown()).await {
             Ok(snapshot) => snapshot,
@@ -255,9 +279,7 @@ impl Rig {
         };
         bridge.stop().await;
         drop(port);
-        let _ = stop_server.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-        drop(socket);
+        device.stop().await;
         snapshot
     }
 }
@@ -326,7 +348,7 @@ pub struct CopyTiming {
 }
 
 impl LoadGen {
-    fn new(end: SimulatorEnd) -> LoadGen {
+    pub(crate) fn new(end: SimulatorEnd) -> LoadGen {
         LoadGen {
             end,
             fields: RequestFields { requester: RC, tc: 0, attr: tlp::Attr::default() },
@@ -497,6 +519,34 @@ impl LoadGen {
         self.completion(tag, 0, "config write").await.map(drop)
     }
 
+    /// Waits until the function takes configuration requests, as a root port does after a
+    /// reset: a config write of `register` answered Configuration Request Retry Status is
+    /// sent again every 10 ms, for at most `patience`.
+    pub async fn wait_config_ready(
+        &mut self,
+        register: u16,
+        value: u32,
+        patience: Duration,
+    ) -> Result<(), BridgeError> {
+        let step = "config write until not CRS";
+        let give_up = Instant::now() + patience;
+        loop {
+            let tag = self.tag();
+            self.send(&config_write_tlp(tag, register, value), step).await?;
+            let tlp = self.next_for_us(step).await?;
+            match &tlp.body {
+                Body::Completion(cpl) if cpl.tag == tag && cpl.status == tlp::CplStatus::Sc => return Ok(()),
+                Body::Completion(cpl) if cpl.tag == tag && cpl.status == tlp::CplStatus::Crs => {
+                    if Instant::now() >= give_up {
+                        return Err(bench_error(step, format!("still CRS after {patience:?}")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                _ => return Err(bench_error(step, format!("unexpected TLP from the bridge: {tlp}"))),
+            }
+        }
+    }
+
     /// One MRd of `len` ≤ 4096 bytes; returns the data.
     pub async fn mem_read(&mut self, address: u64, len: u32) -> Result<Vec<u8>, BridgeError> {
         let tag = self.tag();
@@ -527,7 +577,7 @@ impl LoadGen {
         Ok(())
     }
 
-    async fn enumerate(&mut self) -> Result<(), BridgeError> {
+    pub(crate) async fn enumerate(&mut self) -> Result<(), BridgeError> {
         self.cfg_write(0x10, BAR0 as u32).await?;
         self.cfg_write(0x18, BAR2 as u32).await?;
         self.cfg_write(0x1c, (BAR2 >> 32) as u32).await?;

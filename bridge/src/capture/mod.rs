@@ -4,8 +4,9 @@
 //! (LINKTYPE_USER1) the vfio-user messages on the client's sockets; each record has a small
 //! pseudo-header ([`format`]). The data path only ever calls [`CaptureHandle::tlp`] or
 //! [`CaptureHandle::vfio_user`], which append the record to a shared batch buffer (one short
-//! lock, one copy, no allocation once the buffer has grown): a full batch drops the record and
-//! counts it, never waits. One writer thread takes the whole batch at a time (swapping in an
+//! lock, one copy, never an allocation: the buffer is allocated and touched at its full size,
+//! [`CaptureConfig::queue_bytes`], when the capture starts, so capture's memory does not grow
+//! while it runs): a full batch drops the record and counts it, never waits. One writer thread takes the whole batch at a time (swapping in an
 //! empty buffer), encodes its Enhanced Packet Blocks straight into the file buffer, and flushes
 //! whenever no records are waiting (and at least every [`CaptureConfig::flush_interval`]), so a
 //! killed bridge leaves a file that is complete up to its last few records.
@@ -65,6 +66,10 @@ pub struct CaptureConfig {
     pub clock: LinkClockKind,
     /// Records queued for the writer at most; beyond, records are dropped and counted.
     pub queue_depth: usize,
+    /// Bytes queued for the writer at most (each record's data plus 16 bytes); beyond, records
+    /// are dropped and counted. Two buffers of this size (the data path's and the writer's) are
+    /// allocated when the capture starts; at least [`MIN_QUEUE_BYTES`].
+    pub queue_bytes: usize,
     /// Longest time a written record may sit in the writer's buffer.
     pub flush_interval: Duration,
 }
@@ -89,10 +94,18 @@ impl Default for CaptureConfig {
             link_id: 0,
             clock: LinkClockKind::Wall,
             queue_depth: 16384,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             flush_interval: Duration::from_millis(20),
         }
     }
 }
+
+/// Default of [`CaptureConfig::queue_bytes`].
+pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
+/// Least [`CaptureConfig::queue_bytes`]: room for the largest vfio-user message the bridge
+/// exchanges (a DMA message of the client's 1 MiB `max_data_xfer_size` and its header) with
+/// other records beside it.
+pub const MIN_QUEUE_BYTES: usize = 2 << 20;
 
 /// How long the writer sleeps when its queue is empty: shortly after traffic, longer when idle.
 /// With the default queue depth the writer can take 16384 records per 5 ms before one is dropped.
@@ -111,6 +124,16 @@ mod batch_record {
     pub const LEN: usize = 16;
 }
 
+/// An empty buffer of `capacity` bytes whose pages are already resident (written once), so
+/// that filling it later neither allocates nor faults pages in on the data path, and the
+/// process's memory does not creep up as ever larger batches are seen.
+fn resident_buffer(capacity: usize) -> Vec<u8> {
+    // Not zeros: a zeroed allocation may come from untouched (copy-on-write zero) pages.
+    let mut buffer = vec![0xa5u8; capacity];
+    buffer.clear();
+    buffer
+}
+
 /// Records waiting for the writer thread, packed into one buffer.
 #[derive(Debug, Default)]
 struct Batch {
@@ -127,6 +150,8 @@ struct Shared {
     batch: Mutex<Batch>,
     /// Records a batch holds at most; beyond, records are dropped and counted.
     max_records: usize,
+    /// Bytes a batch holds at most (the capacity its buffers were allocated with).
+    max_bytes: usize,
     offered: [AtomicU64; 2],
     dropped: [AtomicU64; 2],
 }
@@ -251,7 +276,13 @@ impl CaptureHandle {
             if batch.closed {
                 break false;
             }
-            if batch.records < shared.max_records {
+            let record_len = batch_record::LEN + data_len as usize;
+            let fits =
+                batch.records < shared.max_records && batch.bytes.len() + record_len <= shared.max_bytes;
+            // Offline tools wait for room, but a record larger than the whole buffer must still
+            // go (into an empty batch, which grows for it).
+            let oversized = delivery == Delivery::Wait && batch.records == 0;
+            if fits || oversized {
                 batch.bytes.extend_from_slice(&fields);
                 header.emit(&mut batch.bytes);
                 batch.bytes.extend_from_slice(bytes);
@@ -375,9 +406,11 @@ impl Capture {
             .flush()
             .map_err(|e| BridgeError::CaptureWrite { path: path.to_owned(), detail: e.to_string() })?;
 
+        let max_bytes = config.queue_bytes.max(MIN_QUEUE_BYTES);
         let shared = Arc::new(Shared {
-            batch: Mutex::new(Batch::default()),
+            batch: Mutex::new(Batch { bytes: resident_buffer(max_bytes), ..Batch::default() }),
             max_records: config.queue_depth.max(1),
+            max_bytes,
             offered: Default::default(),
             dropped: Default::default(),
         });
@@ -386,7 +419,11 @@ impl Capture {
         let flush_interval = config.flush_interval;
         let thread = std::thread::Builder::new()
             .name("tlpbridge-capture".to_owned())
-            .spawn(move || write_loop(writer, thread_shared, &thread_path, flush_interval))
+            .spawn(move || {
+                // The writer's half of the swap, allocated here rather than on the caller's thread.
+                let taken = resident_buffer(max_bytes);
+                write_loop(writer, thread_shared, taken, &thread_path, flush_interval)
+            })
             .map_err(|e| BridgeError::CaptureThread(format!("cannot start the writer thread: {e}")))?;
         let handle = CaptureHandle {
             inner: Arc::new(HandleInner {
@@ -517,6 +554,7 @@ fn encode_epb(
 fn write_loop(
     mut writer: PcapNgWriter<BufWriter<File>>,
     shared: Arc<Shared>,
+    mut taken: Vec<u8>,
     path: &Path,
     flush_interval: Duration,
 ) -> Result<CaptureSummary> {
@@ -527,8 +565,8 @@ fn write_loop(
     let mut dirty = false;
     let mut last_flush = Instant::now();
     let mut idle_polls = 0u32;
-    // The batch taken from the data path; swapped back empty, so both buffers keep their size.
-    let mut taken = Vec::new();
+    // `taken`: the batch taken from the data path; swapped back empty, so both buffers keep
+    // their size.
     loop {
         let (records, full, finishing) = {
             let mut batch = shared.lock();
@@ -647,15 +685,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_written_in_order_with_each_interface_drop_count_once() {
-        let shared = Shared {
-            batch: Mutex::new(Batch::default()),
-            max_records: 2,
-            offered: Default::default(),
-            dropped: Default::default(),
-        };
-        let handle = CaptureHandle {
-            inner: Arc::new(HandleInner { shared: Arc::new(shared), link_id: 7, simulated: true }),
-        };
+        let handle = stalled(2, MIN_QUEUE_BYTES, 7, true);
         handle.tlp(Direction::Inbound, LinkInstant(5), TlpFlags::default(), &[1, 2, 3, 4]);
         handle.vfio_user(Direction::Outbound, VfioSocket::Main, 0, &[9; 16]);
         handle.tlp(Direction::Inbound, LinkInstant(6), TlpFlags::default(), &[5, 6, 7, 8]);
@@ -684,5 +714,60 @@ mod tests {
         let (first, second) = out.split_at(first_len);
         assert_eq!(first, pcap_file_epb(wall(first), 1, Some(1), &tlp_data));
         assert_eq!(u32::from_ne_bytes(second[8..12].try_into().unwrap()), INTERFACE_VFIO_USER);
+    }
+
+    /// A handle on a batch with no writer thread: what the data path sees while the writer
+    /// is stalled.
+    fn stalled(max_records: usize, max_bytes: usize, link_id: u8, simulated: bool) -> CaptureHandle {
+        let shared = Arc::new(Shared {
+            batch: Mutex::new(Batch { bytes: resident_buffer(max_bytes), ..Batch::default() }),
+            max_records,
+            max_bytes,
+            offered: Default::default(),
+            dropped: Default::default(),
+        });
+        CaptureHandle { inner: Arc::new(HandleInner { shared, link_id, simulated }) }
+    }
+
+    fn buffer_identity(handle: &CaptureHandle) -> (usize, *const u8, usize) {
+        let batch = handle.inner.shared.lock();
+        (batch.bytes.capacity(), batch.bytes.as_ptr(), batch.records)
+    }
+
+    #[test]
+    fn records_beyond_the_byte_bound_are_dropped_and_the_buffer_never_grows() {
+        let handle = stalled(16384, MIN_QUEUE_BYTES, 0, false);
+        let (capacity, address, _) = buffer_identity(&handle);
+        assert!(capacity >= MIN_QUEUE_BYTES);
+        // Two DMA messages of 700 KiB fit in 2 MiB, a third does not, though the record bound
+        // (16384) is far away: the old record-only bound queued all of them.
+        let message = vec![0x5au8; 700 << 10];
+        for _ in 0..3 {
+            handle.vfio_user(Direction::Inbound, VfioSocket::Twin, 0, &message);
+        }
+        assert_eq!(handle.dropped(), 1);
+        // Small records still fit beside them until the bytes run out.
+        let mrd = [0u8; 12];
+        let room = MIN_QUEUE_BYTES - 2 * (batch_record::LEN + format::vfio_user_header::LEN + message.len());
+        let per_record = batch_record::LEN + format::tlp_header::LEN + mrd.len();
+        for i in 0..(room / per_record + 10) {
+            handle.tlp(Direction::Inbound, LinkInstant(i as u64), TlpFlags::default(), &mrd);
+        }
+        assert_eq!(handle.dropped(), 1 + 10);
+        let (capacity_after, address_after, records) = buffer_identity(&handle);
+        assert_eq!((capacity_after, address_after), (capacity, address), "the batch buffer was reallocated");
+        assert_eq!(records, 2 + room / per_record);
+        assert!(handle.inner.shared.lock().bytes.len() <= MIN_QUEUE_BYTES);
+    }
+
+    #[test]
+    fn an_offline_tool_may_queue_one_record_larger_than_the_whole_buffer() {
+        let handle = stalled(16384, MIN_QUEUE_BYTES, 0, false);
+        let header = VfioUserHeaderRepr { direction: Direction::Outbound, socket: VfioSocket::Main, fds: 0 };
+        let message = vec![1u8; MIN_QUEUE_BYTES + 1];
+        // Would wait forever if an empty batch refused it.
+        handle.write_vfio_user_waiting(&header, &message);
+        assert_eq!(handle.dropped(), 0);
+        assert_eq!(buffer_identity(&handle).2, 1);
     }
 }

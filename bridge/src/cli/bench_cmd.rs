@@ -25,9 +25,18 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = match runtime
-        .block_on(run_bench(BenchOptions { quick: args.quick, bridge_threads: args.bridge_threads }))
-    {
+    // The bridge's own memory is measured on this program run as `tlpbridge run`.
+    let bridge_program = match std::env::current_exe() {
+        Ok(path) => Some(path),
+        Err(e) => {
+            eprintln!(
+                "tlpbridge bench: cannot find this program ({e}); the bridge process's memory is left out"
+            );
+            None
+        }
+    };
+    let options = BenchOptions { quick: args.quick, bridge_threads: args.bridge_threads, bridge_program };
+    let report = match runtime.block_on(run_bench(options)) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("tlpbridge bench: {e}");

@@ -68,6 +68,11 @@ pub struct RunArgs {
     /// are dropped, counted in the file and reported at exit, never waited for.
     #[arg(long, value_name = "N", default_value_t = 16384, requires = "pcap", value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pcap_queue: u32,
+    /// Bytes of records the capture holds for its writer thread at most (2M..=1G; K, M, G
+    /// suffixes); beyond, records are dropped as for --pcap-queue. Allocated when the capture
+    /// starts, twice (the bridge's buffer and the writer's), so capture's memory stays flat.
+    #[arg(long, value_name = "SIZE", default_value = "8M", requires = "pcap", value_parser = parse_queue_bytes)]
+    pcap_queue_bytes: usize,
     /// How long to wait for the server's socket to appear.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
@@ -130,6 +135,15 @@ fn parse_u64(text: &str) -> Result<u64, String> {
     }
     .map_err(|_| format!("{text:?} is not a number"))?;
     value.checked_mul(scale).ok_or_else(|| format!("{text:?} does not fit in 64 bits"))
+}
+
+fn parse_queue_bytes(text: &str) -> Result<usize, String> {
+    let bytes = parse_u64(text)?;
+    let (least, most) = (bridge::capture::MIN_QUEUE_BYTES as u64, 1u64 << 30);
+    if bytes < least || bytes > most {
+        return Err(format!("{text:?} is not between 2M and 1G"));
+    }
+    usize::try_from(bytes).map_err(|_| format!("{text:?} does not fit in memory"))
 }
 
 fn parse_window(text: &str) -> Result<DmaWindow, String> {
@@ -219,7 +233,11 @@ pub fn run(args: RunArgs) -> ExitCode {
             None => None,
             Some(path) => match Capture::create(
                 path,
-                CaptureConfig { queue_depth: args.pcap_queue as usize, ..CaptureConfig::for_link(&link) },
+                CaptureConfig {
+                    queue_depth: args.pcap_queue as usize,
+                    queue_bytes: args.pcap_queue_bytes,
+                    ..CaptureConfig::for_link(&link)
+                },
             ) {
                 Ok((handle, writer)) => {
                     config.capture = Some(handle);
@@ -292,5 +310,11 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_size("100").is_err());
         assert_eq!(parse_rcb("128").unwrap(), 128);
+        assert_eq!(parse_queue_bytes("8M").unwrap(), 8 << 20);
+        assert_eq!(parse_queue_bytes("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_queue_bytes("2097152").unwrap(), 2 << 20);
+        assert!(parse_queue_bytes("1M").unwrap_err().contains("between 2M and 1G"));
+        assert!(parse_queue_bytes("2G").is_err());
+        assert!(parse_queue_bytes("lots").is_err());
     }
 }
