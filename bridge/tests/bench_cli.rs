@@ -20,7 +20,7 @@ fn the_quick_bench_reports_every_section_and_measures_the_bridge_process() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = report["rows"].as_array().unwrap();
     let sections: BTreeSet<&str> = rows.iter().filter_map(|r| r["section"].as_str()).collect();
-    for section in ["MMIO", "DMA", "capture", "tags", "memory"] {
+    for section in ["MMIO", "DMA", "capture", "tags", "memory", "serial"] {
         assert!(sections.contains(section), "no {section} rows in {sections:?}");
     }
     for row in rows {

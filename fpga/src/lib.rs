@@ -20,6 +20,7 @@ pub mod emulator;
 pub mod error;
 pub mod faults;
 pub mod framing;
+pub mod measure;
 pub mod nettlp;
 pub mod serial;
 pub mod spec;

@@ -186,6 +186,8 @@ struct Sizes {
     scaling_len: u32,
     scaling_copies: usize,
     soak_copies: usize,
+    serial_bytes_per_size: usize,
+    serial_round_trips: u32,
 }
 
 impl Sizes {
@@ -199,6 +201,8 @@ impl Sizes {
                 scaling_len: 256 << 10,
                 scaling_copies: 2,
                 soak_copies: 30,
+                serial_bytes_per_size: 1 << 20,
+                serial_round_trips: 200,
             }
         } else {
             Sizes {
@@ -209,6 +213,8 @@ impl Sizes {
                 scaling_len: 1 << 20,
                 scaling_copies: 6,
                 soak_copies: 200,
+                serial_bytes_per_size: 8 << 20,
+                serial_round_trips: 2_000,
             }
         }
     }
@@ -243,10 +249,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, BridgeError> {
             report.notes.push("the bridge process's own memory was not measured (no program given)".into())
         }
     }
-    report.notes.push(
-        "Serial-link framing over a pty: `cargo bench -p fpga --bench serial_link` (docs/performance.md, \"FPGA serial link over a pty\")."
-            .into(),
-    );
+    serial(&sizes, &mut report).await?;
     Ok(report)
 }
 
@@ -693,4 +696,55 @@ fn report_soak(report: &mut BenchReport, which: &str, sizes: &Sizes, soaked: &So
         "MiB",
         Some(Target::AtMost(1.05)),
     );
+}
+
+/// A directory in the temp directory, removed with what it holds when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The FPGA serial link over a pty pair (`fpga::measure`): payload throughput and framing
+/// efficiency of MWr TLPs of 64 B, 256 B and 4 KiB, each against raw pty throughput measured just
+/// before it, and the read round trip through both data-link layers against a raw 1-byte
+/// ping-pong.
+async fn serial(sizes: &Sizes, report: &mut BenchReport) -> Result<(), BridgeError> {
+    use fpga::measure;
+    let fail = |e: fpga::error::Error| bench_error("serial link over a pty", e);
+    let dir = TempDir(std::env::temp_dir().join(format!("tlpbridge-bench-{}-serial", std::process::id())));
+    std::fs::create_dir_all(&dir.0).map_err(|e| bench_error("serial link over a pty", e))?;
+    for payload in [64usize, 256, 4096] {
+        let raw = measure::raw_pty_throughput(sizes.serial_bytes_per_size).await.map_err(fail)?;
+        let t = measure::throughput(&dir.0, payload, sizes.serial_bytes_per_size).await.map_err(fail)?;
+        report.compared(
+            "serial",
+            format!("MWr {payload} B payload over a pty, payload throughput (baseline: raw pty)"),
+            (t.payload_per_second / 1e6, raw / 1e6),
+            "MB/s",
+            None,
+        );
+        report.row(
+            "serial",
+            format!("MWr {payload} B payload: framing efficiency (payload / bytes on the wire both ways)"),
+            100.0 * t.efficiency(),
+            "%",
+        );
+    }
+    let raw = measure::raw_pty_round_trip(sizes.serial_round_trips).await.map_err(fail)?;
+    let rtt = measure::read_round_trip(&dir.0, sizes.serial_round_trips).await.map_err(fail)?;
+    report.compared(
+        "serial",
+        "MRd → CplD round trip through both data-link layers (baseline: raw pty 1-byte ping-pong)".into(),
+        (rtt.as_secs_f64() * 1e6, raw.as_secs_f64() * 1e6),
+        "µs",
+        None,
+    );
+    report.notes.push(
+        "serial: the FPGA serial link (COBS + CRC-32 frames, ACK/NAK, credits; docs/fpga-link.md) between `fpga::open` on a pty slave and the FPGA emulator on its master, both on the bench's runtime; no faults"
+            .into(),
+    );
+    Ok(())
 }
