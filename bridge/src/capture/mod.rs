@@ -127,11 +127,13 @@ mod batch_record {
 /// An empty buffer of `capacity` bytes whose pages are already resident (written once), so
 /// that filling it later neither allocates nor faults pages in on the data path, and the
 /// process's memory does not creep up as ever larger batches are seen.
-fn resident_buffer(capacity: usize) -> Vec<u8> {
+fn resident_buffer(capacity: usize) -> Result<Vec<u8>> {
+    let mut buffer = Vec::new();
+    buffer.try_reserve_exact(capacity).map_err(|_| BridgeError::CaptureMemory { bytes: capacity })?;
     // Not zeros: a zeroed allocation may come from untouched (copy-on-write zero) pages.
-    let mut buffer = vec![0xa5u8; capacity];
+    buffer.resize(capacity, 0xa5);
     buffer.clear();
-    buffer
+    Ok(buffer)
 }
 
 /// Records waiting for the writer thread, packed into one buffer.
@@ -407,8 +409,10 @@ impl Capture {
             .map_err(|e| BridgeError::CaptureWrite { path: path.to_owned(), detail: e.to_string() })?;
 
         let max_bytes = config.queue_bytes.max(MIN_QUEUE_BYTES);
+        // The data path's buffer and the writer's half of the swap.
+        let (bytes, taken) = (resident_buffer(max_bytes)?, resident_buffer(max_bytes)?);
         let shared = Arc::new(Shared {
-            batch: Mutex::new(Batch { bytes: resident_buffer(max_bytes), ..Batch::default() }),
+            batch: Mutex::new(Batch { bytes, ..Batch::default() }),
             max_records: config.queue_depth.max(1),
             max_bytes,
             offered: Default::default(),
@@ -419,11 +423,7 @@ impl Capture {
         let flush_interval = config.flush_interval;
         let thread = std::thread::Builder::new()
             .name("tlpbridge-capture".to_owned())
-            .spawn(move || {
-                // The writer's half of the swap, allocated here rather than on the caller's thread.
-                let taken = resident_buffer(max_bytes);
-                write_loop(writer, thread_shared, taken, &thread_path, flush_interval)
-            })
+            .spawn(move || write_loop(writer, thread_shared, taken, &thread_path, flush_interval))
             .map_err(|e| BridgeError::CaptureThread(format!("cannot start the writer thread: {e}")))?;
         let handle = CaptureHandle {
             inner: Arc::new(HandleInner {
@@ -720,7 +720,7 @@ mod tests {
     /// is stalled.
     fn stalled(max_records: usize, max_bytes: usize, link_id: u8, simulated: bool) -> CaptureHandle {
         let shared = Arc::new(Shared {
-            batch: Mutex::new(Batch { bytes: resident_buffer(max_bytes), ..Batch::default() }),
+            batch: Mutex::new(Batch { bytes: resident_buffer(max_bytes).unwrap(), ..Batch::default() }),
             max_records,
             max_bytes,
             offered: Default::default(),
@@ -758,6 +758,22 @@ mod tests {
         assert_eq!((capacity_after, address_after), (capacity, address), "the batch buffer was reallocated");
         assert_eq!(records, 2 + room / per_record);
         assert!(handle.inner.shared.lock().bytes.len() <= MIN_QUEUE_BYTES);
+    }
+
+    #[test]
+    fn a_queue_that_cannot_be_allocated_is_an_error_not_an_abort() {
+        let dir = std::env::temp_dir().join(format!("tlpbridge-capture-memory-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = CaptureConfig { queue_bytes: 1 << 62, ..CaptureConfig::default() };
+        let result = Capture::create(&dir.join("big.pcapng"), config);
+        let _ = std::fs::remove_dir_all(&dir);
+        match result {
+            Err(e @ BridgeError::CaptureMemory { .. }) => {
+                assert!(e.to_string().contains("--pcap-queue-bytes"), "{e}")
+            }
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("a 4 EiB queue was allocated"),
+        }
     }
 
     #[test]

@@ -109,6 +109,10 @@ pub enum BridgeError {
     #[error("invalid filter {expr:?}: {reason}")]
     CaptureFilter { expr: String, reason: String },
 
+    /// The capture's queue buffers cannot be allocated (`--pcap-queue-bytes`).
+    #[error("cannot allocate the capture's queue, 2 × {bytes} bytes; give a smaller --pcap-queue-bytes")]
+    CaptureMemory { bytes: usize },
+
     /// The capture writer thread could not start, was already finished, or panicked.
     #[error("capture writer thread: {0}")]
     CaptureThread(String),
