@@ -47,3 +47,18 @@ fn the_quick_bench_reports_every_section_and_measures_the_bridge_process() {
     assert!(has("bridge process: stopped by SIGINT, exit status 0, no problem reported"), "{notes:?}");
     assert!(has("bridge process with --pcap: stopped by SIGINT, exit status 0"), "{notes:?}");
 }
+
+#[test]
+fn a_section_option_runs_only_that_section() {
+    let out = Command::new(bin()).args(["bench", "--quick", "--json", "--section", "mmio"]).output().unwrap();
+    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sections: BTreeSet<&str> =
+        report["rows"].as_array().unwrap().iter().filter_map(|r| r["section"].as_str()).collect();
+    assert_eq!(sections, BTreeSet::from(["MMIO"]));
+
+    let out = Command::new(bin()).args(["bench", "--section", "nonsense"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nonsense") && stderr.lines().count() == 1, "{stderr}");
+}

@@ -33,6 +33,19 @@ pub struct BenchOptions {
     /// The `tlpbridge` program, run as a process of its own for the bridge's memory figures;
     /// `None` leaves them out (with a note).
     pub bridge_program: Option<PathBuf>,
+    /// The sections to run; empty: all of them.
+    pub sections: Vec<Section>,
+}
+
+/// A part of the report, as `tlpbridge bench --section` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    Mmio,
+    Dma,
+    Capture,
+    Tags,
+    Memory,
+    Serial,
 }
 
 /// One line of the table.
@@ -230,24 +243,40 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, BridgeError> {
     ));
     let (rss_before, _) = rss_kib();
 
-    let mut rig = Rig::start(bench_engine_config(), options.bridge_threads, "main").await?;
-    mmio(&mut rig, &sizes, &mut report).await?;
-    dma(&mut rig, &sizes, &mut report).await?;
-    capture(&mut rig, &sizes, &mut report).await?;
-    let counters = rig.stop().await;
-    if counters.device_timeouts + counters.completion_timeouts + counters.malformed != 0 {
-        return Err(bench_error("checking the bridge's counters", format!("errors counted: {counters}")));
+    let wanted = |section: Section| options.sections.is_empty() || options.sections.contains(&section);
+    if wanted(Section::Mmio) || wanted(Section::Dma) || wanted(Section::Capture) {
+        let mut rig = Rig::start(bench_engine_config(), options.bridge_threads, "main").await?;
+        if wanted(Section::Mmio) {
+            mmio(&mut rig, &sizes, &mut report).await?;
+        }
+        if wanted(Section::Dma) {
+            dma(&mut rig, &sizes, &mut report).await?;
+        }
+        if wanted(Section::Capture) {
+            capture(&mut rig, &sizes, &mut report).await?;
+        }
+        let counters = rig.stop().await;
+        if counters.device_timeouts + counters.completion_timeouts + counters.malformed != 0 {
+            return Err(bench_error("checking the bridge's counters", format!("errors counted: {counters}")));
+        }
     }
-    scaling(&sizes, options.bridge_threads, &mut report).await?;
-    memory(&sizes, options.bridge_threads, rss_before, &mut report).await?;
-    match &options.bridge_program {
-        Some(program) => {
-            bridge_process_memory(&sizes, program, options.bridge_threads, false, &mut report).await?;
-            bridge_process_memory(&sizes, program, options.bridge_threads, true, &mut report).await?;
+    if wanted(Section::Tags) {
+        scaling(&sizes, options.bridge_threads, &mut report).await?;
+    }
+    if wanted(Section::Memory) {
+        memory(&sizes, options.bridge_threads, rss_before, &mut report).await?;
+        match &options.bridge_program {
+            Some(program) => {
+                bridge_process_memory(&sizes, program, options.bridge_threads, false, &mut report).await?;
+                bridge_process_memory(&sizes, program, options.bridge_threads, true, &mut report).await?;
+            }
+            None => report
+                .notes
+                .push("the bridge process's own memory was not measured (no program given)".into()),
         }
-        None => {
-            report.notes.push("the bridge process's own memory was not measured (no program given)".into())
-        }
+    }
+    if !wanted(Section::Serial) {
+        return Ok(report);
     }
     serial(&sizes, &mut report).await?;
     Ok(report)

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use bridge::bench::{BenchOptions, run as run_bench};
+use bridge::bench::{BenchOptions, Section, run as run_bench};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -15,6 +15,10 @@ pub struct BenchArgs {
     /// Worker threads of the bridge's runtime, as `tlpbridge run --threads` (to compare).
     #[arg(long, value_name = "N", default_value_t = bridge::runtime::DEFAULT_THREADS, value_parser = super::parse_threads)]
     bridge_threads: usize,
+    /// Run only these sections (repeat, or separate with commas); all without it. For
+    /// profiling one part, e.g. `--section mmio` under `perf record`.
+    #[arg(long, value_name = "SECTION", value_enum, value_delimiter = ',')]
+    section: Vec<Section>,
 }
 
 pub fn run(args: BenchArgs) -> ExitCode {
@@ -35,7 +39,12 @@ pub fn run(args: BenchArgs) -> ExitCode {
             None
         }
     };
-    let options = BenchOptions { quick: args.quick, bridge_threads: args.bridge_threads, bridge_program };
+    let options = BenchOptions {
+        quick: args.quick,
+        bridge_threads: args.bridge_threads,
+        bridge_program,
+        sections: args.section,
+    };
     let report = match runtime.block_on(run_bench(options)) {
         Ok(report) => report,
         Err(e) => {
